@@ -1,0 +1,112 @@
+//! ClickHouse connection settings and DDL for notiflow. The same DDL files run
+//! on Debian's ClickHouse 18.16 (used in tests) and on current servers
+//! (docker-compose): no TTL clauses, no DateTime64, no Map; retention is by
+//! dropping day partitions.
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+/// How to reach ClickHouse over HTTP.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// Base URL of the HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database holding notiflow's tables.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// User name.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Name of the environment variable that holds the password (never the
+    /// password itself: config files end up in repositories).
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_database() -> String {
+    "default".into()
+}
+
+fn default_user() -> String {
+    "default".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    #[error("environment variable {0} (password_env) is not set")]
+    MissingPassword(String),
+    #[error("{file}: statement {index} failed: {source}")]
+    Ddl { file: String, index: usize, source: clickhouse::error::Error },
+}
+
+impl ClickHouseConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        ClickHouseConfig { url: url.into(), database: default_database(), user: default_user(), password_env: None }
+    }
+
+    /// A client that speaks RowBinary without the type-validation header
+    /// (`RowBinaryWithNamesAndTypes` does not exist before ClickHouse 24) and
+    /// without lz4 (keeps the dependency tree small; inserts are batched).
+    pub fn client(&self) -> Result<Client, ClickHouseError> {
+        let mut client = Client::default()
+            .with_url(&self.url)
+            .with_database(&self.database)
+            .with_user(&self.user)
+            .with_validation(false);
+        if let Some(var) = &self.password_env {
+            let password = std::env::var(var).map_err(|_| ClickHouseError::MissingPassword(var.clone()))?;
+            client = client.with_password(password);
+        }
+        Ok(client)
+    }
+}
+
+/// Splits a DDL file into statements: `;` ends a statement, `--` starts a
+/// comment to the end of the line. (DDL files hold no string literals with
+/// `;` or `--`; a file that needs them must be split by hand.)
+pub fn statements(sql: &str) -> Vec<String> {
+    let without_comments: String = sql
+        .lines()
+        .map(|line| match line.find("--") {
+            Some(i) => &line[..i],
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// Runs every statement of a DDL file, in order.
+pub async fn apply_ddl(client: &Client, file: &str, sql: &str) -> Result<usize, ClickHouseError> {
+    let statements = statements(sql);
+    for (index, statement) in statements.iter().enumerate() {
+        client
+            .query(statement)
+            .execute()
+            .await
+            .map_err(|source| ClickHouseError::Ddl { file: file.to_string(), index: index + 1, source })?;
+    }
+    Ok(statements.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_and_drops_comments() {
+        let sql = "-- header\nCREATE TABLE a (x UInt8) ENGINE = Memory; -- trailing\n\nCREATE TABLE b (y String) ENGINE = Memory;\n";
+        assert_eq!(
+            statements(sql),
+            vec!["CREATE TABLE a (x UInt8) ENGINE = Memory", "CREATE TABLE b (y String) ENGINE = Memory"]
+        );
+    }
+
+    #[test]
+    fn password_comes_from_the_named_variable() {
+        let mut config = ClickHouseConfig::new("http://127.0.0.1:1");
+        config.password_env = Some("NOTIFLOW_TEST_SURELY_UNSET_PASSWORD".into());
+        assert!(matches!(config.client(), Err(ClickHouseError::MissingPassword(_))));
+    }
+}

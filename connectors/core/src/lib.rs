@@ -1,0 +1,193 @@
+//! What every notiflow connector shares: the record types that cross the
+//! source/sink boundary, the two traits a log connector implements, typed
+//! errors that say whether to retry, and the in-process topic log used by the
+//! embedded default (`memory`).
+//!
+//! The traits are deliberately small (Arroyo's connector shape): a source hands
+//! out micro-batches and commits offsets it is told are safe; a sink returns
+//! only once every record it was given is durable. The job between them decides
+//! *when* offsets are safe, so "commit only after outputs are durable" lives in
+//! one place.
+
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One record read from a topic partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// `None` for a tombstone (a record with a null value).
+    pub payload: Option<Vec<u8>>,
+    /// Broker or producer timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<Header>,
+}
+
+/// A Kafka record header. Values are raw bytes, as on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Header { name: name.into(), value: value.into() }
+    }
+}
+
+/// One record to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    pub topic: Arc<str>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<Header>,
+}
+
+/// Where a micro-batch closes: at `max_records`, or `max_wait` after the call
+/// started, whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_records: usize,
+    pub max_wait: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits { max_records: 4096, max_wait: Duration::from_millis(50) }
+    }
+}
+
+/// Next offsets to read, per topic partition (Kafka's commit convention:
+/// the committed offset is the *next* record to consume).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offsets(BTreeMap<(Arc<str>, i32), i64>);
+
+impl Offsets {
+    /// Marks `record` as processed.
+    pub fn advance_past(&mut self, record: &Record) {
+        let next = record.offset + 1;
+        let slot = self.0.entry((record.topic.clone(), record.partition)).or_insert(next);
+        *slot = (*slot).max(next);
+    }
+
+    pub fn merge(&mut self, other: &Offsets) {
+        for ((topic, partition), next) in &other.0 {
+            let slot = self.0.entry((topic.clone(), *partition)).or_insert(*next);
+            *slot = (*slot).max(*next);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.0.iter().map(|((t, p), o)| (t.as_ref(), *p, *o))
+    }
+
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.iter().find(|((t, p), _)| t.as_ref() == topic && *p == partition).map(|(_, o)| *o)
+    }
+}
+
+/// A topic to create before the job starts (test brokers do not auto-create).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    /// Compacted topics keep the latest record per key (templates, profiles, tenants).
+    pub compacted: bool,
+}
+
+impl TopicSpec {
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        TopicSpec { name: name.into(), partitions, compacted: false }
+    }
+}
+
+/// Errors typed by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// The service may recover (broker unavailable, timeout): retry the same
+    /// work later; nothing was committed.
+    #[error("transient {service} error: {message}")]
+    Transient { service: &'static str, message: String },
+    /// Retrying the same call cannot succeed (bad config, authorization,
+    /// unknown topic): stop and tell the operator.
+    #[error("{service} error (not retryable): {message}")]
+    Permanent { service: &'static str, message: String },
+}
+
+impl ConnectorError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ConnectorError::Transient { .. })
+    }
+}
+
+/// A partitioned log read in micro-batches (Kafka, or the in-process log).
+pub trait Source: Send {
+    /// Returns up to `limits.max_records` records; an empty batch when nothing
+    /// arrived within `limits.max_wait`.
+    fn next_batch(
+        &mut self,
+        limits: BatchLimits,
+    ) -> impl Future<Output = Result<Vec<Record>, ConnectorError>> + Send;
+
+    /// Commits `offsets`; the caller promises every record below them has
+    /// had its outputs made durable.
+    fn commit(&mut self, offsets: &Offsets) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+}
+
+/// A log writer. `send_all` resolves only when every record is durable
+/// (acknowledged by all in-sync replicas, for Kafka).
+pub trait Sink: Send + Sync {
+    fn send_all(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+}
+
+/// Creates topics (idempotent: existing topics are left as they are).
+pub trait TopicAdmin: Send + Sync {
+    fn ensure_topics(&self, topics: &[TopicSpec]) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &Arc<str>, partition: i32, offset: i64) -> Record {
+        Record {
+            topic: topic.clone(),
+            partition,
+            offset,
+            key: None,
+            payload: None,
+            timestamp_ms: None,
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn offsets_point_past_the_highest_processed_record() {
+        let t: Arc<str> = Arc::from("t");
+        let mut offsets = Offsets::default();
+        offsets.advance_past(&record(&t, 0, 7));
+        offsets.advance_past(&record(&t, 0, 3));
+        offsets.advance_past(&record(&t, 1, 0));
+        assert_eq!(offsets.get("t", 0), Some(8));
+        assert_eq!(offsets.get("t", 1), Some(1));
+        assert_eq!(offsets.get("t", 2), None);
+
+        let mut later = Offsets::default();
+        later.advance_past(&record(&t, 0, 9));
+        offsets.merge(&later);
+        assert_eq!(offsets.get("t", 0), Some(10));
+    }
+}

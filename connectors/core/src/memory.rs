@@ -1,0 +1,243 @@
+//! The in-process topic log of the embedded default: partitioned topics,
+//! consumer-group offsets and keyed partitioning, held in memory. It stands in
+//! for a Kafka cluster when no `bootstrap_servers` is configured, so the same
+//! job code runs with no servers at all. Nothing survives the process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::{BatchLimits, ConnectorError, Offsets, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
+
+#[derive(Default)]
+struct Log {
+    topics: HashMap<Arc<str>, Vec<Vec<Record>>>,
+    /// Committed next-offsets per (group, topic, partition).
+    committed: HashMap<(String, Arc<str>, i32), i64>,
+    round_robin: u64,
+}
+
+/// A shared handle to one in-process broker.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    log: Arc<Mutex<Log>>,
+    appended: Arc<Notify>,
+}
+
+impl MemoryBroker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn create_topic(&self, spec: &TopicSpec) {
+        let mut log = self.log.lock().expect("memory log poisoned");
+        log.topics
+            .entry(Arc::from(spec.name.as_str()))
+            .or_insert_with(|| vec![Vec::new(); spec.partitions.max(1) as usize]);
+    }
+
+    /// Appends records; fails for a topic that was never created, as a broker
+    /// without auto-creation does.
+    pub fn append(&self, records: Vec<OutRecord>) -> Result<(), ConnectorError> {
+        let mut log = self.log.lock().expect("memory log poisoned");
+        let now_ms = now_ms();
+        for out in records {
+            let round_robin = log.round_robin;
+            let partitions = log.topics.get_mut(&out.topic).ok_or_else(|| ConnectorError::Permanent {
+                service: "memory",
+                message: format!("unknown topic {:?} (create it first)", out.topic),
+            })?;
+            let partition = match &out.key {
+                Some(key) => (fnv1a(key) % partitions.len() as u64) as usize,
+                None => (round_robin % partitions.len() as u64) as usize,
+            };
+            let records = &mut partitions[partition];
+            let offset = records.len() as i64;
+            records.push(Record {
+                topic: out.topic,
+                partition: partition as i32,
+                offset,
+                key: out.key,
+                payload: Some(out.payload),
+                timestamp_ms: Some(now_ms),
+                headers: out.headers,
+            });
+            log.round_robin = round_robin.wrapping_add(1);
+        }
+        drop(log);
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    /// Every record of a topic, partition by partition (for reports and tests).
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        let log = self.log.lock().expect("memory log poisoned");
+        log.topics.get(topic).map(|parts| parts.iter().flatten().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        let log = self.log.lock().expect("memory log poisoned");
+        log.committed.get(&(group.to_string(), Arc::from(topic), partition)).copied()
+    }
+
+    /// A consumer in `group` reading every partition of `topics` from the
+    /// group's committed offsets (or the start).
+    pub fn consumer(&self, group: &str, topics: &[&str]) -> MemorySource {
+        MemorySource {
+            broker: self.clone(),
+            group: group.to_string(),
+            topics: topics.iter().map(|t| Arc::from(*t)).collect(),
+            positions: HashMap::new(),
+        }
+    }
+
+    pub fn producer(&self) -> MemorySink {
+        MemorySink { broker: self.clone() }
+    }
+}
+
+pub struct MemorySource {
+    broker: MemoryBroker,
+    group: String,
+    topics: Vec<Arc<str>>,
+    positions: HashMap<(Arc<str>, i32), i64>,
+}
+
+impl MemorySource {
+    fn take_available(&mut self, max_records: usize) -> Vec<Record> {
+        let log = self.broker.log.lock().expect("memory log poisoned");
+        let mut batch = Vec::new();
+        for topic in &self.topics {
+            let Some(partitions) = log.topics.get(topic) else { continue };
+            for (partition, records) in partitions.iter().enumerate() {
+                let key = (topic.clone(), partition as i32);
+                let committed = log.committed.get(&(self.group.clone(), topic.clone(), partition as i32));
+                let position = self.positions.entry(key).or_insert_with(|| committed.copied().unwrap_or(0));
+                while batch.len() < max_records && (*position as usize) < records.len() {
+                    batch.push(records[*position as usize].clone());
+                    *position += 1;
+                }
+            }
+        }
+        batch
+    }
+}
+
+impl Source for MemorySource {
+    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Vec<Record>, ConnectorError> {
+        let deadline = tokio::time::Instant::now() + limits.max_wait;
+        loop {
+            // Register interest before looking, so an append in between is not missed.
+            let appended = self.broker.appended.clone();
+            let notified = appended.notified();
+            let batch = self.take_available(limits.max_records);
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn commit(&mut self, offsets: &Offsets) -> Result<(), ConnectorError> {
+        let mut log = self.broker.log.lock().expect("memory log poisoned");
+        for (topic, partition, next) in offsets.iter() {
+            let slot = log.committed.entry((self.group.clone(), Arc::from(topic), partition)).or_insert(next);
+            *slot = (*slot).max(next);
+        }
+        Ok(())
+    }
+}
+
+pub struct MemorySink {
+    broker: MemoryBroker,
+}
+
+impl Sink for MemorySink {
+    async fn send_all(&self, records: Vec<OutRecord>) -> Result<(), ConnectorError> {
+        self.broker.append(records)
+    }
+}
+
+impl TopicAdmin for MemoryBroker {
+    async fn ensure_topics(&self, topics: &[TopicSpec]) -> Result<(), ConnectorError> {
+        topics.iter().for_each(|t| self.create_topic(t));
+        Ok(())
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(topic: &str, key: &str, payload: &str) -> OutRecord {
+        OutRecord {
+            topic: Arc::from(topic),
+            key: Some(key.as_bytes().to_vec()),
+            payload: payload.as_bytes().to_vec(),
+            headers: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn same_key_same_partition_and_group_resumes_from_commit() {
+        let broker = MemoryBroker::new();
+        broker.create_topic(&TopicSpec::new("t", 4));
+        broker.append((0..10).map(|i| out("t", "k", &i.to_string())).collect()).unwrap();
+        let all = broker.read_all("t");
+        assert_eq!(all.len(), 10);
+        assert!(all.iter().all(|r| r.partition == all[0].partition), "one key, one partition");
+
+        let limits = BatchLimits { max_records: 4, max_wait: Duration::from_millis(10) };
+        let mut consumer = broker.consumer("g", &["t"]);
+        let first = consumer.next_batch(limits).await.unwrap();
+        assert_eq!(first.len(), 4);
+        let mut offsets = Offsets::default();
+        first.iter().for_each(|r| offsets.advance_past(r));
+        consumer.commit(&offsets).await.unwrap();
+
+        // A new consumer of the same group starts after the committed records.
+        let mut restarted = broker.consumer("g", &["t"]);
+        let rest = restarted.next_batch(BatchLimits { max_records: 100, ..limits }).await.unwrap();
+        assert_eq!(rest.len(), 6);
+        assert_eq!(rest[0].payload.as_deref(), Some(&b"4"[..]));
+    }
+
+    #[tokio::test]
+    async fn empty_batch_after_max_wait_and_wakes_on_append() {
+        let broker = MemoryBroker::new();
+        broker.create_topic(&TopicSpec::new("t", 1));
+        let mut consumer = broker.consumer("g", &["t"]);
+        let limits = BatchLimits { max_records: 10, max_wait: Duration::from_millis(5) };
+        assert!(consumer.next_batch(limits).await.unwrap().is_empty());
+
+        let writer = broker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            writer.append(vec![out("t", "k", "late")]).unwrap();
+        });
+        let waited = consumer.next_batch(BatchLimits { max_wait: Duration::from_secs(5), ..limits }).await.unwrap();
+        assert_eq!(waited.len(), 1);
+    }
+
+    #[test]
+    fn unknown_topic_is_a_permanent_error() {
+        let broker = MemoryBroker::new();
+        let err = broker.append(vec![out("missing", "k", "v")]).unwrap_err();
+        assert!(!err.is_retryable());
+    }
+}

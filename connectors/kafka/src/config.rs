@@ -1,0 +1,56 @@
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+/// How to reach the Kafka cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list, as librdkafka's `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Replication factor for topics notiflow creates (use 3 on a real cluster).
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// How long a broker may hold a fetch open when it has less than
+    /// `fetch.min.bytes`. Low by default: some brokers (tansu) hold every fetch
+    /// for the full wait, which would add that much latency to each batch.
+    #[serde(default = "default_fetch_wait_ms")]
+    pub fetch_wait_max_ms: u32,
+    /// Extra librdkafka properties (security.protocol, sasl.*, ...). Secrets
+    /// belong in the environment: `NOTIFLOW_KAFKA_SASL_PASSWORD` is read at start.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_replication() -> i32 {
+    1
+}
+
+fn default_fetch_wait_ms() -> u32 {
+    10
+}
+
+impl KafkaConfig {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            replication_factor: default_replication(),
+            fetch_wait_max_ms: default_fetch_wait_ms(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// The common client settings; callers add consumer or producer ones.
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        if let Ok(password) = std::env::var("NOTIFLOW_KAFKA_SASL_PASSWORD") {
+            config.set("sasl.password", password);
+        }
+        config
+    }
+}

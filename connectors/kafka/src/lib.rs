@@ -1,0 +1,40 @@
+//! Kafka connector: a consumer-group source that commits only the offsets it
+//! is told are safe, an idempotent producer sink that resolves once records are
+//! acknowledged, and topic creation.
+
+mod admin;
+mod config;
+mod source;
+mod sink;
+
+pub use admin::KafkaAdmin;
+pub use config::KafkaConfig;
+pub use sink::KafkaSink;
+pub use source::{KafkaSource, read_topic_to_end, committed_offsets};
+
+use notiflow_connector::ConnectorError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// Sorts librdkafka errors into retry / do-not-retry.
+pub(crate) fn classify(err: KafkaError) -> ConnectorError {
+    let code = err.rdkafka_error_code();
+    let permanent = matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidConfig
+                | RDKafkaErrorCode::InvalidRequest
+                | RDKafkaErrorCode::UnsupportedVersion
+        )
+    ) || matches!(err, KafkaError::ClientConfig(..) | KafkaError::ClientCreation(..));
+    if permanent {
+        ConnectorError::Permanent { service: "kafka", message: err.to_string() }
+    } else {
+        ConnectorError::Transient { service: "kafka", message: err.to_string() }
+    }
+}

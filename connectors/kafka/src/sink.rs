@@ -1,0 +1,71 @@
+use std::time::Duration;
+
+use notiflow_connector::{ConnectorError, OutRecord, Sink};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use crate::{KafkaConfig, classify};
+
+/// An idempotent producer (no duplicates from its own retries, per-partition
+/// order kept) that waits for acknowledgement by all in-sync replicas.
+pub struct KafkaSink {
+    producer: FutureProducer,
+}
+
+impl KafkaSink {
+    pub fn new(config: &KafkaConfig) -> Result<Self, ConnectorError> {
+        let producer = config
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(classify)?;
+        Ok(KafkaSink { producer })
+    }
+
+    fn enqueue(&self, record: &OutRecord) -> Result<DeliveryFuture, KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for h in &record.headers {
+            headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
+        }
+        let mut future_record = FutureRecord::to(&record.topic).payload(&record.payload).headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key);
+        }
+        self.producer.send_result(future_record).map_err(|(err, _)| err)
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn send_all(&self, records: Vec<OutRecord>) -> Result<(), ConnectorError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for record in &records {
+            loop {
+                match self.enqueue(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    // The local queue is full: let deliveries drain, then retry.
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(err) => return Err(classify(err)),
+                }
+            }
+        }
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _message))) => return Err(classify(err)),
+                Err(_canceled) => {
+                    return Err(ConnectorError::Transient { service: "kafka", message: "producer dropped a delivery".into() });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use notiflow_connector::{BatchLimits, ConnectorError, Header, Offsets, Record, Source};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::{KafkaConfig, classify};
+
+/// Publishes consumer lag from librdkafka's statistics and logs rebalances.
+pub struct LagContext;
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                // librdkafka reports -1 for partitions this consumer does not own.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("notiflow_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Error(err) => tracing::warn!(%err, "rebalance error"),
+        }
+    }
+}
+
+/// A consumer-group member. Auto-commit is off: offsets move only through
+/// [`Source::commit`], which the job calls after the outputs are durable.
+pub struct KafkaSource {
+    consumer: StreamConsumer<LagContext>,
+}
+
+impl KafkaSource {
+    /// `start_from`: "earliest" or "latest", for a group with no committed offset.
+    pub fn new(config: &KafkaConfig, group_id: &str, topics: &[&str], start_from: &str) -> Result<Self, ConnectorError> {
+        let consumer = Self::consumer(config, group_id, start_from)?;
+        consumer.subscribe(topics).map_err(classify)?;
+        Ok(KafkaSource { consumer })
+    }
+
+    fn consumer(config: &KafkaConfig, group_id: &str, start_from: &str) -> Result<StreamConsumer<LagContext>, ConnectorError> {
+        config
+            .client_config()
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", start_from)
+            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+            .set("fetch.min.bytes", "1")
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(LagContext)
+            .map_err(classify)
+    }
+}
+
+impl Source for KafkaSource {
+    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Vec<Record>, ConnectorError> {
+        let deadline = tokio::time::Instant::now() + limits.max_wait;
+        let mut batch = Vec::new();
+        let mut topics: Vec<Arc<str>> = Vec::new();
+        while batch.len() < limits.max_records {
+            let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_elapsed) => break,
+                Ok(Ok(message)) => message,
+                Ok(Err(err)) => {
+                    let err = classify(err);
+                    if batch.is_empty() {
+                        return Err(err);
+                    }
+                    // Hand out what we have; the error comes back on the next call.
+                    tracing::warn!(%err, "kafka consume error after a partial batch");
+                    break;
+                }
+            };
+            let topic = match topics.iter().find(|t| t.as_ref() == message.topic()) {
+                Some(t) => t.clone(),
+                None => {
+                    let t: Arc<str> = Arc::from(message.topic());
+                    topics.push(t.clone());
+                    t
+                }
+            };
+            batch.push(Record {
+                topic,
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                timestamp_ms: message.timestamp().to_millis(),
+                headers: message
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| Header::new(h.key, h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self, offsets: &Offsets) -> Result<(), ConnectorError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, next) in offsets.iter() {
+            list.add_partition_offset(topic, partition, Offset::Offset(next)).map_err(classify)?;
+        }
+        // A synchronous commit: the job must know the offsets are stored
+        // before it reports the batch done.
+        tokio::task::block_in_place(|| self.consumer.commit(&list, CommitMode::Sync)).map_err(classify)
+    }
+}
+
+/// Committed offsets of `group_id` for every partition of `topic`.
+pub fn committed_offsets(config: &KafkaConfig, group_id: &str, topic: &str) -> Result<Vec<(i32, Option<i64>)>, ConnectorError> {
+    let consumer: rdkafka::consumer::BaseConsumer =
+        config.client_config().set("group.id", group_id).create().map_err(classify)?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(classify)?;
+    let mut list = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            list.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).map_err(classify)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), match e.offset() { Offset::Offset(o) => Some(o), _ => None }))
+        .collect())
+}
+
+/// Reads every record of `topic` that exists now (up to each partition's high
+/// watermark), without joining a group. For reports, `trace` and tests.
+pub async fn read_topic_to_end(config: &KafkaConfig, topic: &str) -> Result<Vec<Record>, ConnectorError> {
+    let consumer = KafkaSource::consumer(config, "notiflow-reader", "earliest")?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(classify)?;
+    let mut list = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_err(classify)?;
+            if high > low {
+                list.add_partition_offset(topic, p.id(), Offset::Offset(low)).map_err(classify)?;
+                remaining += high - low;
+            }
+        }
+    }
+    let mut records = Vec::with_capacity(remaining as usize);
+    if remaining == 0 {
+        return Ok(records);
+    }
+    consumer.assign(&list).map_err(classify)?;
+    let mut source = KafkaSource { consumer };
+    let limits = BatchLimits { max_records: 10_000, max_wait: Duration::from_millis(200) };
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    while (records.len() as i64) < remaining {
+        if tokio::time::Instant::now() > give_up {
+            return Err(ConnectorError::Transient {
+                service: "kafka",
+                message: format!("read {} of {remaining} records of {topic} in 60 s", records.len()),
+            });
+        }
+        records.extend(source.next_batch(limits).await?);
+    }
+    Ok(records)
+}

@@ -1,0 +1,252 @@
+//! `notiflow.toml`: where the services are, topic names, batch limits and the
+//! tenants known so far. Unknown keys are rejected and every error names
+//! `file:line:column`, so a typo fails at start-up rather than at 3 a.m.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use notiflow_kafka::KafkaConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Kafka cluster. Absent: the embedded default (in-process topics).
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+    /// Topic names and partition counts.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Micro-batching and limits of the request pipeline.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Where local Parquet archives go (the embedded default's reports read them).
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+    /// Tenants allowed to send. A request naming another tenant is dead-lettered
+    /// as `unknown_tenant`.
+    #[serde(default, rename = "tenants")]
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Requests from producers.
+    pub requests: String,
+    /// Dead letters: original bytes plus reason headers.
+    pub dlq: String,
+    /// Lifecycle events, keyed by message id.
+    pub events: String,
+    /// Validated sends, one topic per priority: `<prefix>.high|normal|low`.
+    pub dispatch_prefix: String,
+    /// Partitions for topics notiflow creates. Keyed state is partitioned the
+    /// same way, so raising it later re-shuffles keys.
+    pub partitions: i32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            requests: "notify.requests".into(),
+            dlq: "notify.dlq".into(),
+            events: "notify.events".into(),
+            dispatch_prefix: "notify.dispatch".into(),
+            partitions: 6,
+        }
+    }
+}
+
+impl TopicsConfig {
+    pub fn dispatch(&self, priority: &str) -> String {
+        format!("{}.{priority}", self.dispatch_prefix)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Consumer group of the request pipeline.
+    pub group_id: String,
+    /// Records larger than this are dead-lettered as `oversize`.
+    pub max_request_bytes: usize,
+    /// A micro-batch closes at this many records...
+    pub batch_max_records: usize,
+    /// ...or this many milliseconds after it opened.
+    pub batch_max_wait_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            group_id: "notiflow-requests".into(),
+            max_request_bytes: 64 * 1024,
+            batch_max_records: 4096,
+            batch_max_wait_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` for `GET /metrics`; empty disables the endpoint.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Directory of the local Parquet archive.
+    pub dir: PathBuf,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { dir: PathBuf::from("notiflow-data/archive") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The id producers put in `tenant`.
+    pub id: String,
+    /// A human name for reports.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A config file that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_column(text, s.start)).unwrap_or((1, 1));
+            ConfigError { path: path.to_string(), line, column, message: e.message().to_string() }
+        })?;
+        config.check(text, path)?;
+        Ok(config)
+    }
+
+    /// Rules the types cannot say.
+    fn check(&self, text: &str, path: &str) -> Result<(), ConfigError> {
+        let at = |needle: &str, message: String| {
+            let (line, column) = text.find(needle).map(|i| line_column(text, i)).unwrap_or((1, 1));
+            ConfigError { path: path.to_string(), line, column, message }
+        };
+        if self.topics.partitions < 1 {
+            return Err(at("partitions", format!("partitions must be >= 1, got {}", self.topics.partitions)));
+        }
+        if self.pipeline.batch_max_records == 0 {
+            return Err(at("batch_max_records", "batch_max_records must be >= 1".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for tenant in &self.tenants {
+            if !seen.insert(tenant.id.as_str()) {
+                return Err(at(&format!("\"{}\"", tenant.id), format!("tenant {:?} is listed twice", tenant.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration of the embedded default: no servers, two demo tenants.
+    pub fn embedded() -> Config {
+        Config {
+            kafka: None,
+            topics: TopicsConfig::default(),
+            pipeline: PipelineConfig::default(),
+            metrics: MetricsConfig { listen: String::new() },
+            archive: ArchiveConfig::default(),
+            tenants: vec![
+                TenantConfig { id: "acme".into(), name: Some("Acme Retail".into()) },
+                TenantConfig { id: "globex".into(), name: Some("Globex Bank".into()) },
+            ],
+        }
+    }
+}
+
+fn line_column(text: &str, byte: usize) -> (usize, usize) {
+    let before = &text[..byte.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map(|nl| before.len() - nl).unwrap_or(before.len() + 1);
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[topics]
+partitions = 3
+
+[pipeline]
+max_request_bytes = 1024
+
+[[tenants]]
+id = "acme"
+"#;
+        let config = Config::parse(text, "notiflow.toml").unwrap();
+        assert_eq!(config.kafka.unwrap().bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(config.topics.partitions, 3);
+        assert_eq!(config.topics.requests, "notify.requests");
+        assert_eq!(config.pipeline.max_request_bytes, 1024);
+        assert_eq!(config.tenants[0].id, "acme");
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let text = "[pipeline]\nmax_request_bytes = 10\nbatch_size = 3\n";
+        let err = Config::parse(text, "conf/notiflow.toml").unwrap_err();
+        assert_eq!((err.line, err.column), (3, 1), "{err}");
+        assert!(err.to_string().starts_with("conf/notiflow.toml:3:1: "), "{err}");
+        assert!(err.message.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let err = Config::parse("[topics]\n\npartitions = \"six\"\n", "n.toml").unwrap_err();
+        assert_eq!(err.line, 3, "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_value() {
+        let err = Config::parse("[topics]\npartitions = 0\n", "n.toml").unwrap_err();
+        assert_eq!(err.line, 2);
+        let err = Config::parse("[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"\n", "n.toml").unwrap_err();
+        assert!(err.message.contains("listed twice"), "{err}");
+    }
+}

@@ -1,0 +1,101 @@
+//! The embedded default: the main job with no servers. Topics are served by
+//! the in-process log instead of Kafka, lifecycle events are archived to local
+//! Parquet instead of ClickHouse, and the summary is SQL over that archive.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notiflow_connector::memory::MemoryBroker;
+use notiflow_connector::{OutRecord, TopicAdmin};
+use notiflow_parquet::ParquetArchive;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::job::{RunTotals, StopWhen, run_validate_route};
+use crate::report;
+use crate::samples::sample_requests;
+
+pub struct DemoOptions {
+    /// Generated requests (plus the published examples).
+    pub requests: usize,
+    /// One in this many generated records is malformed.
+    pub malformed_every: usize,
+    /// The demo's own folder; its archive is replaced on every run.
+    pub data_dir: PathBuf,
+}
+
+pub struct DemoOutcome {
+    pub totals: RunTotals,
+    pub archived_events: usize,
+    pub summary: String,
+}
+
+pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
+    let mut config = Config::embedded();
+    config.archive.dir = options.data_dir.join("archive");
+    let broker = MemoryBroker::new();
+    broker.ensure_topics(&crate::topic_specs(&config)).await?;
+
+    let requests_topic: Arc<str> = Arc::from(config.topics.requests.as_str());
+    let mut input: Vec<OutRecord> = sample_requests(options.requests, options.malformed_every, config.pipeline.max_request_bytes)
+        .into_iter()
+        .map(|s| OutRecord { topic: requests_topic.clone(), key: Some(s.key), payload: s.payload, headers: vec![] })
+        .collect();
+    for line in include_str!("../../examples/requests.jsonl").lines().filter(|l| !l.trim().is_empty()) {
+        let (key, value) = line.split_once('|').expect("examples are key|value lines");
+        input.push(OutRecord {
+            topic: requests_topic.clone(),
+            key: Some(key.as_bytes().to_vec()),
+            payload: value.as_bytes().to_vec(),
+            headers: vec![],
+        });
+    }
+    let produced = input.len();
+    broker.append(input)?;
+
+    let stage = crate::validate_route_stage(&config);
+    let mut source = broker.consumer(&config.pipeline.group_id, &[&config.topics.requests]);
+    let (_keep_open, shutdown) = watch::channel(false);
+    let totals = run_validate_route(
+        &stage,
+        &mut source,
+        &broker.producer(),
+        crate::batch_limits(&config),
+        StopWhen::IdleFor(Duration::from_millis(100)),
+        shutdown,
+    )
+    .await?;
+    anyhow::ensure!(totals.records_in == produced as u64, "consumed {} of {produced} records", totals.records_in);
+
+    // Archive the lifecycle events (what the ClickHouse sink does on a cluster).
+    let events_dir = config.archive.dir.join("events");
+    if events_dir.exists() {
+        std::fs::remove_dir_all(&events_dir)?;
+    }
+    let events = broker.read_all(&config.topics.events);
+    let payloads: Vec<&[u8]> = events.iter().filter_map(|r| r.payload.as_deref()).collect();
+    let batch = report::events_to_batch(&payloads)?;
+    ParquetArchive::new(&config.archive.dir).commit_file("events", chrono::Utc::now(), &[batch])?;
+
+    let ctx = report::archive_session(&config.archive.dir).await?;
+    let mut summary = String::new();
+    for (title, sql) in [
+        (
+            "Outcome per topic",
+            "SELECT event, topic, count(*) AS records FROM events GROUP BY event, topic ORDER BY event, topic",
+        ),
+        (
+            "Rejections by reason",
+            "SELECT reason, count(*) AS records FROM events WHERE event = 'rejected' GROUP BY reason ORDER BY records DESC, reason",
+        ),
+        (
+            "Dispatched per tenant and category",
+            "SELECT tenant, category, count(*) AS requests FROM events WHERE event = 'dispatched' AND kind = 'send' \
+             GROUP BY tenant, category ORDER BY tenant, category",
+        ),
+    ] {
+        summary.push_str(&format!("\n{title}\n{}\n", report::render(&report::query(&ctx, sql).await?)));
+    }
+    Ok(DemoOutcome { totals, archived_events: payloads.len(), summary })
+}

@@ -1,0 +1,188 @@
+//! The first end-to-end path on the real broker: 10,000 requests, 1%
+//! malformed, through validate -> dispatch topics / dead-letter topic.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notiflow::job::{StopWhen, run_validate_route};
+use notiflow::samples::{Expected, sample_requests};
+use notiflow::validate_route::dlq_headers;
+use notiflow_connector::{OutRecord, Record, Sink, TopicAdmin};
+use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource, committed_offsets, read_topic_to_end};
+use tokio::sync::watch;
+
+use crate::support;
+
+fn header<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
+    record.headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_requests_one_percent_malformed() {
+    let config = support::kafka_config(3);
+    let kafka = config.kafka.clone().unwrap();
+    let topics = &config.topics;
+    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&notiflow::topic_specs(&config)).await.unwrap();
+
+    let samples = sample_requests(10_000, 100, config.pipeline.max_request_bytes);
+    let requests_topic: Arc<str> = Arc::from(topics.requests.as_str());
+    let producer = KafkaSink::new(&kafka).unwrap();
+    producer
+        .send_all(
+            samples
+                .iter()
+                .map(|s| OutRecord {
+                    topic: requests_topic.clone(),
+                    key: Some(s.key.clone()),
+                    payload: s.payload.clone(),
+                    headers: vec![],
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+
+    // Run 1, in process, with the metrics endpoint up.
+    let handle = notiflow::metrics_http::recorder();
+    let metrics_addr = notiflow::metrics_http::serve("127.0.0.1:0", handle).await.unwrap();
+    let stage = notiflow::validate_route_stage(&config);
+    let mut source = KafkaSource::new(&kafka, &config.pipeline.group_id, &[&topics.requests], "earliest").unwrap();
+    let (_keep, shutdown) = watch::channel(false);
+    let totals = run_validate_route(
+        &stage,
+        &mut source,
+        &KafkaSink::new(&kafka).unwrap(),
+        notiflow::batch_limits(&config),
+        StopWhen::IdleFor(Duration::from_secs(3)),
+        shutdown,
+    )
+    .await
+    .unwrap();
+    drop(source);
+    assert_eq!(totals.records_in, 10_000);
+
+    // Every valid request is on exactly one dispatch topic: the one of its priority.
+    let mut dispatched: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+    for priority in ["high", "normal", "low"] {
+        for record in read_topic_to_end(&kafka, &topics.dispatch(priority)).await.unwrap() {
+            dispatched.entry(record.key.clone().unwrap()).or_default().push(priority.to_string());
+        }
+    }
+    let dead: Vec<Record> = read_topic_to_end(&kafka, &topics.dlq).await.unwrap();
+    let mut dead_by_source: HashMap<Vec<u8>, &Record> = HashMap::new();
+    for record in &dead {
+        dead_by_source.insert(record.payload.clone().unwrap(), record);
+    }
+    let (mut valid, mut malformed) = (0, 0);
+    for sample in &samples {
+        match &sample.expected {
+            Expected::Dispatch { priority } => {
+                valid += 1;
+                assert_eq!(dispatched.get(&sample.key), Some(&vec![priority.to_string()]), "{:?}", String::from_utf8_lossy(&sample.key));
+            }
+            Expected::DeadLetter { reason } => {
+                malformed += 1;
+                // Original bytes, byte for byte, with the reason and where it came from.
+                let record = dead_by_source.get(&sample.payload).expect("malformed record is in the DLQ");
+                assert_eq!(header(record, dlq_headers::REASON), Some(reason.as_bytes()));
+                assert_eq!(header(record, dlq_headers::TOPIC), Some(topics.requests.as_bytes()));
+                assert!(header(record, dlq_headers::OFFSET).is_some());
+                assert!(!header(record, dlq_headers::ERROR).unwrap().is_empty());
+                assert_eq!(record.key.as_deref(), Some(sample.key.as_slice()));
+            }
+        }
+    }
+    assert_eq!((valid, malformed), (9_900, 100));
+    assert_eq!(dispatched.values().map(Vec::len).sum::<usize>(), 9_900, "no extra dispatches");
+    assert_eq!(dead.len(), 100, "no extra dead letters");
+    let events = read_topic_to_end(&kafka, &topics.events).await.unwrap();
+    assert_eq!(events.len(), 10_000, "one lifecycle event per request");
+
+    // Committed offsets cover every record of every partition.
+    let committed = committed_offsets(&kafka, &config.pipeline.group_id, &topics.requests).unwrap();
+    let mut per_partition: HashMap<i32, i64> = HashMap::new();
+    for record in read_topic_to_end(&kafka, &topics.requests).await.unwrap() {
+        let end = per_partition.entry(record.partition).or_default();
+        *end = (*end).max(record.offset + 1);
+    }
+    assert_eq!(committed.len(), 3);
+    for (partition, offset) in committed {
+        assert_eq!(offset, per_partition.get(&partition).copied(), "partition {partition}");
+    }
+
+    // Metrics: per-topic counters for this test's own topics, DLQ by reason, batch latency.
+    let text = scrape(metrics_addr);
+    let series = format!("notiflow_records_in_total{{topic=\"{}\"}}", topics.requests);
+    assert_eq!(metric_value(&text, &series), Some(10_000.0), "{text}");
+    let dlq_series = format!("notiflow_records_out_total{{topic=\"{}\"}}", topics.dlq);
+    assert_eq!(metric_value(&text, &dlq_series), Some(100.0));
+    assert!(metric_value(&text, "notiflow_dlq_total{reason=\"not_json\"}").unwrap() >= 17.0, "{text}");
+    assert!(text.contains("notiflow_batch_seconds_bucket"), "{text}");
+    assert!(text.contains("notiflow_consumer_lag{"), "consumer lag is published: {text}");
+
+    // Run 2: the binary restarts on the same group and emits nothing new.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = support::write_toml(&config, dir.path());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
+        .args(["run", "--config", toml.to_str().unwrap(), "--exit-when-idle-ms", "3000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("records in: 0 "), "{stdout}");
+    let mut after = 0;
+    for priority in ["high", "normal", "low"] {
+        after += read_topic_to_end(&kafka, &topics.dispatch(priority)).await.unwrap().len();
+    }
+    assert_eq!(after, 9_900);
+    assert_eq!(read_topic_to_end(&kafka, &topics.dlq).await.unwrap().len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_processes_new_records_after_a_restart() {
+    let config = support::kafka_config(2);
+    let kafka = config.kafka.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = support::write_toml(&config, dir.path());
+    let run = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
+            .args(["run", "--config", toml.to_str().unwrap(), "--exit-when-idle-ms", "2000"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    // The binary creates its topics; the first run finds nothing.
+    assert!(run().contains("records in: 0 "));
+    let requests_topic: Arc<str> = Arc::from(config.topics.requests.as_str());
+    let produce = |samples: Vec<notiflow::samples::Sample>| {
+        samples
+            .into_iter()
+            .map(|s| OutRecord { topic: requests_topic.clone(), key: Some(s.key), payload: s.payload, headers: vec![] })
+            .collect::<Vec<_>>()
+    };
+    let sink = KafkaSink::new(&kafka).unwrap();
+    sink.send_all(produce(sample_requests(300, 0, 1024))).await.unwrap();
+    assert!(run().contains("records in: 300 "));
+    sink.send_all(produce(sample_requests(50, 0, 1024))).await.unwrap();
+    assert!(run().contains("records in: 50 "), "only the new records");
+    let mut dispatched = 0;
+    for priority in ["high", "normal", "low"] {
+        dispatched += read_topic_to_end(&kafka, &config.topics.dispatch(priority)).await.unwrap().len();
+    }
+    assert_eq!(dispatched, 350);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one binary so the engine links once. Tests that need a
+//! service read its address from the environment that `scripts/test.sh` sets
+//! and fail (never skip) when it is missing.
+
+mod clickhouse_smoke;
+mod compose;
+mod demo;
+mod kafka_pipeline;
+mod support;

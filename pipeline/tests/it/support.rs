@@ -1,0 +1,60 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use notiflow::config::{Config, TenantConfig, TopicsConfig};
+use notiflow_kafka::KafkaConfig;
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh, which starts the real services")
+    })
+}
+
+pub fn kafka() -> KafkaConfig {
+    KafkaConfig::new(required_env("NOTIFLOW_TEST_KAFKA"))
+}
+
+pub fn clickhouse_url() -> String {
+    required_env("NOTIFLOW_TEST_CLICKHOUSE_URL")
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A Kafka config with topics of its own.
+pub fn kafka_config(partitions: i32) -> Config {
+    let prefix = unique("t");
+    let mut config = Config::embedded();
+    config.kafka = Some(kafka());
+    config.topics = TopicsConfig {
+        requests: format!("{prefix}.requests"),
+        dlq: format!("{prefix}.dlq"),
+        events: format!("{prefix}.events"),
+        dispatch_prefix: format!("{prefix}.dispatch"),
+        partitions,
+    };
+    config.pipeline.group_id = format!("{prefix}-group");
+    config.tenants = vec![
+        TenantConfig { id: "acme".into(), name: None },
+        TenantConfig { id: "globex".into(), name: None },
+    ];
+    config
+}
+
+/// The same config as a TOML file, for the binary.
+pub fn write_toml(config: &Config, dir: &std::path::Path) -> std::path::PathBuf {
+    let kafka = config.kafka.as_ref().expect("kafka config");
+    let t = &config.topics;
+    let tenants: String = config.tenants.iter().map(|t| format!("[[tenants]]\nid = \"{}\"\n", t.id)).collect();
+    let text = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\n\n[topics]\nrequests = \"{}\"\ndlq = \"{}\"\nevents = \"{}\"\n\
+         dispatch_prefix = \"{}\"\npartitions = {}\n\n[pipeline]\ngroup_id = \"{}\"\n\n[metrics]\nlisten = \"\"\n\n{tenants}",
+        kafka.bootstrap_servers, t.requests, t.dlq, t.events, t.dispatch_prefix, t.partitions, config.pipeline.group_id
+    );
+    let path = dir.join("notiflow.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
