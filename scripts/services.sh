@@ -23,7 +23,7 @@ services_install() {
   if ! command -v tansu >/dev/null 2>&1; then
     echo "services: installing tansu (first build takes ~16 min on 2 cores)"
     # The default features have no storage engine: dynostore gives memory://, libsql gives sqlite://.
-    cargo install --locked tansu --features dynostore,libsql
+    cargo install tansu --features dynostore,libsql
   fi
   if ! command -v clickhouse-server >/dev/null 2>&1; then
     echo "services: installing Debian's clickhouse-server"
