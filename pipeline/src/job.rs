@@ -1,12 +1,13 @@
-//! Drives a stage over a source and a sink: read a micro-batch, process it,
-//! wait until every output is durable, then commit the batch's offsets.
-//! A crash anywhere before the commit replays the batch (at-least-once into
-//! Kafka; outputs carry deterministic ids so consumers can drop replays).
+//! Drives a batch processor over a source and a sink: read a micro-batch,
+//! process it, wait until every output is durable, then commit the batch's
+//! offsets. A crash anywhere before the commit replays the batch
+//! (at-least-once into Kafka; outputs carry deterministic ids so consumers can
+//! drop replays).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use notiflow_connector::{BatchLimits, Offsets, Sink, Source};
+use notiflow_connector::{BatchLimits, Offsets, OutRecord, Record, Sink, Source};
 use tokio::sync::watch;
 
 use crate::validate_route::{Outcome, ValidateRoute};
@@ -20,24 +21,39 @@ pub enum StopWhen {
     IdleFor(Duration),
 }
 
+/// Turns one micro-batch of records into output records.
+pub trait BatchProcessor {
+    fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> impl Future<Output = anyhow::Result<()>>;
+}
+
 /// What a run did, for the summary line and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunTotals {
     pub records_in: u64,
+    /// Records written, per destination (topic, or sink table of a SQL pipeline).
     pub dispatched: BTreeMap<String, u64>,
+    /// Records dead-lettered, per reason code.
     pub dead_lettered: BTreeMap<String, u64>,
     pub batches: u64,
 }
 
-pub async fn run_validate_route<S: Source, K: Sink>(
-    stage: &ValidateRoute,
+impl RunTotals {
+    pub fn count_dead_letter(&mut self, reason: &str) {
+        metrics::counter!("notiflow_dlq_total", "reason" => reason.to_string()).increment(1);
+        *self.dead_lettered.entry(reason.to_string()).or_default() += 1;
+    }
+}
+
+/// Runs until `stop` or shutdown; returns the processor's totals.
+pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
+    processor: &mut P,
     source: &mut S,
     sink: &K,
     limits: BatchLimits,
     stop: StopWhen,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<RunTotals> {
-    let mut totals = RunTotals::default();
+) -> anyhow::Result<(u64, u64)> {
+    let (mut records_in, mut batches) = (0u64, 0u64);
     let mut idle_since = Instant::now();
     loop {
         if *shutdown.borrow() {
@@ -56,27 +72,50 @@ pub async fn run_validate_route<S: Source, K: Sink>(
         idle_since = Instant::now();
         let started = Instant::now();
         let mut out = Vec::with_capacity(batch.len() * 2);
+        processor.process(&batch, &mut out).await?;
         let mut offsets = Offsets::default();
-        for record in &batch {
-            match stage.process(record, &mut out) {
-                Outcome::Dispatched { topic } => *totals.dispatched.entry(topic.to_string()).or_default() += 1,
-                Outcome::DeadLettered { reason } => {
-                    metrics::counter!("notiflow_dlq_total", "reason" => reason).increment(1);
-                    *totals.dead_lettered.entry(reason.to_string()).or_default() += 1;
-                }
-            }
-            offsets.advance_past(record);
-        }
+        batch.iter().for_each(|r| offsets.advance_past(r));
         count_records("notiflow_records_in_total", batch.iter().map(|r| r.topic.as_ref()));
         count_records("notiflow_records_out_total", out.iter().map(|r| r.topic.as_ref()));
         // Durable first, then commit: never the other way round.
         sink.send_all(out).await?;
         source.commit(&offsets).await?;
         metrics::histogram!("notiflow_batch_seconds").record(started.elapsed().as_secs_f64());
-        totals.records_in += batch.len() as u64;
-        totals.batches += 1;
+        records_in += batch.len() as u64;
+        batches += 1;
     }
-    Ok(totals)
+    Ok((records_in, batches))
+}
+
+/// The built-in validate-and-route stage as a processor.
+pub struct ValidateRouteJob<'a> {
+    pub stage: &'a ValidateRoute,
+    pub totals: RunTotals,
+}
+
+impl BatchProcessor for ValidateRouteJob<'_> {
+    async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
+        for record in records {
+            match self.stage.process(record, out) {
+                Outcome::Dispatched { topic } => *self.totals.dispatched.entry(topic.to_string()).or_default() += 1,
+                Outcome::DeadLettered { reason } => self.totals.count_dead_letter(reason),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn run_validate_route<S: Source, K: Sink>(
+    stage: &ValidateRoute,
+    source: &mut S,
+    sink: &K,
+    limits: BatchLimits,
+    stop: StopWhen,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunTotals> {
+    let mut job = ValidateRouteJob { stage, totals: RunTotals::default() };
+    let (records_in, batches) = run_job(&mut job, source, sink, limits, stop, shutdown).await?;
+    Ok(RunTotals { records_in, batches, ..job.totals })
 }
 
 /// Increments a per-topic counter once per distinct topic, not per record.

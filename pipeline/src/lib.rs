@@ -3,11 +3,14 @@
 pub mod config;
 pub mod contract;
 pub mod demo;
+pub mod dlq;
+pub mod engine;
 pub mod events;
 pub mod job;
 pub mod metrics_http;
 pub mod report;
 pub mod samples;
+pub mod sql;
 pub mod validate_route;
 
 use notiflow_connector::{BatchLimits, TopicSpec};

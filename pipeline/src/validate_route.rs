@@ -4,22 +4,15 @@
 
 use std::sync::Arc;
 
-use notiflow_connector::{Header, OutRecord, Record};
+use notiflow_connector::{OutRecord, Record};
+
+use crate::dlq::{self, Rejected};
 
 use crate::config::TopicsConfig;
-use crate::contract::{Contract, Kind, Rejection};
+use crate::contract::{Contract, Kind};
 use crate::events::{LifecycleEvent, now_rfc3339};
 
-/// Header names on dead letters (Kafka Connect keeps its error context in
-/// headers too): the value stays byte-for-byte what the producer sent.
-pub mod dlq_headers {
-    pub const REASON: &str = "notiflow.reason";
-    pub const ERROR: &str = "notiflow.error";
-    pub const TOPIC: &str = "notiflow.source.topic";
-    pub const PARTITION: &str = "notiflow.source.partition";
-    pub const OFFSET: &str = "notiflow.source.offset";
-    pub const TIMESTAMP: &str = "notiflow.source.timestamp";
-}
+pub use crate::dlq::headers as dlq_headers;
 
 pub struct ValidateRoute {
     contract: Contract,
@@ -51,7 +44,7 @@ impl ValidateRoute {
 
     /// Appends the routed record and its event to `out`.
     pub fn process(&self, record: &Record, out: &mut Vec<OutRecord>) -> Outcome {
-        let source = format!("{}/{}/{}", record.topic, record.partition, record.offset);
+        let source = dlq::source_of(record);
         match self.contract.check(record.key.as_deref(), record.payload.as_deref()) {
             Ok(request) => {
                 let topic = match request.priority {
@@ -82,69 +75,28 @@ impl ValidateRoute {
                     source,
                     at: now_rfc3339(),
                 };
-                out.push(self.event_record(&event));
+                out.push(dlq::event_record(&event, &self.events));
                 Outcome::Dispatched { topic }
             }
             Err(rejection) => {
                 let reason = rejection.reason.as_str();
-                out.push(self.dead_letter(record, &rejection));
-                let event = LifecycleEvent {
-                    event: "rejected".into(),
-                    message_id: match (&rejection.tenant, &rejection.request_id) {
-                        (Some(t), Some(r)) => Some(crate::contract::message_id(t, r)),
-                        _ => None,
-                    },
-                    tenant: rejection.tenant,
-                    request_id: rejection.request_id,
-                    kind: None,
-                    priority: None,
-                    category: None,
-                    reason: Some(reason.into()),
-                    topic: Some(self.dlq.to_string()),
-                    source,
-                    at: now_rfc3339(),
+                let rejected = Rejected {
+                    reason,
+                    error: &rejection.error,
+                    tenant: rejection.tenant.as_deref(),
+                    request_id: rejection.request_id.as_deref(),
                 };
-                out.push(self.event_record(&event));
+                out.push(dlq::dead_letter(record, &rejected, &self.dlq));
+                out.push(dlq::event_record(&dlq::rejected_event(record, &rejected, &self.dlq), &self.events));
                 Outcome::DeadLettered { reason }
             }
         }
     }
-
-    fn dead_letter(&self, record: &Record, rejection: &Rejection) -> OutRecord {
-        use dlq_headers::*;
-        let mut headers = vec![
-            Header::new(REASON, rejection.reason.as_str()),
-            Header::new(ERROR, rejection.error.as_str()),
-            Header::new(TOPIC, record.topic.as_ref()),
-            Header::new(PARTITION, record.partition.to_string()),
-            Header::new(OFFSET, record.offset.to_string()),
-        ];
-        if let Some(ts) = record.timestamp_ms {
-            headers.push(Header::new(TIMESTAMP, ts.to_string()));
-        }
-        // The producer's own headers follow ours, unchanged.
-        headers.extend(record.headers.iter().cloned());
-        OutRecord {
-            topic: self.dlq.clone(),
-            key: record.key.clone(),
-            payload: record.payload.clone().unwrap_or_default(),
-            headers,
-        }
-    }
-
-    fn event_record(&self, event: &LifecycleEvent) -> OutRecord {
-        OutRecord {
-            topic: self.events.clone(),
-            key: Some(event.key().into_bytes()),
-            payload: serde_json::to_vec(event).expect("events serialize"),
-            headers: vec![],
-        }
-    }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use notiflow_connector::Header;
 
     fn stage() -> ValidateRoute {
         ValidateRoute::new(Contract::new(["acme".to_string()], 512), &TopicsConfig::default())

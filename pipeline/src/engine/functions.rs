@@ -1,0 +1,74 @@
+//! Functions the engine adds to DataFusion's: window markers used in
+//! `PARTITION BY` (`tumble`, `sliding`) and notiflow helpers.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use arrow::datatypes::{DataType, IntervalUnit, TimeUnit};
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+use datafusion::prelude::SessionContext;
+
+pub const TUMBLE: &str = "tumble";
+pub const SLIDING: &str = "sliding";
+
+pub fn register(ctx: &SessionContext) {
+    for name in [TUMBLE, SLIDING] {
+        let marker = create_udf(
+            name,
+            vec![DataType::Interval(IntervalUnit::MonthDayNano)],
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            Volatility::Immutable,
+            Arc::new(move |_| {
+                Err(DataFusionError::Plan(format!(
+                    "{name}(interval) marks a window: use it in ROW_NUMBER() OVER (PARTITION BY ..., {name}(...))"
+                )))
+            }),
+        );
+        ctx.register_udf(marker);
+    }
+    ctx.register_udf(create_udf(
+        "message_id",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(message_id),
+    ));
+}
+
+/// `message_id(tenant, request_id)`: the deterministic id of `contract::message_id`.
+fn message_id(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue> {
+    let rows = args.iter().find_map(|a| match a {
+        ColumnarValue::Array(a) => Some(a.len()),
+        ColumnarValue::Scalar(_) => None,
+    });
+    let arrays: Vec<ArrayRef> = args.iter().map(|a| a.to_array(rows.unwrap_or(1))).collect::<Result<_, _>>()?;
+    let as_strings = |a: &ArrayRef| {
+        a.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| DataFusionError::Plan("message_id takes text".into()))
+    };
+    let (tenants, requests) = (as_strings(&arrays[0])?, as_strings(&arrays[1])?);
+    let mut out = StringBuilder::with_capacity(tenants.len(), tenants.len() * 34);
+    for i in 0..tenants.len() {
+        if tenants.is_null(i) || requests.is_null(i) {
+            out.append_null();
+        } else {
+            out.append_value(crate::contract::message_id(tenants.value(i), requests.value(i)));
+        }
+    }
+    let array: ArrayRef = Arc::new(out.finish());
+    Ok(match rows {
+        Some(_) => ColumnarValue::Array(array),
+        None => ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?),
+    })
+}
+
+/// Nanoseconds of an interval literal with no month part.
+pub fn interval_nanos(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000_000_000 + v.nanoseconds)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => Some(i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000),
+        _ => None,
+    }
+}

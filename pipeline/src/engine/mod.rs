@@ -1,0 +1,44 @@
+//! The streaming SQL engine: plans a directory of SQL once (`plan`), then runs
+//! it over micro-batches (`runtime`), with notiflow's own stateful operators
+//! where a stream needs state (`row_number`).
+
+pub mod codec;
+pub mod feed;
+pub mod functions;
+pub mod plan;
+pub mod row_number;
+pub mod runtime;
+
+pub use plan::{PlanEnv, Pipeline, Stage, plan};
+pub use runtime::PipelineRun;
+
+use datafusion::physical_plan::displayable;
+
+/// The operator graph of each flow, as `notiflow explain` prints it.
+pub fn explain(pipeline: &Pipeline) -> String {
+    let mut out = String::new();
+    for (i, source) in pipeline.sources.iter().enumerate() {
+        out.push_str(&format!("source {i}: {} <- kafka topic {}\n", source.name, source.kafka.topic));
+    }
+    for (i, sink) in pipeline.sinks.iter().enumerate() {
+        out.push_str(&format!("sink {i}: {} -> kafka topic {}\n", sink.name, sink.kafka.topic));
+    }
+    for (f, flow) in pipeline.flows.iter().enumerate() {
+        let sink = &pipeline.sinks[flow.sink].name;
+        out.push_str(&format!("\nflow {f} ({}): INSERT INTO {sink}\n", flow.location));
+        for (s, stage) in flow.stages.iter().enumerate() {
+            match stage {
+                Stage::Segment { plan } => {
+                    out.push_str(&format!("  stage {s}: stateless segment\n"));
+                    for line in displayable(plan.as_ref()).indent(false).to_string().lines() {
+                        out.push_str(&format!("    {line}\n"));
+                    }
+                }
+                Stage::RowNumber { input, describe, .. } => {
+                    out.push_str(&format!("  stage {s}: {describe} (input: stage {input})\n"));
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,475 @@
+//! From SQL definitions to a runnable pipeline, planned once at start.
+//!
+//! Each `INSERT` becomes a flow. DataFusion plans its query; the plan is then
+//! cut at stateful nodes (the windowed row-number limit), which notiflow runs
+//! itself, and every stateless piece between them is turned into a DataFusion
+//! physical plan over feeds (see `feed.rs`). Anything that would need state
+//! DataFusion keeps per query (unwindowed aggregates, joins, sorts) is refused
+//! here with the statement's file:line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::compute::can_cast_types;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::catalog::view::ViewTable;
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Operator, WindowFunctionDefinition};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::codec::{SinkEncoder, SourceDecoder, TIMESTAMP_COLUMN, is_hidden};
+use super::feed::Feed;
+use super::functions;
+use super::row_number::{RowNumberLimit, WindowKind};
+use crate::contract::Contract;
+use crate::sql::{Connector, Definition, KafkaTable, Location, PipelineSql, SqlError, TableRole, TableDef};
+
+/// What the planner needs from `notiflow.toml`.
+#[derive(Debug, Clone)]
+pub struct PlanEnv {
+    /// Tenants for `json.contract = 'notify.requests'`.
+    pub tenants: Vec<String>,
+    pub max_request_bytes: usize,
+}
+
+pub struct SourceTable {
+    pub name: String,
+    pub kafka: KafkaTable,
+    pub decoder: SourceDecoder,
+    pub feed: Feed,
+    /// Evaluated over each decoded batch; the source's watermark is the max seen.
+    pub watermark: Arc<dyn PhysicalExpr>,
+    pub contract: Option<Contract>,
+}
+
+pub struct SinkTable {
+    pub name: String,
+    pub kafka: KafkaTable,
+    pub encoder: SinkEncoder,
+}
+
+pub enum Stage {
+    /// A stateless DataFusion plan over feeds.
+    Segment { plan: Arc<dyn ExecutionPlan> },
+    /// The windowed row-number limit over the output of stage `input`.
+    RowNumber { input: usize, op: Box<RowNumberLimit>, output: Feed, describe: String },
+}
+
+pub struct Flow {
+    pub location: Location,
+    pub sink: usize,
+    /// Sources the flow reads (indexes into `Pipeline::sources`).
+    pub sources: Vec<usize>,
+    /// In execution order; the last stage's output goes to the sink.
+    pub stages: Vec<Stage>,
+}
+
+pub struct Pipeline {
+    pub name: String,
+    pub ctx: SessionContext,
+    pub sources: Vec<SourceTable>,
+    pub sinks: Vec<SinkTable>,
+    pub flows: Vec<Flow>,
+}
+
+fn session() -> SessionContext {
+    // One partition, no repartitioning: a micro-batch is small and ordered.
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_repartition_joins(false)
+        .with_repartition_aggregations(false)
+        .with_repartition_windows(false)
+        .with_round_robin_repartition(false)
+        .with_coalesce_batches(false);
+    let ctx = SessionContext::new_with_config(config);
+    functions::register(&ctx);
+    ctx
+}
+
+pub async fn plan(sql: &PipelineSql, env: &PlanEnv) -> Result<Pipeline, SqlError> {
+    let ctx = session();
+    let mut pipeline = Pipeline { name: sql.name.clone(), ctx: ctx.clone(), sources: vec![], sinks: vec![], flows: vec![] };
+    let mut names: HashMap<String, Location> = HashMap::new();
+    for statement in &sql.statements {
+        let location = &statement.location;
+        let name = match &statement.definition {
+            Definition::Table(t) => Some(&t.name),
+            Definition::View { name, .. } => Some(name),
+            Definition::Insert { .. } => None,
+        };
+        if let Some(name) = name
+            && let Some(first) = names.insert(name.clone(), location.clone())
+        {
+            return Err(SqlError::new(location, format!("{name} is already defined at {first}")));
+        }
+        match &statement.definition {
+            Definition::Table(table) => add_table(&mut pipeline, table, location, env).await?,
+            Definition::View { sql, .. } => {
+                ctx.sql(sql).await.map_err(|e| SqlError::new(location, clean(e)))?;
+            }
+            Definition::Insert { sink, query } => {
+                let flow = plan_insert(&pipeline, sink, query, location).await?;
+                pipeline.flows.push(flow);
+            }
+        }
+    }
+    if pipeline.flows.is_empty() {
+        let location = sql.statements.first().map(|s| s.location.clone()).unwrap_or(Location { file: sql.name.clone(), line: 0 });
+        return Err(SqlError::new(&location, "the pipeline has no INSERT INTO: nothing would run"));
+    }
+    Ok(pipeline)
+}
+
+async fn add_table(pipeline: &mut Pipeline, table: &TableDef, location: &Location, env: &PlanEnv) -> Result<(), SqlError> {
+    let declared = declared_schema(&pipeline.ctx, table, location).await?;
+    let Connector::Kafka(kafka) = &table.connector;
+    match kafka.role {
+        TableRole::Source => {
+            let event_time_field = kafka.event_time_field.clone().or_else(|| table.watermark.as_ref().map(|w| w.column.clone()));
+            if let Some(field) = &event_time_field
+                && declared.field_with_name(field).is_err()
+            {
+                return Err(SqlError::new(location, format!("event_time_field {field}: no such column in {}", table.name)));
+            }
+            let decoder = SourceDecoder::new(&declared, &table.json_columns, event_time_field);
+            let feed = Feed::new(decoder.schema().clone());
+            pipeline
+                .ctx
+                .register_table(table.name.as_str(), feed.table())
+                .map_err(|e| SqlError::new(location, clean(e)))?;
+            let df_schema = DFSchema::try_from(decoder.schema().as_ref().clone()).map_err(|e| SqlError::new(location, clean(e)))?;
+            let watermark_sql = match &table.watermark {
+                Some(w) => w.expr.clone().unwrap_or_else(|| w.column.clone()),
+                None => TIMESTAMP_COLUMN.to_string(),
+            };
+            let watermark_expr = pipeline
+                .ctx
+                .parse_sql_expr(&watermark_sql, &df_schema)
+                .and_then(|e| pipeline.ctx.state().create_physical_expr(e, &df_schema))
+                .map_err(|e| SqlError::new(location, format!("WATERMARK expression: {}", clean(e))))?;
+            let contract = kafka.contract.as_ref().map(|_| Contract::new(env.tenants.iter().cloned(), env.max_request_bytes));
+            pipeline.sources.push(SourceTable {
+                name: table.name.clone(),
+                kafka: kafka.clone(),
+                decoder,
+                feed,
+                watermark: watermark_expr,
+                contract,
+            });
+        }
+        TableRole::Sink => {
+            if let Some(key) = &kafka.key_field
+                && declared.field_with_name(key).is_err()
+            {
+                return Err(SqlError::new(location, format!("sink.key_field {key}: no such column in {}", table.name)));
+            }
+            pipeline.sinks.push(SinkTable {
+                name: table.name.clone(),
+                kafka: kafka.clone(),
+                encoder: SinkEncoder::new(&declared, &table.json_columns, kafka.key_field.clone()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The Arrow schema of `CREATE TABLE name (columns)`, as DataFusion types it.
+async fn declared_schema(ctx: &SessionContext, table: &TableDef, location: &Location) -> Result<Schema, SqlError> {
+    let plan = ctx.state().create_logical_plan(&table.columns_sql).await.map_err(|e| SqlError::new(location, clean(e)))?;
+    let schema = match &plan {
+        LogicalPlan::Ddl(ddl) => ddl.schema().as_arrow().clone(),
+        other => other.schema().as_arrow().clone(),
+    };
+    if let Some(hidden) = schema.fields().iter().find(|f| is_hidden(f.name())) {
+        return Err(SqlError::new(location, format!("column {}: names starting with _ are reserved for the engine", hidden.name())));
+    }
+    Ok(schema)
+}
+
+async fn plan_insert(pipeline: &Pipeline, sink: &str, query: &str, location: &Location) -> Result<Flow, SqlError> {
+    let err = |m: String| SqlError::new(location, m);
+    let sink_index = pipeline.sinks.iter().position(|s| s.name == sink).ok_or_else(|| {
+        let is_source = pipeline.sources.iter().any(|s| s.name == sink);
+        err(if is_source { format!("{sink} is a source table; INSERT INTO needs a sink") } else { format!("no sink table {sink}") })
+    })?;
+    let state = pipeline.ctx.state();
+    let logical = state.create_logical_plan(query).await.map_err(|e| err(clean(e)))?;
+    let mut lowering = Lowering { pipeline, stages: vec![], sources: vec![], location };
+    let top = lowering.lower(&logical, None).await?;
+    let physical = state.create_physical_plan(&top).await.map_err(|e| err(clean(e)))?;
+    check_sink_columns(physical.schema(), &pipeline.sinks[sink_index], location)?;
+    lowering.stages.push(Stage::Segment { plan: physical });
+    let Lowering { stages, mut sources, .. } = lowering;
+    sources.sort_unstable();
+    sources.dedup();
+    if sources.is_empty() {
+        return Err(err("the query reads no source table".into()));
+    }
+    Ok(Flow { location: location.clone(), sink: sink_index, sources, stages })
+}
+
+fn check_sink_columns(output: SchemaRef, sink: &SinkTable, location: &Location) -> Result<(), SqlError> {
+    let declared = sink.encoder.fields();
+    for field in output.fields().iter().filter(|f| !is_hidden(f.name())) {
+        match declared.iter().find(|d| d.name() == field.name()) {
+            None => {
+                return Err(SqlError::new(
+                    location,
+                    format!("column {} is not in sink {} (its columns: {})", field.name(), sink.name, names(declared)),
+                ));
+            }
+            Some(d) if !can_cast_types(field.data_type(), d.data_type()) => {
+                return Err(SqlError::new(
+                    location,
+                    format!("column {} is {}, sink {} wants {}", field.name(), field.data_type(), sink.name, d.data_type()),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(missing) = declared.iter().find(|d| !d.is_nullable() && output.field_with_name(d.name()).is_err()) {
+        return Err(SqlError::new(location, format!("sink {} needs NOT NULL column {}", sink.name, missing.name())));
+    }
+    Ok(())
+}
+
+fn names(fields: &arrow::datatypes::Fields) -> String {
+    fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Cuts one query's logical plan at stateful nodes.
+struct Lowering<'a> {
+    pipeline: &'a Pipeline,
+    stages: Vec<Stage>,
+    sources: Vec<usize>,
+    location: &'a Location,
+}
+
+/// `column <= N` seen above a window, by unqualified column name.
+#[derive(Debug, Clone)]
+struct LimitHint {
+    column: String,
+    limit: u64,
+}
+
+impl Lowering<'_> {
+    fn err(&self, message: impl Into<String>) -> SqlError {
+        SqlError::new(self.location, message)
+    }
+
+    fn lower<'b>(
+        &'b mut self,
+        plan: &'b LogicalPlan,
+        hint: Option<LimitHint>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<LogicalPlan, SqlError>> + 'b>> {
+        Box::pin(async move {
+            match plan {
+                LogicalPlan::TableScan(scan) => {
+                    let provider = source_as_provider(&scan.source).map_err(|e| self.err(clean(e)))?;
+                    if let Some(view) = provider.downcast_ref::<ViewTable>() {
+                        let inner = self.lower(view.logical_plan(), hint).await?;
+                        let aliased = LogicalPlanBuilder::from(inner).alias(scan.table_name.clone()).and_then(|b| b.build());
+                        return aliased.map_err(|e| self.err(clean(e)));
+                    }
+                    let name = scan.table_name.table();
+                    let index = self.pipeline.sources.iter().position(|s| s.name == name);
+                    match index {
+                        Some(i) => {
+                            self.sources.push(i);
+                            Ok(plan.clone())
+                        }
+                        None => Err(self.err(format!("{name} is not a source table"))),
+                    }
+                }
+                LogicalPlan::Filter(filter) => {
+                    let hint = limit_hint(&filter.predicate).or(hint);
+                    self.rebuild(plan, hint).await
+                }
+                LogicalPlan::Projection(projection) => {
+                    // Follow the hinted column through `expr AS alias`.
+                    let hint = hint.and_then(|h| {
+                        projection.expr.iter().find_map(|e| match e {
+                            Expr::Alias(alias) if alias.name == h.column => match alias.expr.as_ref() {
+                                Expr::Column(c) => Some(LimitHint { column: c.name.clone(), limit: h.limit }),
+                                _ => None,
+                            },
+                            Expr::Column(c) if c.name == h.column => Some(h.clone()),
+                            _ => None,
+                        })
+                    });
+                    self.rebuild(plan, hint).await
+                }
+                LogicalPlan::SubqueryAlias(_) | LogicalPlan::Unnest(_) | LogicalPlan::Union(_) => self.rebuild(plan, hint).await,
+                LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok(plan.clone()),
+                LogicalPlan::Window(window) => self.window(window, hint).await,
+                LogicalPlan::Aggregate(_) => Err(self.err(
+                    "GROUP BY / aggregates over a stream need a window (tumble/hop), which this engine does not run yet",
+                )),
+                LogicalPlan::Join(_) => Err(self.err("joins (interval and lookup joins) are not supported yet")),
+                LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
+                    Err(self.err("ORDER BY / LIMIT have no meaning over an unbounded stream; use ROW_NUMBER() over a window"))
+                }
+                LogicalPlan::Distinct(_) => {
+                    Err(self.err("DISTINCT over a stream needs state: use ROW_NUMBER() OVER (PARTITION BY ..., tumble(...)) <= 1"))
+                }
+                other => Err(self.err(format!(
+                    "{} is not supported in a streaming pipeline (supported: projection, WHERE, UNNEST, UNION ALL, views, ROW_NUMBER() window limits)",
+                    other.display()
+                ))),
+            }
+        })
+    }
+
+    async fn rebuild(&mut self, plan: &LogicalPlan, hint: Option<LimitHint>) -> Result<LogicalPlan, SqlError> {
+        let mut inputs = Vec::new();
+        for input in plan.inputs() {
+            inputs.push(self.lower(input, hint.clone()).await?);
+        }
+        plan.with_new_exprs(plan.expressions(), inputs).map_err(|e| self.err(clean(e)))
+    }
+
+    async fn window(&mut self, window: &datafusion::logical_expr::logical_plan::Window, hint: Option<LimitHint>) -> Result<LogicalPlan, SqlError> {
+        let [expr] = window.window_expr.as_slice() else {
+            return Err(self.err("one window function per SELECT: ROW_NUMBER() OVER (...)"));
+        };
+        let output_name = window.schema.field(window.schema.fields().len() - 1).name().clone();
+        let function = match expr {
+            Expr::Alias(a) => a.expr.as_ref(),
+            e => e,
+        };
+        let Expr::WindowFunction(function) = function else {
+            return Err(self.err("unsupported window expression"));
+        };
+        let is_row_number = matches!(&function.fun, WindowFunctionDefinition::WindowUDF(udf) if udf.name() == "row_number");
+        if !is_row_number {
+            return Err(self.err(format!("window function {}: only ROW_NUMBER() is supported", function.fun)));
+        }
+        let Some(hint) = hint.filter(|h| h.column == output_name || output_name.ends_with(&format!(".{}", h.column))) else {
+            return Err(self.err("ROW_NUMBER() runs as a windowed limit: filter it with WHERE rn <= N (or rn = 1)"));
+        };
+        let params = &function.params;
+        let mut keys = Vec::new();
+        let mut marker = None;
+        for e in &params.partition_by {
+            match e {
+                Expr::ScalarFunction(f) if [functions::TUMBLE, functions::SLIDING].contains(&f.func.name()) => {
+                    let width = match f.args.as_slice() {
+                        [Expr::Literal(value, _)] => functions::interval_nanos(value),
+                        _ => None,
+                    }
+                    .ok_or_else(|| self.err(format!("{}(INTERVAL '...' ...) takes one interval literal without months", f.func.name())))?;
+                    let kind = if f.func.name() == functions::TUMBLE { WindowKind::Tumbling } else { WindowKind::Sliding };
+                    if marker.replace((kind, width)).is_some() {
+                        return Err(self.err("one window marker (tumble or sliding) per PARTITION BY"));
+                    }
+                }
+                other => keys.push(other.clone()),
+            }
+        }
+        let (kind, width) =
+            marker.ok_or_else(|| self.err("PARTITION BY needs a window: add tumble(INTERVAL '5' MINUTE) or sliding(...)"))?;
+        let [order] = params.order_by.as_slice() else {
+            return Err(self.err("ROW_NUMBER() needs ORDER BY <event time column>"));
+        };
+
+        let input = self.lower(&window.input, None).await?;
+        let state = self.pipeline.ctx.state();
+        let input_schema = input.schema().clone();
+        let physical = |e: &Expr| state.create_physical_expr(e.clone(), &input_schema).map_err(|err| self.err(clean(err)));
+        let key_exprs = keys.iter().map(&physical).collect::<Result<Vec<_>, _>>()?;
+        let key_types = keys
+            .iter()
+            .map(|k| k.get_type(&input_schema).map_err(|e| self.err(clean(e))))
+            .collect::<Result<Vec<DataType>, _>>()?;
+        let time = physical(&order.expr)?;
+        if !matches!(order.expr.get_type(&input_schema), Ok(DataType::Timestamp(..))) {
+            return Err(self.err("ROW_NUMBER() ... ORDER BY must be a timestamp (the event time)"));
+        }
+        let input_plan = state.create_physical_plan(&input).await.map_err(|e| self.err(clean(e)))?;
+        self.stages.push(Stage::Segment { plan: input_plan });
+        let input_stage = self.stages.len() - 1;
+
+        // The operator's output: window's schema with plain column names c0..cN.
+        let qualified = window.schema.as_ref();
+        let feed_fields: Vec<Field> = qualified
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
+            .collect();
+        let feed = Feed::new(Arc::new(Schema::new(feed_fields)));
+        let op = RowNumberLimit::new(key_exprs, key_types, time, kind, width, hint.limit, feed.schema().clone())
+            .map_err(|e| self.err(clean(e)))?;
+        let describe = format!(
+            "RowNumberLimit: {} window {} s, keys [{}], first {} per key",
+            if kind == WindowKind::Tumbling { "tumbling" } else { "sliding" },
+            width as f64 / 1e9,
+            keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+            hint.limit
+        );
+        self.stages.push(Stage::RowNumber { input: input_stage, op: Box::new(op), output: feed.clone(), describe });
+
+        // Scan the feed and give the columns back their qualified names.
+        let feed_name = format!("__window_{}", self.stages.len());
+        let scan = LogicalPlanBuilder::scan(feed_name.as_str(), provider_as_source(feed.table()), None).map_err(|e| self.err(clean(e)))?;
+        let exprs: Vec<Expr> = qualified
+            .iter()
+            .enumerate()
+            .map(|(i, (qualifier, field))| {
+                Expr::Column(Column::new(Some(TableReference::bare(feed_name.as_str())), format!("c{i}")))
+                    .alias_qualified(qualifier.cloned(), field.name())
+            })
+            .collect();
+        scan.project(exprs).and_then(|b| b.build()).map_err(|e| self.err(clean(e)))
+    }
+}
+
+/// `col <= N`, `col < N`, `col = 1` (or mirrored) in a conjunction.
+fn limit_hint(predicate: &Expr) -> Option<LimitHint> {
+    fn strip(e: &Expr) -> &Expr {
+        match e {
+            Expr::Cast(c) => strip(&c.expr),
+            Expr::TryCast(c) => strip(&c.expr),
+            other => other,
+        }
+    }
+    fn literal(e: &Expr) -> Option<i64> {
+        match strip(e) {
+            Expr::Literal(v, _) => match v {
+                ScalarValue::Int64(Some(n)) => Some(*n),
+                ScalarValue::Int32(Some(n)) => Some(i64::from(*n)),
+                ScalarValue::UInt64(Some(n)) => i64::try_from(*n).ok(),
+                ScalarValue::Int8(Some(n)) => Some(i64::from(*n)),
+                ScalarValue::Int16(Some(n)) => Some(i64::from(*n)),
+                ScalarValue::UInt32(Some(n)) => Some(i64::from(*n)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = predicate else { return None };
+    if *op == Operator::And {
+        return limit_hint(left).or_else(|| limit_hint(right));
+    }
+    let (column, op, n) = match (strip(left), strip(right)) {
+        (Expr::Column(c), r) => (c, *op, literal(r)?),
+        (l, Expr::Column(c)) => (c, op.swap()?, literal(l)?),
+        _ => return None,
+    };
+    let limit = match op {
+        Operator::LtEq => n,
+        Operator::Lt => n - 1,
+        Operator::Eq if n == 1 => 1,
+        _ => return None,
+    };
+    (limit >= 1).then(|| LimitHint { column: column.name.clone(), limit: limit as u64 })
+}
+
+/// DataFusion errors without their internal prefixes and backtraces.
+fn clean(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    text.strip_prefix("Error during planning: ").unwrap_or(&text).to_string()
+}
