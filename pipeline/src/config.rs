@@ -2,7 +2,7 @@
 //! tenants known so far. Unknown keys are rejected and every error names
 //! `file:line:column`, so a typo fails at start-up rather than at 3 a.m.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use notiflow_kafka::KafkaConfig;
@@ -35,34 +35,26 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicsConfig {
-    /// Requests from producers.
-    pub requests: String,
-    /// Dead letters: original bytes plus reason headers.
-    pub dlq: String,
-    /// Lifecycle events, keyed by message id.
+    /// Lifecycle events the engine itself emits (`rejected`), keyed by message id.
     pub events: String,
-    /// Validated sends, one topic per priority: `<prefix>.high|normal|low`.
-    pub dispatch_prefix: String,
     /// Partitions for topics notiflow creates. Keyed state is partitioned the
     /// same way, so raising it later re-shuffles keys.
     pub partitions: i32,
+    /// Physical names for the topics the SQL names: `"notify.requests" = "staging.requests"`.
+    /// Lets one set of SQL files run against several clusters or test namespaces.
+    pub rename: BTreeMap<String, String>,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        TopicsConfig {
-            requests: "notify.requests".into(),
-            dlq: "notify.dlq".into(),
-            events: "notify.events".into(),
-            dispatch_prefix: "notify.dispatch".into(),
-            partitions: 6,
-        }
+        TopicsConfig { events: "notify.events".into(), partitions: 6, rename: BTreeMap::new() }
     }
 }
 
 impl TopicsConfig {
-    pub fn dispatch(&self, priority: &str) -> String {
-        format!("{}.{priority}", self.dispatch_prefix)
+    /// The physical name of a topic named in SQL or config.
+    pub fn resolve(&self, name: &str) -> String {
+        self.rename.get(name).cloned().unwrap_or_else(|| name.to_string())
     }
 }
 
@@ -213,6 +205,9 @@ bootstrap_servers = "127.0.0.1:9092"
 [topics]
 partitions = 3
 
+[topics.rename]
+"notify.dlq" = "staging.dlq"
+
 [pipeline]
 max_request_bytes = 1024
 
@@ -222,7 +217,8 @@ id = "acme"
         let config = Config::parse(text, "notiflow.toml").unwrap();
         assert_eq!(config.kafka.unwrap().bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(config.topics.partitions, 3);
-        assert_eq!(config.topics.requests, "notify.requests");
+        assert_eq!(config.topics.resolve("notify.requests"), "notify.requests");
+        assert_eq!(config.topics.resolve("notify.dlq"), "staging.dlq");
         assert_eq!(config.pipeline.max_request_bytes, 1024);
         assert_eq!(config.tenants[0].id, "acme");
     }

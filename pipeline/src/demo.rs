@@ -12,11 +12,13 @@ use notiflow_parquet::ParquetArchive;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::job::{RunTotals, StopWhen, run_validate_route};
+use crate::job::{RunTotals, StopWhen, run_job};
 use crate::report;
 use crate::samples::sample_requests;
 
 pub struct DemoOptions {
+    /// The SQL pipeline to run.
+    pub sql_dir: PathBuf,
     /// Generated requests (plus the published examples).
     pub requests: usize,
     /// One in this many generated records is malformed.
@@ -34,10 +36,11 @@ pub struct DemoOutcome {
 pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
     let mut config = Config::embedded();
     config.archive.dir = options.data_dir.join("archive");
+    let mut pipeline = crate::load_pipeline(&options.sql_dir, &config).await?;
     let broker = MemoryBroker::new();
-    broker.ensure_topics(&crate::topic_specs(&config)).await?;
+    broker.ensure_topics(&crate::topic_specs(&pipeline, &config)).await?;
 
-    let requests_topic: Arc<str> = Arc::from(config.topics.requests.as_str());
+    let requests_topic: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
     let mut input: Vec<OutRecord> = sample_requests(options.requests, options.malformed_every, config.pipeline.max_request_bytes)
         .into_iter()
         .map(|s| OutRecord { topic: requests_topic.clone(), key: Some(s.key), payload: s.payload, headers: vec![] })
@@ -54,11 +57,11 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
     let produced = input.len();
     broker.append(input)?;
 
-    let stage = crate::validate_route_stage(&config);
-    let mut source = broker.consumer(&config.pipeline.group_id, &[&config.topics.requests]);
+    let topics = pipeline.source_topics();
+    let mut source = broker.consumer(&crate::group_id(&pipeline, &config), &topics.iter().map(String::as_str).collect::<Vec<_>>());
     let (_keep_open, shutdown) = watch::channel(false);
-    let totals = run_validate_route(
-        &stage,
+    let (records_in, batches) = run_job(
+        &mut pipeline,
         &mut source,
         &broker.producer(),
         crate::batch_limits(&config),
@@ -66,14 +69,15 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
         shutdown,
     )
     .await?;
-    anyhow::ensure!(totals.records_in == produced as u64, "consumed {} of {produced} records", totals.records_in);
+    anyhow::ensure!(records_in == produced as u64, "consumed {records_in} of {produced} records");
+    let totals = RunTotals { records_in, batches, ..pipeline.totals.clone() };
 
     // Archive the lifecycle events (what the ClickHouse sink does on a cluster).
     let events_dir = config.archive.dir.join("events");
     if events_dir.exists() {
         std::fs::remove_dir_all(&events_dir)?;
     }
-    let events = broker.read_all(&config.topics.events);
+    let events = broker.read_all(&config.topics.resolve(&config.topics.events));
     let payloads: Vec<&[u8]> = events.iter().filter_map(|r| r.payload.as_deref()).collect();
     let batch = report::events_to_batch(&payloads)?;
     ParquetArchive::new(&config.archive.dir).commit_file("events", chrono::Utc::now(), &[batch])?;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use notiflow_connector::{BatchLimits, Offsets, OutRecord, Record, Sink, Source};
 use tokio::sync::watch;
 
-use crate::validate_route::{Outcome, ValidateRoute};
 
 /// When a job stops by itself.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +43,7 @@ impl RunTotals {
     }
 }
 
-/// Runs until `stop` or shutdown; returns the processor's totals.
+/// Runs until `stop` or shutdown; returns (records read, batches).
 pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
     processor: &mut P,
     source: &mut S,
@@ -85,37 +84,6 @@ pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
         batches += 1;
     }
     Ok((records_in, batches))
-}
-
-/// The built-in validate-and-route stage as a processor.
-pub struct ValidateRouteJob<'a> {
-    pub stage: &'a ValidateRoute,
-    pub totals: RunTotals,
-}
-
-impl BatchProcessor for ValidateRouteJob<'_> {
-    async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
-        for record in records {
-            match self.stage.process(record, out) {
-                Outcome::Dispatched { topic } => *self.totals.dispatched.entry(topic.to_string()).or_default() += 1,
-                Outcome::DeadLettered { reason } => self.totals.count_dead_letter(reason),
-            }
-        }
-        Ok(())
-    }
-}
-
-pub async fn run_validate_route<S: Source, K: Sink>(
-    stage: &ValidateRoute,
-    source: &mut S,
-    sink: &K,
-    limits: BatchLimits,
-    stop: StopWhen,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<RunTotals> {
-    let mut job = ValidateRouteJob { stage, totals: RunTotals::default() };
-    let (records_in, batches) = run_job(&mut job, source, sink, limits, stop, shutdown).await?;
-    Ok(RunTotals { records_in, batches, ..job.totals })
 }
 
 /// Increments a per-topic counter once per distinct topic, not per record.

@@ -6,24 +6,45 @@ pub mod demo;
 pub mod dlq;
 pub mod engine;
 pub mod events;
+pub mod golden;
 pub mod job;
 pub mod metrics_http;
 pub mod report;
 pub mod samples;
 pub mod sql;
-pub mod validate_route;
 
-use notiflow_connector::{BatchLimits, TopicSpec};
+use std::path::Path;
 use std::time::Duration;
 
-use config::Config;
+use notiflow_connector::{BatchLimits, TopicSpec};
 
-/// Every topic the request pipeline reads or writes.
-pub fn topic_specs(config: &Config) -> Vec<TopicSpec> {
-    let t = &config.topics;
-    let mut names = vec![t.requests.clone(), t.dlq.clone(), t.events.clone()];
-    names.extend(["high", "normal", "low"].map(|p| t.dispatch(p)));
-    names.into_iter().map(|name| TopicSpec::new(name, t.partitions)).collect()
+use config::Config;
+use engine::{PipelineRun, PlanEnv};
+use sql::{PipelineSql, SqlError};
+
+/// Parses and plans the SQL pipeline in `dir` (no I/O beyond reading files).
+pub async fn load_pipeline(dir: &Path, config: &Config) -> Result<PipelineRun, SqlError> {
+    let sql = PipelineSql::load_dir(dir)?;
+    let env = PlanEnv {
+        tenants: config.tenants.iter().map(|t| t.id.clone()).collect(),
+        max_request_bytes: config.pipeline.max_request_bytes,
+    };
+    let pipeline = engine::plan(&sql, &env).await?;
+    Ok(PipelineRun::new(pipeline, &config.topics))
+}
+
+/// Every topic a pipeline reads or writes, to create before it starts.
+pub fn topic_specs(run: &PipelineRun, config: &Config) -> Vec<TopicSpec> {
+    let mut names = run.source_topics();
+    names.extend(run.output_topics());
+    names.sort();
+    names.dedup();
+    names.into_iter().map(|name| TopicSpec::new(name, config.topics.partitions)).collect()
+}
+
+/// The consumer group: the SQL's `source.group_id`, else `pipeline.group_id`.
+pub fn group_id(run: &PipelineRun, config: &Config) -> String {
+    run.pipeline.sources.iter().find_map(|s| s.kafka.group_id.clone()).unwrap_or_else(|| config.pipeline.group_id.clone())
 }
 
 pub fn batch_limits(config: &Config) -> BatchLimits {
@@ -31,9 +52,4 @@ pub fn batch_limits(config: &Config) -> BatchLimits {
         max_records: config.pipeline.batch_max_records,
         max_wait: Duration::from_millis(config.pipeline.batch_max_wait_ms),
     }
-}
-
-pub fn validate_route_stage(config: &Config) -> validate_route::ValidateRoute {
-    let contract = contract::Contract::new(config.tenants.iter().map(|t| t.id.clone()), config.pipeline.max_request_bytes);
-    validate_route::ValidateRoute::new(contract, &config.topics)
 }

@@ -1,10 +1,10 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use notiflow::config::Config;
-use notiflow::job::{RunTotals, StopWhen, run_validate_route};
+use notiflow::job::{RunTotals, StopWhen, run_job};
 use notiflow_connector::TopicAdmin;
 use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource};
 use tokio::sync::watch;
@@ -20,8 +20,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the main job on the embedded default (no servers): sample requests
-    /// in, validated and routed, events archived to Parquet, summary out.
+    /// in, through the SQL pipeline, events archived to Parquet, summary out.
     Demo {
+        /// The SQL pipeline.
+        #[arg(long, default_value = "sql")]
+        sql: PathBuf,
         /// How many requests to generate.
         #[arg(long, default_value_t = 2000)]
         requests: usize,
@@ -32,8 +35,11 @@ enum Command {
         #[arg(long, default_value = "notiflow-data/demo")]
         data_dir: PathBuf,
     },
-    /// Run the request pipeline against Kafka until interrupted.
+    /// Run the SQL pipeline in DIR against Kafka until interrupted.
     Run {
+        /// Folder of the pipeline's .sql files.
+        #[arg(default_value = "sql")]
+        dir: PathBuf,
         /// Configuration file.
         #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
         config: PathBuf,
@@ -41,8 +47,31 @@ enum Command {
         #[arg(long)]
         exit_when_idle_ms: Option<u64>,
     },
-    /// Create the pipeline's topics (run also does this at start).
+    /// Parse and plan the pipeline in DIR (no I/O): errors name file:line.
+    Validate {
+        #[arg(default_value = "sql")]
+        dir: PathBuf,
+        #[arg(long, short, env = "NOTIFLOW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the operator graph of the pipeline in DIR.
+    Explain {
+        #[arg(default_value = "sql")]
+        dir: PathBuf,
+        #[arg(long, short, env = "NOTIFLOW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the golden tests beside the SQL stages in DIR.
+    Test {
+        #[arg(default_value = "sql")]
+        dir: PathBuf,
+        #[arg(long, short, env = "NOTIFLOW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Create the topics the pipeline in DIR reads and writes (run does this too).
     Topics {
+        #[arg(default_value = "sql")]
+        dir: PathBuf,
         #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
         config: PathBuf,
     },
@@ -78,31 +107,71 @@ fn init_logging() {
     }
 }
 
+fn config_or_embedded(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    })
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Demo { requests, malformed_every, data_dir } => {
-            let options = notiflow::demo::DemoOptions { requests, malformed_every, data_dir };
+        Command::Demo { sql, requests, malformed_every, data_dir } => {
+            let options = notiflow::demo::DemoOptions { sql_dir: sql, requests, malformed_every, data_dir };
             let outcome = notiflow::demo::run(&options).await?;
-            println!("notiflow demo (embedded default: in-process topics, Parquet archive at {})", options.data_dir.join("archive").display());
+            println!(
+                "notiflow demo (embedded default: in-process topics, Parquet archive at {})",
+                options.data_dir.join("archive").display()
+            );
             print_totals(&outcome.totals);
             println!("lifecycle events archived: {}", outcome.archived_events);
             println!("{}", outcome.summary);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, exit_when_idle_ms } => {
+        Command::Run { dir, config, exit_when_idle_ms } => {
             let config = Config::load(&config)?;
-            let totals = run_on_kafka(&config, exit_when_idle_ms.map(Duration::from_millis)).await?;
+            let totals = run_on_kafka(&dir, &config, exit_when_idle_ms.map(Duration::from_millis)).await?;
             print_totals(&totals);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Topics { config } => {
-            let config = Config::load(&config)?;
-            let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
-            KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&config)).await?;
-            println!("topics ready: {}", notiflow::topic_specs(&config).iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
+        Command::Validate { dir, config } => {
+            let config = config_or_embedded(config.as_deref())?;
+            let run = notiflow::load_pipeline(&dir, &config).await?;
+            let p = &run.pipeline;
+            println!("{}: ok ({} sources, {} sinks, {} flows)", dir.display(), p.sources.len(), p.sinks.len(), p.flows.len());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { file, config } => check(&file, config),
+        Command::Explain { dir, config } => {
+            let config = config_or_embedded(config.as_deref())?;
+            let run = notiflow::load_pipeline(&dir, &config).await?;
+            print!("{}", notiflow::engine::explain(&run.pipeline));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test { dir, config } => {
+            let config = config_or_embedded(config.as_deref())?;
+            let results = notiflow::golden::run_dir(&dir, &config).await?;
+            let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+            for result in &results {
+                if result.failures.is_empty() {
+                    println!("golden {} ... ok", result.name);
+                } else {
+                    println!("golden {} ... FAILED", result.name);
+                    result.failures.iter().for_each(|f| println!("    {f}"));
+                }
+            }
+            println!("{} passed, {failed} failed", results.len() - failed);
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Topics { dir, config } => {
+            let config = Config::load(&config)?;
+            let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
+            let run = notiflow::load_pipeline(&dir, &config).await?;
+            let specs = notiflow::topic_specs(&run, &config);
+            KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
+            println!("topics ready: {}", specs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { file, config } => check(&file, config_or_embedded(config.as_deref())?),
     }
 }
 
@@ -110,15 +179,19 @@ fn no_kafka() -> anyhow::Error {
     anyhow::anyhow!("the configuration has no [kafka] section; `notiflow demo` runs the embedded default")
 }
 
-async fn run_on_kafka(config: &Config, idle: Option<Duration>) -> anyhow::Result<RunTotals> {
+async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> anyhow::Result<RunTotals> {
     let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
+    let mut run = notiflow::load_pipeline(dir, config).await?;
     let handle = notiflow::metrics_http::recorder();
     if !config.metrics.listen.is_empty() {
         let addr = notiflow::metrics_http::serve(&config.metrics.listen, handle).await?;
         tracing::info!(%addr, "metrics at /metrics");
     }
-    KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(config)).await?;
-    let mut source = KafkaSource::new(kafka, &config.pipeline.group_id, &[&config.topics.requests], "earliest")?;
+    KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&run, config)).await?;
+    let topics = run.source_topics();
+    let group = notiflow::group_id(&run, config);
+    let start = run.pipeline.sources.first().map(|s| s.kafka.start_offset.as_str()).unwrap_or("earliest");
+    let mut source = KafkaSource::new(kafka, &group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), start)?;
     let sink = KafkaSink::new(kafka)?;
     let (stop_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -127,33 +200,26 @@ async fn run_on_kafka(config: &Config, idle: Option<Duration>) -> anyhow::Result
             let _ = stop_tx.send(true);
         }
     });
-    let stage = notiflow::validate_route_stage(config);
     let stop = idle.map(StopWhen::IdleFor).unwrap_or(StopWhen::Shutdown);
-    tracing::info!(topic = %config.topics.requests, group = %config.pipeline.group_id, "request pipeline running");
-    run_validate_route(&stage, &mut source, &sink, notiflow::batch_limits(config), stop, shutdown).await
+    tracing::info!(pipeline = %dir.display(), ?topics, %group, "pipeline running");
+    let (records_in, batches) = run_job(&mut run, &mut source, &sink, notiflow::batch_limits(config), stop, shutdown).await?;
+    Ok(RunTotals { records_in, batches, ..run.totals })
 }
 
 fn print_totals(totals: &RunTotals) {
     println!("records in: {} in {} batches", totals.records_in, totals.batches);
-    for (topic, n) in &totals.dispatched {
-        println!("  dispatched to {topic}: {n}");
+    for (sink, n) in &totals.dispatched {
+        println!("  written to {sink}: {n}");
     }
     for (reason, n) in &totals.dead_lettered {
         println!("  dead-lettered ({reason}): {n}");
     }
 }
 
-fn check(file: &PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let config = match config {
-        Some(path) => Config::load(&path)?,
-        None => Config::embedded(),
-    };
-    let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())?
-    } else {
-        std::fs::read_to_string(file)?
-    };
-    let contract = notiflow::contract::Contract::new(config.tenants.iter().map(|t| t.id.clone()), config.pipeline.max_request_bytes);
+fn check(file: &Path, config: Config) -> anyhow::Result<ExitCode> {
+    let text = if file.as_os_str() == "-" { std::io::read_to_string(std::io::stdin())? } else { std::fs::read_to_string(file)? };
+    let contract =
+        notiflow::contract::Contract::new(config.tenants.iter().map(|t| t.id.clone()), config.pipeline.max_request_bytes);
     let mut bad = 0;
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let (key, value) = line.split_once('|').unwrap_or(("", line));

@@ -41,9 +41,15 @@ impl MemoryBroker {
     /// Appends records; fails for a topic that was never created, as a broker
     /// without auto-creation does.
     pub fn append(&self, records: Vec<OutRecord>) -> Result<(), ConnectorError> {
+        let now = now_ms();
+        self.append_at(records.into_iter().map(|r| (r, now)).collect())
+    }
+
+    /// Appends records with the given timestamps (ms since the epoch): for
+    /// tests that need reproducible record times.
+    pub fn append_at(&self, records: Vec<(OutRecord, i64)>) -> Result<(), ConnectorError> {
         let mut log = self.log.lock().expect("memory log poisoned");
-        let now_ms = now_ms();
-        for out in records {
+        for (out, timestamp_ms) in records {
             let round_robin = log.round_robin;
             let partitions = log.topics.get_mut(&out.topic).ok_or_else(|| ConnectorError::Permanent {
                 service: "memory",
@@ -61,7 +67,7 @@ impl MemoryBroker {
                 offset,
                 key: out.key,
                 payload: Some(out.payload),
-                timestamp_ms: Some(now_ms),
+                timestamp_ms: Some(timestamp_ms),
                 headers: out.headers,
             });
             log.round_robin = round_robin.wrapping_add(1);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StructArray, TimestampNanosecondArray};
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, StructArray, TimestampNanosecondArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -19,6 +19,8 @@ use serde_json::value::RawValue;
 /// metadata: never written to sinks.
 pub const TIMESTAMP_COLUMN: &str = "_timestamp";
 pub const KEY_COLUMN: &str = "_key";
+pub const PARTITION_COLUMN: &str = "_partition";
+pub const OFFSET_COLUMN: &str = "_offset";
 const JSON_METADATA: &str = "notiflow.json";
 
 pub fn is_hidden(name: &str) -> bool {
@@ -30,6 +32,8 @@ pub fn source_schema(declared: &Schema) -> SchemaRef {
     let mut fields: Vec<FieldRef> = declared.fields().iter().cloned().collect();
     fields.push(Arc::new(Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Nanosecond, None), false)));
     fields.push(Arc::new(Field::new(KEY_COLUMN, DataType::Utf8, true)));
+    fields.push(Arc::new(Field::new(PARTITION_COLUMN, DataType::Int32, false)));
+    fields.push(Arc::new(Field::new(OFFSET_COLUMN, DataType::Int64, false)));
     Arc::new(Schema::new(fields))
 }
 
@@ -108,6 +112,10 @@ impl SourceDecoder {
                 Arc::new(StringArray::from_iter(
                     good.iter().map(|&i| records[i].key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned())),
                 ))
+            } else if name == PARTITION_COLUMN {
+                Arc::new(Int32Array::from_iter_values(good.iter().map(|&i| records[i].partition)))
+            } else if name == OFFSET_COLUMN {
+                Arc::new(Int64Array::from_iter_values(good.iter().map(|&i| records[i].offset)))
             } else if let Some(c) = self.json_columns.iter().position(|j| j == name) {
                 Arc::new(StringArray::from(std::mem::take(&mut json_values[c])))
             } else {

@@ -27,6 +27,17 @@ pub fn register(ctx: &SessionContext) {
         );
         ctx.register_udf(marker);
     }
+    // Volatile: evaluated per batch, never folded into the plan at start.
+    ctx.register_udf(create_udf(
+        "processing_time",
+        vec![],
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        Volatility::Volatile,
+        Arc::new(|_| {
+            let now = chrono::Utc::now().timestamp_millis();
+            Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(Some(now), Some("UTC".into()))))
+        }),
+    ));
     ctx.register_udf(create_udf(
         "message_id",
         vec![DataType::Utf8, DataType::Utf8],

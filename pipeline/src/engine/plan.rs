@@ -77,13 +77,16 @@ pub struct Pipeline {
 
 fn session() -> SessionContext {
     // One partition, no repartitioning: a micro-batch is small and ordered.
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_target_partitions(1)
         .with_repartition_joins(false)
         .with_repartition_aggregations(false)
         .with_repartition_windows(false)
         .with_round_robin_repartition(false)
         .with_coalesce_batches(false);
+    // Plain Utf8 end to end: JSON columns, keys and UDFs (whose FFI cannot
+    // take Utf8View) all see the same string type.
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
     let ctx = SessionContext::new_with_config(config);
     functions::register(&ctx);
     ctx

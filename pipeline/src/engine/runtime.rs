@@ -10,6 +10,7 @@ use datafusion::physical_plan::collect;
 use notiflow_connector::{OutRecord, Record};
 
 use super::plan::{Pipeline, Stage};
+use crate::config::TopicsConfig;
 use crate::dlq::{self, Rejected};
 use crate::job::{BatchProcessor, RunTotals};
 use crate::sql::BadData;
@@ -26,11 +27,20 @@ pub struct PipelineRun {
 }
 
 impl PipelineRun {
-    pub fn new(pipeline: Pipeline, events_topic: &str) -> Self {
+    /// Topic names in the SQL are mapped through `topics.rename`.
+    pub fn new(mut pipeline: Pipeline, topics: &TopicsConfig) -> Self {
+        for source in &mut pipeline.sources {
+            source.kafka.topic = topics.resolve(&source.kafka.topic);
+            source.kafka.dlq_topic = topics.resolve(&source.kafka.dlq_topic);
+        }
+        for sink in &mut pipeline.sinks {
+            sink.kafka.topic = topics.resolve(&sink.kafka.topic);
+        }
         let watermarks = vec![i64::MIN; pipeline.sources.len()];
         let dlq_topics = pipeline.sources.iter().map(|s| Arc::from(s.kafka.dlq_topic.as_str())).collect();
         let sink_topics = pipeline.sinks.iter().map(|s| Arc::from(s.kafka.topic.as_str())).collect();
-        PipelineRun { pipeline, events_topic: Arc::from(events_topic), totals: RunTotals::default(), watermarks, dlq_topics, sink_topics }
+        let events_topic = Arc::from(topics.resolve(&topics.events).as_str());
+        PipelineRun { pipeline, events_topic, totals: RunTotals::default(), watermarks, dlq_topics, sink_topics }
     }
 
     /// Every topic the pipeline reads.

@@ -123,7 +123,7 @@ fn parse_statement(text: &str, location: &Location) -> Result<Definition, SqlErr
     } else {
         (text.to_string(), None)
     };
-    let mut parsed = Parser::parse_sql(&GenericDialect {}, &text_for_parser).map_err(|e| parse_error(location, &e.to_string()))?;
+    let mut parsed = Parser::parse_sql(&GenericDialect {}, &text_for_parser).map_err(|e| parse_error(location, &text_for_parser, &e.to_string()))?;
     if parsed.len() != 1 {
         return Err(SqlError::new(location, "expected one statement"));
     }
@@ -202,14 +202,16 @@ fn options_map(options: &[SqlOption], location: &Location) -> Result<BTreeMap<St
     Ok(map)
 }
 
-/// sqlparser reports `Line: N, Column: M` relative to the statement.
-fn parse_error(location: &Location, message: &str) -> SqlError {
+/// sqlparser reports `Line: N, Column: M` relative to the statement, and
+/// nothing for an unexpected end (then: the statement's last line).
+fn parse_error(location: &Location, statement: &str, message: &str) -> SqlError {
+    let last_line = statement.trim_end().matches('\n').count() + 1;
     let line_in_statement = message
         .split("Line: ")
         .nth(1)
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse::<usize>().ok());
-    let line = location.line + line_in_statement.map(|l| l - 1).unwrap_or(0);
+    let line = location.line + line_in_statement.unwrap_or(last_line) - 1;
     SqlError { location: Location { file: location.file.clone(), line }, message: format!("syntax error: {message}") }
 }
 
@@ -238,7 +240,7 @@ mod tests {
         assert!(!table.columns_sql.contains("WITH") && !table.columns_sql.contains("JSON"), "{}", table.columns_sql);
         let Connector::Kafka(kafka) = &table.connector;
         assert_eq!((kafka.topic.as_str(), kafka.start_offset), ("notify.requests", StartOffset::Latest));
-        assert_eq!(program.statements[1].location.line, 8);
+        assert_eq!(program.statements[1].location.line, 7);
         let Definition::Insert { sink, query } = &program.statements[2].definition else { panic!() };
         assert_eq!((sink.as_str(), query.as_str()), ("out", "SELECT id FROM v"));
     }
@@ -249,7 +251,7 @@ mod tests {
         assert_eq!(err.location.line, 4, "{err}");
         assert!(err.to_string().starts_with("sql/10_a.sql:4: unsupported statement"), "{err}");
 
-        let err = parse("CREATE VIEW v AS\nSELECT id\nFROM WHERE;").unwrap_err();
+        let err = parse("CREATE VIEW v AS\nSELECT id\nFROM t WHERE (;").unwrap_err();
         assert_eq!(err.location.line, 3, "{err}");
 
         let err = parse("\nCREATE TABLE t (id TEXT) WITH (connector = 'kafka', type = 'source', topic = 't', tpoic = 'x');")

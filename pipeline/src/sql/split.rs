@@ -188,7 +188,7 @@ mod tests {
         let sql = "CREATE TABLE t (\n  id TEXT,\n  ts TIMESTAMP,\n  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND\n) WITH (connector = 'kafka')";
         let (cleaned, wm) = extract_watermark(sql).unwrap();
         assert_eq!(wm, Some(WatermarkClause { column: "ts".into(), expr: Some("ts - INTERVAL '5' SECOND".into()) }));
-        assert_eq!(cleaned, "CREATE TABLE t (\n  id TEXT,\n  ts TIMESTAMP\n) WITH (connector = 'kafka')");
+        assert_eq!(cleaned, "CREATE TABLE t (\n  id TEXT,\n  ts TIMESTAMP) WITH (connector = 'kafka')");
 
         let (cleaned, wm) = extract_watermark("CREATE TABLE t (WATERMARK FOR ts, ts TIMESTAMP)").unwrap();
         assert_eq!(wm.unwrap().expr, None);

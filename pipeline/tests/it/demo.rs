@@ -8,6 +8,8 @@ fn demo_runs_and_its_summary_matches_the_archive() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
         .args(["demo", "--requests", "600", "--malformed-every", "20", "--data-dir"])
         .arg(dir.path())
+        .arg("--sql")
+        .arg(crate::support::sql_dir())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notiflow::job::{StopWhen, run_validate_route};
+use notiflow::dlq::headers as dlq_headers;
+use notiflow::job::{StopWhen, run_job};
 use notiflow::samples::{Expected, sample_requests};
-use notiflow::validate_route::dlq_headers;
 use notiflow_connector::{OutRecord, Record, Sink, TopicAdmin};
 use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource, committed_offsets, read_topic_to_end};
 use tokio::sync::watch;
@@ -35,11 +35,12 @@ fn metric_value(text: &str, series: &str) -> Option<f64> {
 async fn ten_thousand_requests_one_percent_malformed() {
     let config = support::kafka_config(3);
     let kafka = config.kafka.clone().unwrap();
-    let topics = &config.topics;
-    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&notiflow::topic_specs(&config)).await.unwrap();
+    let topic = |logical: &str| config.topics.resolve(logical);
+    let mut run = notiflow::load_pipeline(&support::sql_dir(), &config).await.unwrap();
+    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&notiflow::topic_specs(&run, &config)).await.unwrap();
 
     let samples = sample_requests(10_000, 100, config.pipeline.max_request_bytes);
-    let requests_topic: Arc<str> = Arc::from(topics.requests.as_str());
+    let requests_topic: Arc<str> = Arc::from(topic("notify.requests").as_str());
     let producer = KafkaSink::new(&kafka).unwrap();
     producer
         .send_all(
@@ -59,11 +60,10 @@ async fn ten_thousand_requests_one_percent_malformed() {
     // Run 1, in process, with the metrics endpoint up.
     let handle = notiflow::metrics_http::recorder();
     let metrics_addr = notiflow::metrics_http::serve("127.0.0.1:0", handle).await.unwrap();
-    let stage = notiflow::validate_route_stage(&config);
-    let mut source = KafkaSource::new(&kafka, &config.pipeline.group_id, &[&topics.requests], "earliest").unwrap();
+    let mut source = KafkaSource::new(&kafka, &config.pipeline.group_id, &[&topic("notify.requests")], "earliest").unwrap();
     let (_keep, shutdown) = watch::channel(false);
-    let totals = run_validate_route(
-        &stage,
+    let (records_in, _batches) = run_job(
+        &mut run,
         &mut source,
         &KafkaSink::new(&kafka).unwrap(),
         notiflow::batch_limits(&config),
@@ -73,16 +73,16 @@ async fn ten_thousand_requests_one_percent_malformed() {
     .await
     .unwrap();
     drop(source);
-    assert_eq!(totals.records_in, 10_000);
+    assert_eq!(records_in, 10_000);
 
     // Every valid request is on exactly one dispatch topic: the one of its priority.
     let mut dispatched: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
     for priority in ["high", "normal", "low"] {
-        for record in read_topic_to_end(&kafka, &topics.dispatch(priority)).await.unwrap() {
+        for record in read_topic_to_end(&kafka, &topic(&format!("notify.dispatch.{priority}"))).await.unwrap() {
             dispatched.entry(record.key.clone().unwrap()).or_default().push(priority.to_string());
         }
     }
-    let dead: Vec<Record> = read_topic_to_end(&kafka, &topics.dlq).await.unwrap();
+    let dead: Vec<Record> = read_topic_to_end(&kafka, &topic("notify.dlq")).await.unwrap();
     let mut dead_by_source: HashMap<Vec<u8>, &Record> = HashMap::new();
     for record in &dead {
         dead_by_source.insert(record.payload.clone().unwrap(), record);
@@ -99,7 +99,7 @@ async fn ten_thousand_requests_one_percent_malformed() {
                 // Original bytes, byte for byte, with the reason and where it came from.
                 let record = dead_by_source.get(&sample.payload).expect("malformed record is in the DLQ");
                 assert_eq!(header(record, dlq_headers::REASON), Some(reason.as_bytes()));
-                assert_eq!(header(record, dlq_headers::TOPIC), Some(topics.requests.as_bytes()));
+                assert_eq!(header(record, dlq_headers::TOPIC), Some(topic("notify.requests").as_bytes()));
                 assert!(header(record, dlq_headers::OFFSET).is_some());
                 assert!(!header(record, dlq_headers::ERROR).unwrap().is_empty());
                 assert_eq!(record.key.as_deref(), Some(sample.key.as_slice()));
@@ -109,13 +109,13 @@ async fn ten_thousand_requests_one_percent_malformed() {
     assert_eq!((valid, malformed), (9_900, 100));
     assert_eq!(dispatched.values().map(Vec::len).sum::<usize>(), 9_900, "no extra dispatches");
     assert_eq!(dead.len(), 100, "no extra dead letters");
-    let events = read_topic_to_end(&kafka, &topics.events).await.unwrap();
+    let events = read_topic_to_end(&kafka, &topic("notify.events")).await.unwrap();
     assert_eq!(events.len(), 10_000, "one lifecycle event per request");
 
     // Committed offsets cover every record of every partition.
-    let committed = committed_offsets(&kafka, &config.pipeline.group_id, &topics.requests).unwrap();
+    let committed = committed_offsets(&kafka, &config.pipeline.group_id, &topic("notify.requests")).unwrap();
     let mut per_partition: HashMap<i32, i64> = HashMap::new();
-    for record in read_topic_to_end(&kafka, &topics.requests).await.unwrap() {
+    for record in read_topic_to_end(&kafka, &topic("notify.requests")).await.unwrap() {
         let end = per_partition.entry(record.partition).or_default();
         *end = (*end).max(record.offset + 1);
     }
@@ -126,9 +126,9 @@ async fn ten_thousand_requests_one_percent_malformed() {
 
     // Metrics: per-topic counters for this test's own topics, DLQ by reason, batch latency.
     let text = scrape(metrics_addr);
-    let series = format!("notiflow_records_in_total{{topic=\"{}\"}}", topics.requests);
+    let series = format!("notiflow_records_in_total{{topic=\"{}\"}}", topic("notify.requests"));
     assert_eq!(metric_value(&text, &series), Some(10_000.0), "{text}");
-    let dlq_series = format!("notiflow_records_out_total{{topic=\"{}\"}}", topics.dlq);
+    let dlq_series = format!("notiflow_records_out_total{{topic=\"{}\"}}", topic("notify.dlq"));
     assert_eq!(metric_value(&text, &dlq_series), Some(100.0));
     assert!(metric_value(&text, "notiflow_dlq_total{reason=\"not_json\"}").unwrap() >= 17.0, "{text}");
     assert!(text.contains("notiflow_batch_seconds_bucket"), "{text}");
@@ -138,7 +138,9 @@ async fn ten_thousand_requests_one_percent_malformed() {
     let dir = tempfile::tempdir().unwrap();
     let toml = support::write_toml(&config, dir.path());
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
-        .args(["run", "--config", toml.to_str().unwrap(), "--exit-when-idle-ms", "3000"])
+        .arg("run")
+        .arg(support::sql_dir())
+        .args(["--config", toml.to_str().unwrap(), "--exit-when-idle-ms", "3000"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -146,10 +148,10 @@ async fn ten_thousand_requests_one_percent_malformed() {
     assert!(stdout.contains("records in: 0 "), "{stdout}");
     let mut after = 0;
     for priority in ["high", "normal", "low"] {
-        after += read_topic_to_end(&kafka, &topics.dispatch(priority)).await.unwrap().len();
+        after += read_topic_to_end(&kafka, &topic(&format!("notify.dispatch.{priority}"))).await.unwrap().len();
     }
     assert_eq!(after, 9_900);
-    assert_eq!(read_topic_to_end(&kafka, &topics.dlq).await.unwrap().len(), 100);
+    assert_eq!(read_topic_to_end(&kafka, &topic("notify.dlq")).await.unwrap().len(), 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +162,9 @@ async fn the_binary_processes_new_records_after_a_restart() {
     let toml = support::write_toml(&config, dir.path());
     let run = || {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
-            .args(["run", "--config", toml.to_str().unwrap(), "--exit-when-idle-ms", "2000"])
+            .arg("run")
+            .arg(support::sql_dir())
+            .args(["--config", toml.to_str().unwrap(), "--exit-when-idle-ms", "2000"])
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -168,7 +172,7 @@ async fn the_binary_processes_new_records_after_a_restart() {
     };
     // The binary creates its topics; the first run finds nothing.
     assert!(run().contains("records in: 0 "));
-    let requests_topic: Arc<str> = Arc::from(config.topics.requests.as_str());
+    let requests_topic: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
     let produce = |samples: Vec<notiflow::samples::Sample>| {
         samples
             .into_iter()
@@ -182,7 +186,7 @@ async fn the_binary_processes_new_records_after_a_restart() {
     assert!(run().contains("records in: 50 "), "only the new records");
     let mut dispatched = 0;
     for priority in ["high", "normal", "low"] {
-        dispatched += read_topic_to_end(&kafka, &config.topics.dispatch(priority)).await.unwrap().len();
+        dispatched += read_topic_to_end(&kafka, &config.topics.resolve(&format!("notify.dispatch.{priority}"))).await.unwrap().len();
     }
     assert_eq!(dispatched, 350);
 }

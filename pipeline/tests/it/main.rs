@@ -6,4 +6,5 @@ mod clickhouse_smoke;
 mod compose;
 mod demo;
 mod kafka_pipeline;
+mod sql_engine;
 mod support;

@@ -24,17 +24,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The repository's SQL pipeline.
+pub fn sql_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql")
+}
+
 /// A Kafka config with topics of its own.
 pub fn kafka_config(partitions: i32) -> Config {
     let prefix = unique("t");
     let mut config = Config::embedded();
     config.kafka = Some(kafka());
+    let logical = ["requests", "dlq", "events", "dispatch.high", "dispatch.normal", "dispatch.low"];
     config.topics = TopicsConfig {
-        requests: format!("{prefix}.requests"),
-        dlq: format!("{prefix}.dlq"),
-        events: format!("{prefix}.events"),
-        dispatch_prefix: format!("{prefix}.dispatch"),
         partitions,
+        rename: logical.iter().map(|t| (format!("notify.{t}"), format!("{prefix}.{t}"))).collect(),
+        ..TopicsConfig::default()
     };
     config.pipeline.group_id = format!("{prefix}-group");
     config.tenants = vec![
@@ -49,10 +53,11 @@ pub fn write_toml(config: &Config, dir: &std::path::Path) -> std::path::PathBuf 
     let kafka = config.kafka.as_ref().expect("kafka config");
     let t = &config.topics;
     let tenants: String = config.tenants.iter().map(|t| format!("[[tenants]]\nid = \"{}\"\n", t.id)).collect();
+    let rename: String = t.rename.iter().map(|(from, to)| format!("\"{from}\" = \"{to}\"\n")).collect();
     let text = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n\n[topics]\nrequests = \"{}\"\ndlq = \"{}\"\nevents = \"{}\"\n\
-         dispatch_prefix = \"{}\"\npartitions = {}\n\n[pipeline]\ngroup_id = \"{}\"\n\n[metrics]\nlisten = \"\"\n\n{tenants}",
-        kafka.bootstrap_servers, t.requests, t.dlq, t.events, t.dispatch_prefix, t.partitions, config.pipeline.group_id
+        "[kafka]\nbootstrap_servers = \"{}\"\n\n[topics]\npartitions = {}\n\n[topics.rename]\n{rename}\n\
+         [pipeline]\ngroup_id = \"{}\"\n\n[metrics]\nlisten = \"\"\n\n{tenants}",
+        kafka.bootstrap_servers, t.partitions, config.pipeline.group_id
     );
     let path = dir.join("notiflow.toml");
     std::fs::write(&path, text).unwrap();

@@ -1,0 +1,131 @@
+//! The SQL engine end to end on the in-process log: the repository's golden
+//! tests, the windowed row-number operator through SQL, and validation errors.
+
+use std::path::Path;
+
+use notiflow::config::Config;
+use notiflow::golden;
+
+use crate::support;
+
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn every_stage_in_sql_passes_its_golden_test() {
+    let results = golden::run_dir(&support::sql_dir(), &Config::embedded()).await.unwrap();
+    let stages = std::fs::read_dir(support::sql_dir())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql"))
+        .count();
+    assert!(stages >= 1);
+    assert_eq!(results.len(), stages, "one golden case per stage: {results:?}");
+    for result in results {
+        assert!(result.failures.is_empty(), "{}: {:#?}", result.name, result.failures);
+    }
+}
+
+const WINDOWS_SQL: &str = "
+CREATE TABLE sends (
+    id TEXT, recipient TEXT, channel TEXT, content TEXT, ts TIMESTAMP,
+    WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE
+) WITH (connector = 'kafka', type = 'source', topic = 't.sends', bad_data = 'drop');
+
+CREATE TABLE deduped (id TEXT, rn BIGINT) WITH (connector = 'kafka', type = 'sink', topic = 't.deduped');
+CREATE TABLE capped (id TEXT) WITH (connector = 'kafka', type = 'sink', topic = 't.capped');
+
+-- Content dedupe: one per recipient/channel/content within 5 minutes either way.
+INSERT INTO deduped
+SELECT id, rn FROM (
+    SELECT id, ROW_NUMBER() OVER (PARTITION BY recipient, channel, content, sliding(INTERVAL '5' MINUTE) ORDER BY ts) AS rn
+    FROM sends
+) WHERE rn = 1;
+
+-- Daily cap: two per recipient per UTC day.
+CREATE VIEW ranked AS
+SELECT *, ROW_NUMBER() OVER (PARTITION BY recipient, tumble(INTERVAL '1' DAY) ORDER BY ts) AS rn FROM sends;
+INSERT INTO capped SELECT id FROM ranked WHERE rn <= 2;
+";
+
+const WINDOWS_INPUT: &str = r#"{"id":"1","recipient":"a","channel":"sms","content":"x","ts":"2026-01-01T10:00:00"}
+{"id":"2","recipient":"a","channel":"sms","content":"x","ts":"2026-01-01T10:04:59"}
+{"id":"3","recipient":"a","channel":"sms","content":"x","ts":"2026-01-01T10:05:00"}
+{"id":"4","recipient":"a","channel":"sms","content":"y","ts":"2026-01-01T10:01:00"}
+{"id":"5","recipient":"a","channel":"sms","content":"x","ts":"2026-01-01T09:58:00"}
+{"id":"6","recipient":"b","channel":"sms","content":"x","ts":"2026-01-01T10:00:00"}
+{"id":"7","recipient":"a","channel":"sms","content":"z","ts":"2026-01-02T00:00:00"}
+{"id":"8","recipient":"a","channel":"sms","content":"w","ts":"2026-01-01T23:59:59.999"}
+not json at all
+"#;
+
+#[tokio::test]
+async fn windowed_row_number_limits_through_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            ("10_windows.sql", WINDOWS_SQL),
+            ("10_windows.test/input/sends.jsonl", WINDOWS_INPUT),
+            // 2 is 4:59 after 1; 3 is exactly 5:00 after 1 (passes); 5 is 2:00 before 1 (out of order, dropped).
+            (
+                "10_windows.test/expected/deduped.jsonl",
+                "{\"id\":\"1\",\"rn\":1}\n{\"id\":\"3\",\"rn\":1}\n{\"id\":\"4\",\"rn\":1}\n{\"id\":\"6\",\"rn\":1}\n{\"id\":\"7\",\"rn\":1}\n{\"id\":\"8\",\"rn\":1}\n",
+            ),
+            // a: 1 and 2 on Jan 1 (3, 4, 5 and 8 capped, 8 is the last ms of the day); 7 opens Jan 2. b: 6.
+            ("10_windows.test/expected/capped.jsonl", "{\"id\":\"1\"}\n{\"id\":\"2\"}\n{\"id\":\"6\"}\n{\"id\":\"7\"}\n"),
+        ],
+    );
+    let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
+    assert_eq!(results.len(), 1);
+    assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
+
+    // The same case with a wrong expectation fails, naming the row.
+    write(dir.path(), &[("10_windows.test/expected/capped.jsonl", "{\"id\":\"1\"}\n{\"id\":\"2\"}\n{\"id\":\"3\"}\n{\"id\":\"6\"}\n{\"id\":\"7\"}\n")]);
+    let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
+    assert_eq!(results[0].failures, vec!["capped: missing 1x {\"id\":\"3\"}".to_string()]);
+}
+
+async fn plan_error(sql: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[("20_stage.sql", sql)]);
+    match notiflow::load_pipeline(dir.path(), &Config::embedded()).await {
+        Ok(_) => panic!("planned: {sql}"),
+        Err(e) => e.to_string().replace(&dir.path().display().to_string(), "DIR"),
+    }
+}
+
+const TABLES: &str = "CREATE TABLE s (id TEXT, n BIGINT, ts TIMESTAMP) WITH (connector = 'kafka', type = 'source', topic = 's');
+CREATE TABLE k (id TEXT) WITH (connector = 'kafka', type = 'sink', topic = 'k');
+";
+
+#[tokio::test]
+async fn unsupported_sql_fails_at_validate_with_file_and_line() {
+    let cases = [
+        ("INSERT INTO k SELECT id FROM s GROUP BY id;", "DIR/20_stage.sql:3: GROUP BY"),
+        ("INSERT INTO k SELECT s.id FROM s JOIN s AS t ON s.id = t.id;", "DIR/20_stage.sql:3: joins"),
+        ("INSERT INTO k SELECT id FROM s ORDER BY ts;", "DIR/20_stage.sql:3: ORDER BY / LIMIT"),
+        (
+            "INSERT INTO k SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY id, tumble(INTERVAL '1' MINUTE) ORDER BY ts) AS rn FROM s);",
+            "DIR/20_stage.sql:3: ROW_NUMBER() runs as a windowed limit",
+        ),
+        (
+            "INSERT INTO k SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY id ORDER BY ts) AS rn FROM s) WHERE rn = 1;",
+            "DIR/20_stage.sql:3: PARTITION BY needs a window",
+        ),
+        ("INSERT INTO k SELECT id, n FROM s;", "DIR/20_stage.sql:3: column n is not in sink k"),
+        ("INSERT INTO k SELECT nope FROM s;", "DIR/20_stage.sql:3: "),
+        ("INSERT INTO s SELECT id FROM s;", "DIR/20_stage.sql:3: s is a source table"),
+        ("\n\nINSERT INTO k SELECT id FROM missing;", "DIR/20_stage.sql:5: "),
+    ];
+    for (statement, expected) in cases {
+        let error = plan_error(&format!("{TABLES}{statement}")).await;
+        assert!(error.starts_with(expected), "{statement}\n  got: {error}\n  want: {expected}...");
+    }
+    let error = plan_error("CREATE TABLE s (id TEXT) WITH (connector = 'kafka', type = 'source', topic = 's');\nSELEC id FROM s;").await;
+    assert!(error.starts_with("DIR/20_stage.sql:2: syntax error"), "{error}");
+}
