@@ -69,6 +69,12 @@ pub struct PipelineConfig {
     pub batch_max_records: usize,
     /// ...or this many milliseconds after it opened.
     pub batch_max_wait_ms: u64,
+    /// How often operator state and offsets are checkpointed together (and
+    /// offsets committed to Kafka). Outputs since the last checkpoint are
+    /// replayed after a crash and suppressed by id.
+    pub checkpoint_interval_ms: u64,
+    /// Where checkpoints live, one folder per consumer group.
+    pub state_dir: PathBuf,
 }
 
 impl Default for PipelineConfig {
@@ -78,6 +84,8 @@ impl Default for PipelineConfig {
             max_request_bytes: 64 * 1024,
             batch_max_records: 4096,
             batch_max_wait_ms: 50,
+            checkpoint_interval_ms: 1000,
+            state_dir: PathBuf::from("notiflow-data/state"),
         }
     }
 }

@@ -1,13 +1,12 @@
 //! Drives a batch processor over a source and a sink: read a micro-batch,
-//! process it, wait until every output is durable, then commit the batch's
-//! offsets. A crash anywhere before the commit replays the batch
-//! (at-least-once into Kafka; outputs carry deterministic ids so consumers can
-//! drop replays).
+//! process it, wait until every output is durable, let the processor
+//! checkpoint, then commit the offsets it says are safe. Never commit before
+//! the outputs are durable (see docs/exactly-once.md).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use notiflow_connector::{BatchLimits, Offsets, OutRecord, Record, Sink, Source};
+use notiflow_connector::{BatchLimits, Offsets, OutRecord, Positions, Record, Sink, Source};
 use tokio::sync::watch;
 
 
@@ -23,6 +22,13 @@ pub enum StopWhen {
 /// Turns one micro-batch of records into output records.
 pub trait BatchProcessor {
     fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> impl Future<Output = anyhow::Result<()>>;
+
+    /// The batch's outputs are durable at `written`; `consumed` are the
+    /// batch's next offsets. Returns offsets that may now be committed.
+    fn durable(&mut self, written: &Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>>;
+
+    /// The job is stopping: last chance to checkpoint. Returns offsets to commit.
+    fn finish(&mut self) -> anyhow::Result<Option<Offsets>>;
 }
 
 /// What a run did, for the summary line and tests.
@@ -76,12 +82,17 @@ pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
         batch.iter().for_each(|r| offsets.advance_past(r));
         count_records("notiflow_records_in_total", batch.iter().map(|r| r.topic.as_ref()));
         count_records("notiflow_records_out_total", out.iter().map(|r| r.topic.as_ref()));
-        // Durable first, then commit: never the other way round.
-        sink.send_all(out).await?;
-        source.commit(&offsets).await?;
+        // Durable first, then checkpoint, then commit: never the other way round.
+        let written = sink.send_all(out).await?;
+        if let Some(safe) = processor.durable(&written, &offsets)? {
+            source.commit(&safe).await?;
+        }
         metrics::histogram!("notiflow_batch_seconds").record(started.elapsed().as_secs_f64());
         records_in += batch.len() as u64;
         batches += 1;
+    }
+    if let Some(safe) = processor.finish()? {
+        source.commit(&safe).await?;
     }
     Ok((records_in, batches))
 }

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use notiflow::config::Config;
 use notiflow::job::{RunTotals, StopWhen, run_job};
 use notiflow_connector::TopicAdmin;
-use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource};
+use notiflow_kafka::{KafkaAdmin, KafkaReader, KafkaSink, KafkaSource};
 use tokio::sync::watch;
 
 /// notiflow: multi-channel business notifications as a streaming pipeline.
@@ -190,6 +190,13 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&run, config)).await?;
     let topics = run.source_topics();
     let group = notiflow::group_id(&run, config);
+    let checkpointing = notiflow::engine::Checkpointing {
+        store: notiflow::engine::checkpoint::CheckpointStore::new(config.pipeline.state_dir.join(&group)),
+        interval: Duration::from_millis(config.pipeline.checkpoint_interval_ms),
+    };
+    if let Some(epoch) = run.recover(checkpointing, &KafkaReader::new(kafka)).await? {
+        tracing::info!(epoch, suppressing = run.suppressed, "resumed from checkpoint");
+    }
     let start = run.pipeline.sources.first().map(|s| s.kafka.start_offset.as_str()).unwrap_or("earliest");
     let mut source = KafkaSource::new(kafka, &group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), start)?;
     let sink = KafkaSink::new(kafka)?;
@@ -203,6 +210,9 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     let stop = idle.map(StopWhen::IdleFor).unwrap_or(StopWhen::Shutdown);
     tracing::info!(pipeline = %dir.display(), ?topics, %group, "pipeline running");
     let (records_in, batches) = run_job(&mut run, &mut source, &sink, notiflow::batch_limits(config), stop, shutdown).await?;
+    if run.skipped + run.suppressed > 0 {
+        println!("recovery: {} records already in the checkpoint skipped, {} outputs already written suppressed", run.skipped, run.suppressed);
+    }
     Ok(RunTotals { records_in, batches, ..run.totals })
 }
 

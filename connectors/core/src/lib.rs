@@ -79,6 +79,12 @@ impl Offsets {
         *slot = (*slot).max(next);
     }
 
+    /// Sets the next offset of a partition (never moving it back).
+    pub fn insert(&mut self, topic: Arc<str>, partition: i32, next: i64) {
+        let slot = self.0.entry((topic, partition)).or_insert(next);
+        *slot = (*slot).max(next);
+    }
+
     pub fn merge(&mut self, other: &Offsets) {
         for ((topic, partition), next) in &other.0 {
             let slot = self.0.entry((topic.clone(), *partition)).or_insert(*next);
@@ -148,9 +154,29 @@ pub trait Source: Send {
 }
 
 /// A log writer. `send_all` resolves only when every record is durable
-/// (acknowledged by all in-sync replicas, for Kafka).
+/// (acknowledged by all in-sync replicas, for Kafka), with the highest offset
+/// written per partition.
 pub trait Sink: Send + Sync {
-    fn send_all(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+    fn send_all(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<Positions, ConnectorError>> + Send;
+}
+
+/// Reads back what is in a log: partition ends and offset ranges. Recovery
+/// uses it to find outputs written after the last checkpoint.
+pub trait LogReader: Send + Sync {
+    /// (partition, end offset = next offset to be written) of every partition.
+    fn end_offsets(&self, topic: &str) -> impl Future<Output = Result<Vec<(i32, i64)>, ConnectorError>> + Send;
+    /// Records of one partition with `from <= offset < to`.
+    fn read_range(&self, topic: &str, partition: i32, from: i64, to: i64)
+    -> impl Future<Output = Result<Vec<Record>, ConnectorError>> + Send;
+}
+
+/// Highest offset written per topic partition.
+pub type Positions = BTreeMap<(Arc<str>, i32), i64>;
+
+/// Records `offset` as written to `(topic, partition)`.
+pub fn note_position(positions: &mut Positions, topic: &Arc<str>, partition: i32, offset: i64) {
+    let slot = positions.entry((topic.clone(), partition)).or_insert(offset);
+    *slot = (*slot).max(offset);
 }
 
 /// Creates topics (idempotent: existing topics are left as they are).

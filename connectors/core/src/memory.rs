@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::{BatchLimits, ConnectorError, Offsets, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
+use crate::{
+    BatchLimits, ConnectorError, LogReader, Offsets, OutRecord, Positions, Record, Sink, Source, TopicAdmin, TopicSpec,
+    note_position,
+};
 
 #[derive(Default)]
 struct Log {
@@ -40,14 +43,15 @@ impl MemoryBroker {
 
     /// Appends records; fails for a topic that was never created, as a broker
     /// without auto-creation does.
-    pub fn append(&self, records: Vec<OutRecord>) -> Result<(), ConnectorError> {
+    pub fn append(&self, records: Vec<OutRecord>) -> Result<Positions, ConnectorError> {
         let now = now_ms();
         self.append_at(records.into_iter().map(|r| (r, now)).collect())
     }
 
     /// Appends records with the given timestamps (ms since the epoch): for
     /// tests that need reproducible record times.
-    pub fn append_at(&self, records: Vec<(OutRecord, i64)>) -> Result<(), ConnectorError> {
+    pub fn append_at(&self, records: Vec<(OutRecord, i64)>) -> Result<Positions, ConnectorError> {
+        let mut positions = Positions::new();
         let mut log = self.log.lock().expect("memory log poisoned");
         for (out, timestamp_ms) in records {
             let round_robin = log.round_robin;
@@ -61,6 +65,7 @@ impl MemoryBroker {
             };
             let records = &mut partitions[partition];
             let offset = records.len() as i64;
+            note_position(&mut positions, &out.topic, partition as i32, offset);
             records.push(Record {
                 topic: out.topic,
                 partition: partition as i32,
@@ -74,7 +79,7 @@ impl MemoryBroker {
         }
         drop(log);
         self.appended.notify_waiters();
-        Ok(())
+        Ok(positions)
     }
 
     /// Every record of a topic, partition by partition (for reports and tests).
@@ -163,8 +168,26 @@ pub struct MemorySink {
 }
 
 impl Sink for MemorySink {
-    async fn send_all(&self, records: Vec<OutRecord>) -> Result<(), ConnectorError> {
+    async fn send_all(&self, records: Vec<OutRecord>) -> Result<Positions, ConnectorError> {
         self.broker.append(records)
+    }
+}
+
+impl LogReader for MemoryBroker {
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, ConnectorError> {
+        let log = self.log.lock().expect("memory log poisoned");
+        let partitions = log.topics.get(topic).ok_or_else(|| ConnectorError::Permanent {
+            service: "memory",
+            message: format!("unknown topic {topic:?}"),
+        })?;
+        Ok(partitions.iter().enumerate().map(|(p, records)| (p as i32, records.len() as i64)).collect())
+    }
+
+    async fn read_range(&self, topic: &str, partition: i32, from: i64, to: i64) -> Result<Vec<Record>, ConnectorError> {
+        let log = self.log.lock().expect("memory log poisoned");
+        let records = log.topics.get(topic).and_then(|p| p.get(partition as usize)).map(Vec::as_slice).unwrap_or_default();
+        let (from, to) = (from.max(0) as usize, (to.max(0) as usize).min(records.len()));
+        Ok(records.get(from..to.max(from)).map(<[Record]>::to_vec).unwrap_or_default())
     }
 }
 
@@ -203,8 +226,13 @@ mod tests {
     async fn same_key_same_partition_and_group_resumes_from_commit() {
         let broker = MemoryBroker::new();
         broker.create_topic(&TopicSpec::new("t", 4));
-        broker.append((0..10).map(|i| out("t", "k", &i.to_string())).collect()).unwrap();
+        let positions = broker.append((0..10).map(|i| out("t", "k", &i.to_string())).collect()).unwrap();
         let all = broker.read_all("t");
+        assert_eq!(positions.into_iter().collect::<Vec<_>>(), vec![((Arc::from("t"), all[0].partition), 9)]);
+        let ends = broker.end_offsets("t").await.unwrap();
+        assert_eq!(ends.iter().map(|(_, e)| e).sum::<i64>(), 10);
+        let middle = broker.read_range("t", all[0].partition, 3, 5).await.unwrap();
+        assert_eq!(middle.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(all.len(), 10);
         assert!(all.iter().all(|r| r.partition == all[0].partition), "one key, one partition");
 

@@ -10,7 +10,7 @@ mod sink;
 pub use admin::KafkaAdmin;
 pub use config::KafkaConfig;
 pub use sink::KafkaSink;
-pub use source::{KafkaSource, read_topic_to_end, committed_offsets};
+pub use source::{KafkaReader, KafkaSource, committed_offsets, read_topic_to_end};
 
 use notiflow_connector::ConnectorError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use notiflow_connector::{ConnectorError, OutRecord, Sink};
+use notiflow_connector::{ConnectorError, OutRecord, Positions, Sink, note_position};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -40,7 +40,7 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    async fn send_all(&self, records: Vec<OutRecord>) -> Result<(), ConnectorError> {
+    async fn send_all(&self, records: Vec<OutRecord>) -> Result<Positions, ConnectorError> {
         let mut pending = Vec::with_capacity(records.len());
         for record in &records {
             loop {
@@ -57,15 +57,16 @@ impl Sink for KafkaSink {
                 }
             }
         }
-        for delivery in pending {
+        let mut positions = Positions::new();
+        for (delivery, record) in pending.into_iter().zip(&records) {
             match delivery.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivered)) => note_position(&mut positions, &record.topic, delivered.partition, delivered.offset),
                 Ok(Err((err, _message))) => return Err(classify(err)),
                 Err(_canceled) => {
                     return Err(ConnectorError::Transient { service: "kafka", message: "producer dropped a delivery".into() });
                 }
             }
         }
-        Ok(())
+        Ok(positions)
     }
 }

@@ -146,38 +146,89 @@ pub fn committed_offsets(config: &KafkaConfig, group_id: &str, topic: &str) -> R
         .collect())
 }
 
-/// Reads every record of `topic` that exists now (up to each partition's high
-/// watermark), without joining a group. For reports, `trace` and tests.
-pub async fn read_topic_to_end(config: &KafkaConfig, topic: &str) -> Result<Vec<Record>, ConnectorError> {
-    let consumer = KafkaSource::consumer(config, "notiflow-reader", "earliest")?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(classify)?;
-    let mut list = TopicPartitionList::new();
-    let mut remaining = 0i64;
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_err(classify)?;
-            if high > low {
-                list.add_partition_offset(topic, p.id(), Offset::Offset(low)).map_err(classify)?;
-                remaining += high - low;
+/// Reads ranges of partitions without joining a group (recovery, reports,
+/// `trace`, tests).
+pub struct KafkaReader {
+    config: KafkaConfig,
+}
+
+impl KafkaReader {
+    pub fn new(config: &KafkaConfig) -> Self {
+        KafkaReader { config: config.clone() }
+    }
+
+    fn consumer(&self) -> Result<StreamConsumer<LagContext>, ConnectorError> {
+        KafkaSource::consumer(&self.config, "notiflow-reader", "earliest")
+    }
+
+    /// (partition, low, high) watermarks of every partition.
+    fn watermarks(consumer: &StreamConsumer<LagContext>, topic: &str) -> Result<Vec<(i32, i64, i64)>, ConnectorError> {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(classify)?;
+        let mut out = Vec::new();
+        for t in metadata.topics() {
+            if let Some(err) = t.error() {
+                return Err(ConnectorError::Permanent { service: "kafka", message: format!("topic {topic}: {err:?}") });
+            }
+            for p in t.partitions() {
+                let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_err(classify)?;
+                out.push((p.id(), low, high));
             }
         }
+        Ok(out)
     }
-    let mut records = Vec::with_capacity(remaining as usize);
-    if remaining == 0 {
-        return Ok(records);
-    }
-    consumer.assign(&list).map_err(classify)?;
-    let mut source = KafkaSource { consumer };
-    let limits = BatchLimits { max_records: 10_000, max_wait: Duration::from_millis(200) };
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-    while (records.len() as i64) < remaining {
-        if tokio::time::Instant::now() > give_up {
-            return Err(ConnectorError::Transient {
-                service: "kafka",
-                message: format!("read {} of {remaining} records of {topic} in 60 s", records.len()),
-            });
+
+    async fn read_ranges(&self, topic: &str, ranges: &[(i32, i64, i64)]) -> Result<Vec<Record>, ConnectorError> {
+        let wanted: i64 = ranges.iter().map(|(_, from, to)| (to - from).max(0)).sum();
+        let mut records = Vec::with_capacity(wanted as usize);
+        if wanted == 0 {
+            return Ok(records);
         }
-        records.extend(source.next_batch(limits).await?);
+        let consumer = self.consumer()?;
+        let mut list = TopicPartitionList::new();
+        for (partition, from, to) in ranges {
+            if to > from {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*from)).map_err(classify)?;
+            }
+        }
+        consumer.assign(&list).map_err(classify)?;
+        let mut source = KafkaSource { consumer };
+        let limits = BatchLimits { max_records: 10_000, max_wait: Duration::from_millis(200) };
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = 0i64;
+        while seen < wanted {
+            if tokio::time::Instant::now() > give_up {
+                return Err(ConnectorError::Transient {
+                    service: "kafka",
+                    message: format!("read {seen} of {wanted} records of {topic} in 60 s"),
+                });
+            }
+            for record in source.next_batch(limits).await? {
+                let in_range = ranges.iter().any(|(p, from, to)| *p == record.partition && record.offset >= *from && record.offset < *to);
+                if in_range {
+                    seen += 1;
+                    records.push(record);
+                }
+            }
+        }
+        Ok(records)
     }
-    Ok(records)
+}
+
+impl notiflow_connector::LogReader for KafkaReader {
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, ConnectorError> {
+        let consumer = self.consumer()?;
+        Ok(Self::watermarks(&consumer, topic)?.into_iter().map(|(p, _, high)| (p, high)).collect())
+    }
+
+    async fn read_range(&self, topic: &str, partition: i32, from: i64, to: i64) -> Result<Vec<Record>, ConnectorError> {
+        self.read_ranges(topic, &[(partition, from, to)]).await
+    }
+}
+
+/// Reads every record of `topic` that exists now (up to each partition's high
+/// watermark).
+pub async fn read_topic_to_end(config: &KafkaConfig, topic: &str) -> Result<Vec<Record>, ConnectorError> {
+    let reader = KafkaReader::new(config);
+    let ranges = KafkaReader::watermarks(&reader.consumer()?, topic)?;
+    reader.read_ranges(topic, &ranges).await
 }

@@ -21,6 +21,11 @@ pub const TIMESTAMP_COLUMN: &str = "_timestamp";
 pub const KEY_COLUMN: &str = "_key";
 pub const PARTITION_COLUMN: &str = "_partition";
 pub const OFFSET_COLUMN: &str = "_offset";
+/// Index of the source table the row came from (with partition and offset: its lineage).
+pub const SOURCE_COLUMN: &str = "_source";
+/// Hidden columns that say which input record a row came from; the planner
+/// carries them through every projection so each output row has an id.
+pub const LINEAGE_COLUMNS: [&str; 3] = [SOURCE_COLUMN, PARTITION_COLUMN, OFFSET_COLUMN];
 const JSON_METADATA: &str = "notiflow.json";
 
 pub fn is_hidden(name: &str) -> bool {
@@ -34,10 +39,13 @@ pub fn source_schema(declared: &Schema) -> SchemaRef {
     fields.push(Arc::new(Field::new(KEY_COLUMN, DataType::Utf8, true)));
     fields.push(Arc::new(Field::new(PARTITION_COLUMN, DataType::Int32, false)));
     fields.push(Arc::new(Field::new(OFFSET_COLUMN, DataType::Int64, false)));
+    fields.push(Arc::new(Field::new(SOURCE_COLUMN, DataType::Int32, false)));
     Arc::new(Schema::new(fields))
 }
 
 pub struct SourceDecoder {
+    /// This source's index in the pipeline (the `_source` column).
+    index: i32,
     schema: SchemaRef,
     decode_schema: SchemaRef,
     json_columns: Vec<String>,
@@ -52,10 +60,11 @@ pub struct Decoded {
 
 impl SourceDecoder {
     /// `declared`: the columns of CREATE TABLE (JSON columns as Utf8).
-    pub fn new(declared: &Schema, json_columns: &[String], event_time_field: Option<String>) -> Self {
+    pub fn new(index: i32, declared: &Schema, json_columns: &[String], event_time_field: Option<String>) -> Self {
         let decode_fields: Vec<FieldRef> =
             declared.fields().iter().filter(|f| !json_columns.contains(f.name())).cloned().collect();
         SourceDecoder {
+            index,
             schema: source_schema(declared),
             decode_schema: Arc::new(Schema::new(decode_fields)),
             json_columns: json_columns.to_vec(),
@@ -116,6 +125,8 @@ impl SourceDecoder {
                 Arc::new(Int32Array::from_iter_values(good.iter().map(|&i| records[i].partition)))
             } else if name == OFFSET_COLUMN {
                 Arc::new(Int64Array::from_iter_values(good.iter().map(|&i| records[i].offset)))
+            } else if name == SOURCE_COLUMN {
+                Arc::new(Int32Array::from_value(self.index, good.len()))
             } else if let Some(c) = self.json_columns.iter().position(|j| j == name) {
                 Arc::new(StringArray::from(std::mem::take(&mut json_values[c])))
             } else {
@@ -284,7 +295,7 @@ mod tests {
 
     #[test]
     fn decodes_in_bulk_and_isolates_bad_records() {
-        let decoder = SourceDecoder::new(&declared(), &["params".to_string()], None);
+        let decoder = SourceDecoder::new(0, &declared(), &["params".to_string()], None);
         let records = [
             record(0, r#"{"id":"a","n":1,"params":{"x":[1,2]}}"#),
             record(1, r#"{"id":"b","n":"not a number"}"#),
@@ -310,7 +321,7 @@ mod tests {
 
     #[test]
     fn encodes_rows_with_raw_json_and_keys() {
-        let decoder = SourceDecoder::new(&declared(), &["params".to_string()], None);
+        let decoder = SourceDecoder::new(0, &declared(), &["params".to_string()], None);
         let records = [record(0, r#"{"id":"a","n":1,"params":{"x":"y"}}"#), record(1, r#"{"id":"b"}"#)];
         let batch = decoder.decode(&records.iter().collect::<Vec<_>>()).batch;
         let encoder = SinkEncoder::new(&declared(), &["params".to_string()], None);

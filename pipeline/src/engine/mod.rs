@@ -2,6 +2,7 @@
 //! it over micro-batches (`runtime`), with notiflow's own stateful operators
 //! where a stream needs state (`row_number`).
 
+pub mod checkpoint;
 pub mod codec;
 pub mod feed;
 pub mod functions;
@@ -10,7 +11,7 @@ pub mod row_number;
 pub mod runtime;
 
 pub use plan::{PlanEnv, Pipeline, Stage, plan};
-pub use runtime::PipelineRun;
+pub use runtime::{Checkpointing, PipelineRun};
 
 use datafusion::physical_plan::displayable;
 

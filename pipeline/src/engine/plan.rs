@@ -20,7 +20,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use super::codec::{SinkEncoder, SourceDecoder, TIMESTAMP_COLUMN, is_hidden};
+use super::codec::{LINEAGE_COLUMNS, SinkEncoder, SourceDecoder, TIMESTAMP_COLUMN, is_hidden};
 use super::feed::Feed;
 use super::functions;
 use super::row_number::{RowNumberLimit, WindowKind};
@@ -137,7 +137,7 @@ async fn add_table(pipeline: &mut Pipeline, table: &TableDef, location: &Locatio
             {
                 return Err(SqlError::new(location, format!("event_time_field {field}: no such column in {}", table.name)));
             }
-            let decoder = SourceDecoder::new(&declared, &table.json_columns, event_time_field);
+            let decoder = SourceDecoder::new(pipeline.sources.len() as i32, &declared, &table.json_columns, event_time_field);
             let feed = Feed::new(decoder.schema().clone());
             pipeline
                 .ctx
@@ -331,7 +331,31 @@ impl Lowering<'_> {
         for input in plan.inputs() {
             inputs.push(self.lower(input, hint.clone()).await?);
         }
-        plan.with_new_exprs(plan.expressions(), inputs).map_err(|e| self.err(clean(e)))
+        let rebuilt = plan.with_new_exprs(plan.expressions(), inputs).map_err(|e| self.err(clean(e)))?;
+        match rebuilt {
+            LogicalPlan::Projection(_) => self.with_lineage(rebuilt),
+            other => Ok(other),
+        }
+    }
+
+    /// Keeps the lineage columns of the projection's input in its output, so
+    /// every output row can be traced to the record it came from.
+    fn with_lineage(&self, projection: LogicalPlan) -> Result<LogicalPlan, SqlError> {
+        let LogicalPlan::Projection(p) = &projection else { return Ok(projection) };
+        let output = p.schema.as_ref();
+        let mut exprs = p.expr.clone();
+        for name in LINEAGE_COLUMNS {
+            if output.fields().iter().any(|f| f.name() == name) {
+                continue;
+            }
+            if let Some((qualifier, field)) = p.input.schema().iter().find(|(_, f)| f.name() == name) {
+                exprs.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
+            }
+        }
+        if exprs.len() == p.expr.len() {
+            return Ok(projection);
+        }
+        LogicalPlanBuilder::from(p.input.as_ref().clone()).project(exprs).and_then(|b| b.build()).map_err(|e| self.err(clean(e)))
     }
 
     async fn window(&mut self, window: &datafusion::logical_expr::logical_plan::Window, hint: Option<LimitHint>) -> Result<LogicalPlan, SqlError> {
@@ -395,13 +419,18 @@ impl Lowering<'_> {
         self.stages.push(Stage::Segment { plan: input_plan });
         let input_stage = self.stages.len() - 1;
 
-        // The operator's output: window's schema with plain column names c0..cN.
-        let qualified = window.schema.as_ref();
+        // The operator's output: the (lowered) input's columns and the row
+        // number, under plain names c0..cN.
+        let (rn_qualifier, rn_field) = window.schema.qualified_field(window.schema.fields().len() - 1);
+        let qualified: Vec<(Option<TableReference>, Arc<Field>)> = input_schema
+            .iter()
+            .map(|(q, f)| (q.cloned(), f.clone()))
+            .chain(std::iter::once((rn_qualifier.cloned(), rn_field.clone())))
+            .collect();
         let feed_fields: Vec<Field> = qualified
-            .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
+            .map(|(i, (_, f))| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
             .collect();
         let feed = Feed::new(Arc::new(Schema::new(feed_fields)));
         let op = RowNumberLimit::new(key_exprs, key_types, time, kind, width, hint.limit, feed.schema().clone())
@@ -423,7 +452,7 @@ impl Lowering<'_> {
             .enumerate()
             .map(|(i, (qualifier, field))| {
                 Expr::Column(Column::new(Some(TableReference::bare(feed_name.as_str())), format!("c{i}")))
-                    .alias_qualified(qualifier.cloned(), field.name())
+                    .alias_qualified(qualifier.clone(), field.name())
             })
             .collect();
         scan.project(exprs).and_then(|b| b.build()).map_err(|e| self.err(clean(e)))

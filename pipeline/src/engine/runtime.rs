@@ -1,21 +1,38 @@
-//! Running a planned pipeline on one micro-batch at a time.
+//! Running a planned pipeline one micro-batch at a time, with checkpoints,
+//! deterministic output ids and suppression of outputs replayed after a crash
+//! (docs/exactly-once.md).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{cast, max};
-use arrow::datatypes::{DataType, TimeUnit, TimestampNanosecondType};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit, TimestampNanosecondType};
 use datafusion::physical_plan::collect;
-use notiflow_connector::{OutRecord, Record};
+use notiflow_connector::{Header, LogReader, Offsets, OutRecord, Positions, Record};
+use sha2::{Digest, Sha256};
 
+use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::codec::{OFFSET_COLUMN, PARTITION_COLUMN, SOURCE_COLUMN};
 use super::plan::{Pipeline, Stage};
 use crate::config::TopicsConfig;
 use crate::dlq::{self, Rejected};
 use crate::job::{BatchProcessor, RunTotals};
 use crate::sql::BadData;
 
-/// A pipeline with its per-run state: watermarks and totals.
+/// Header carrying each output record's deterministic id.
+pub const ID_HEADER: &str = "notiflow.id";
+
+type OutputId = [u8; 16];
+
+/// Checkpointing settings of a run.
+pub struct Checkpointing {
+    pub store: CheckpointStore,
+    pub interval: Duration,
+}
+
+/// A pipeline with its per-run state.
 pub struct PipelineRun {
     pub pipeline: Pipeline,
     pub events_topic: Arc<str>,
@@ -24,6 +41,19 @@ pub struct PipelineRun {
     watermarks: Vec<i64>,
     dlq_topics: Vec<Arc<str>>,
     sink_topics: Vec<Arc<str>>,
+    checkpointing: Option<Checkpointing>,
+    epoch: u64,
+    last_checkpoint: Instant,
+    /// Every offset processed so far (what a checkpoint records).
+    processed: Offsets,
+    /// Records below these offsets are already reflected in the restored state.
+    skip_below: HashMap<(Arc<str>, i32), i64>,
+    /// Per output partition: the offset after our last durable write.
+    emitted_end: BTreeMap<(String, i32), i64>,
+    /// Ids of outputs written after the restored checkpoint (not to write again).
+    suppress: HashSet<OutputId>,
+    pub suppressed: u64,
+    pub skipped: u64,
 }
 
 impl PipelineRun {
@@ -40,7 +70,23 @@ impl PipelineRun {
         let dlq_topics = pipeline.sources.iter().map(|s| Arc::from(s.kafka.dlq_topic.as_str())).collect();
         let sink_topics = pipeline.sinks.iter().map(|s| Arc::from(s.kafka.topic.as_str())).collect();
         let events_topic = Arc::from(topics.resolve(&topics.events).as_str());
-        PipelineRun { pipeline, events_topic, totals: RunTotals::default(), watermarks, dlq_topics, sink_topics }
+        PipelineRun {
+            pipeline,
+            events_topic,
+            totals: RunTotals::default(),
+            watermarks,
+            dlq_topics,
+            sink_topics,
+            checkpointing: None,
+            epoch: 0,
+            last_checkpoint: Instant::now(),
+            processed: Offsets::default(),
+            skip_below: HashMap::new(),
+            emitted_end: BTreeMap::new(),
+            suppress: HashSet::new(),
+            suppressed: 0,
+            skipped: 0,
+        }
     }
 
     /// Every topic the pipeline reads.
@@ -60,15 +106,114 @@ impl PipelineRun {
         topics
     }
 
+    /// Restores the newest checkpoint (if any) and collects the ids of
+    /// outputs written after it, so the replay does not write them again.
+    /// Returns the restored epoch.
+    pub async fn recover<R: LogReader>(&mut self, checkpointing: Checkpointing, reader: &R) -> anyhow::Result<Option<u64>> {
+        let mut current_end = BTreeMap::new();
+        for topic in self.output_topics() {
+            for (partition, end) in reader.end_offsets(&topic).await? {
+                current_end.insert((topic.clone(), partition), end);
+            }
+        }
+        let restored = checkpointing.store.load_latest()?;
+        self.checkpointing = Some(checkpointing);
+        let Some(checkpoint) = restored else {
+            self.emitted_end = current_end;
+            return Ok(None);
+        };
+        self.restore_state(&checkpoint)?;
+        for ((topic, partition), end) in &current_end {
+            let from = match checkpoint.emitted_end.get(&(topic.clone(), *partition)) {
+                Some(from) => *from,
+                None => {
+                    tracing::warn!(%topic, partition, "output partition unknown to the checkpoint: not scanned for replays");
+                    *end
+                }
+            };
+            for record in reader.read_range(topic, *partition, from, *end).await? {
+                if let Some(id) = record.headers.iter().find(|h| h.name == ID_HEADER).and_then(|h| parse_id(&h.value)) {
+                    self.suppress.insert(id);
+                }
+            }
+        }
+        tracing::info!(epoch = checkpoint.epoch, replayed_outputs = self.suppress.len(), "restored checkpoint");
+        self.emitted_end = current_end;
+        Ok(Some(checkpoint.epoch))
+    }
+
+    fn restore_state(&mut self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            checkpoint.watermarks.len() == self.watermarks.len(),
+            "checkpoint has {} sources, the pipeline {}: the SQL changed incompatibly",
+            checkpoint.watermarks.len(),
+            self.watermarks.len()
+        );
+        self.epoch = checkpoint.epoch;
+        self.watermarks.clone_from(&checkpoint.watermarks);
+        for ((flow, stage), state) in &checkpoint.operators {
+            match self.pipeline.flows.get_mut(*flow as usize).and_then(|f| f.stages.get_mut(*stage as usize)) {
+                Some(Stage::RowNumber { op, .. }) => op.restore(state)?,
+                _ => anyhow::bail!("checkpoint has state for flow {flow} stage {stage}, which the SQL no longer has"),
+            }
+        }
+        for ((topic, partition), next) in &checkpoint.offsets {
+            let topic: Arc<str> = Arc::from(topic.as_str());
+            self.skip_below.insert((topic.clone(), *partition), *next);
+            self.processed.insert(topic, *partition, *next);
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let Some(checkpointing) = &self.checkpointing else { return Ok(()) };
+        self.epoch += 1;
+        let mut operators = BTreeMap::new();
+        for (f, flow) in self.pipeline.flows.iter().enumerate() {
+            for (s, stage) in flow.stages.iter().enumerate() {
+                if let Stage::RowNumber { op, .. } = stage {
+                    operators.insert((f as u32, s as u32), op.snapshot());
+                }
+            }
+        }
+        let checkpoint = Checkpoint {
+            epoch: self.epoch,
+            offsets: self.processed.iter().map(|(t, p, o)| ((t.to_string(), p), o)).collect(),
+            watermarks: self.watermarks.clone(),
+            operators,
+            emitted_end: self.emitted_end.clone(),
+        };
+        checkpointing.store.write(&checkpoint)?;
+        self.last_checkpoint = Instant::now();
+        metrics::counter!("notiflow_checkpoints_total").increment(1);
+        Ok(())
+    }
+
     fn reject(&mut self, source: usize, record: &Record, rejected: Rejected<'_>, out: &mut Vec<OutRecord>) {
         let dlq_topic = self.dlq_topics[source].clone();
-        out.push(dlq::dead_letter(record, &rejected, &dlq_topic));
-        out.push(dlq::event_record(&dlq::rejected_event(record, &rejected, &dlq_topic), &self.events_topic));
+        let mut dead = dlq::dead_letter(record, &rejected, &dlq_topic);
+        let mut event = dlq::event_record(&dlq::rejected_event(record, &rejected, &dlq_topic), &self.events_topic);
         self.totals.count_dead_letter(rejected.reason);
+        for (kind, output) in [(u32::MAX, &mut dead), (u32::MAX - 1, &mut event)] {
+            let id = output_id(kind, source as i32, record.partition, record.offset, 0);
+            if self.keep(&id) {
+                output.headers.push(Header::new(ID_HEADER, hex(&id)));
+                out.push(output.clone());
+            }
+        }
+    }
+
+    /// False for an output already written before a crash.
+    fn keep(&mut self, id: &OutputId) -> bool {
+        if self.suppress.contains(id) {
+            self.suppressed += 1;
+            return false;
+        }
+        true
     }
 
     /// Decodes the records of each source into its feed; returns which sources got rows.
-    fn load_sources(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<Vec<bool>> {
+    fn load_sources(&mut self, records: &[&Record], out: &mut Vec<OutRecord>) -> anyhow::Result<Vec<bool>> {
         let mut by_topic: HashMap<&str, Vec<&Record>> = HashMap::new();
         for record in records {
             by_topic.entry(record.topic.as_ref()).or_default().push(record);
@@ -128,7 +273,7 @@ impl PipelineRun {
         Ok(active)
     }
 
-    /// Runs every flow that has new input; returns its output batches per flow.
+    /// Runs every flow that has new input; returns (flow, output batches).
     async fn run_flows(&mut self, active: &[bool]) -> anyhow::Result<Vec<(usize, Vec<RecordBatch>)>> {
         let task_ctx = self.pipeline.ctx.task_ctx();
         let mut results = Vec::new();
@@ -159,29 +304,155 @@ impl PipelineRun {
                     output.clear();
                 }
             }
-            results.push((flow.sink, outputs.pop().unwrap_or_default()));
+            results.push((f, outputs.pop().unwrap_or_default()));
         }
         Ok(results)
     }
+
+    fn write_outputs(&mut self, flow: usize, batches: &[RecordBatch], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
+        let sink = self.pipeline.flows[flow].sink;
+        let topic = self.sink_topics[sink].clone();
+        let mut ordinals: HashMap<(i32, i32, i64), u32> = HashMap::new();
+        let mut written = 0;
+        for batch in batches {
+            let lineage = Lineage::of(batch);
+            let rows = self.pipeline.sinks[sink].encoder.encode(batch)?;
+            for (row, (key, payload)) in rows.into_iter().enumerate() {
+                let id = match &lineage {
+                    Some(l) => {
+                        let origin = l.origin(row);
+                        let ordinal = ordinals.entry(origin).or_default();
+                        *ordinal += 1;
+                        output_id(flow as u32, origin.0, origin.1, origin.2, *ordinal)
+                    }
+                    // No lineage (a constant query): the content is the identity.
+                    None => content_id(flow as u32, &payload),
+                };
+                if self.keep(&id) {
+                    out.push(OutRecord { topic: topic.clone(), key, payload, headers: vec![Header::new(ID_HEADER, hex(&id))] });
+                    written += 1;
+                }
+            }
+        }
+        *self.totals.dispatched.entry(self.pipeline.sinks[sink].name.clone()).or_default() += written;
+        Ok(())
+    }
+}
+
+/// Where each row of a batch came from.
+struct Lineage<'a> {
+    source: &'a arrow::array::PrimitiveArray<Int32Type>,
+    partition: &'a arrow::array::PrimitiveArray<Int32Type>,
+    offset: &'a arrow::array::PrimitiveArray<Int64Type>,
+}
+
+impl<'a> Lineage<'a> {
+    fn of(batch: &'a RecordBatch) -> Option<Self> {
+        let column = |name| batch.column_by_name(name).filter(|c| c.null_count() == 0);
+        Some(Lineage {
+            source: column(SOURCE_COLUMN)?.as_primitive_opt::<Int32Type>()?,
+            partition: column(PARTITION_COLUMN)?.as_primitive_opt::<Int32Type>()?,
+            offset: column(OFFSET_COLUMN)?.as_primitive_opt::<Int64Type>()?,
+        })
+    }
+
+    fn origin(&self, row: usize) -> (i32, i32, i64) {
+        (self.source.value(row), self.partition.value(row), self.offset.value(row))
+    }
+}
+
+/// Deterministic id of the `ordinal`-th output of `flow` for one input record.
+fn output_id(flow: u32, source: i32, partition: i32, offset: i64, ordinal: u32) -> OutputId {
+    let mut hasher = Sha256::new();
+    hasher.update(flow.to_le_bytes());
+    hasher.update(source.to_le_bytes());
+    hasher.update(partition.to_le_bytes());
+    hasher.update(offset.to_le_bytes());
+    hasher.update(ordinal.to_le_bytes());
+    hasher.finalize()[..16].try_into().expect("16 bytes")
+}
+
+fn content_id(flow: u32, payload: &[u8]) -> OutputId {
+    let mut hasher = Sha256::new();
+    hasher.update(flow.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()[..16].try_into().expect("16 bytes")
+}
+
+fn hex(id: &OutputId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_id(text: &[u8]) -> Option<OutputId> {
+    let text = std::str::from_utf8(text).ok()?;
+    if text.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
 }
 
 impl BatchProcessor for PipelineRun {
     async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
-        let active = self.load_sources(records, out)?;
+        // Records the restored state already reflects produce nothing again.
+        let fresh: Vec<&Record> = records
+            .iter()
+            .filter(|r| match self.skip_below.get(&(r.topic.clone(), r.partition)) {
+                Some(next) => r.offset >= *next,
+                None => true,
+            })
+            .collect();
+        self.skipped += (records.len() - fresh.len()) as u64;
+        let active = self.load_sources(&fresh, out)?;
         let results = self.run_flows(&active).await;
         self.pipeline.sources.iter().for_each(|s| s.feed.clear());
-        for (sink, batches) in results? {
-            let topic = self.sink_topics[sink].clone();
-            let encoder = &self.pipeline.sinks[sink].encoder;
-            let mut written = 0;
-            for batch in &batches {
-                for (key, payload) in encoder.encode(batch)? {
-                    out.push(OutRecord { topic: topic.clone(), key, payload, headers: vec![] });
-                    written += 1;
-                }
-            }
-            *self.totals.dispatched.entry(self.pipeline.sinks[sink].name.clone()).or_default() += written;
+        for (flow, batches) in results? {
+            self.write_outputs(flow, &batches, out)?;
         }
         Ok(())
+    }
+
+    fn durable(&mut self, written: &Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
+        for ((topic, partition), offset) in written {
+            let end = self.emitted_end.entry((topic.to_string(), *partition)).or_insert(offset + 1);
+            *end = (*end).max(offset + 1);
+        }
+        self.processed.merge(consumed);
+        match &self.checkpointing {
+            // Nothing to keep consistent with: commit every batch.
+            None => Ok(Some(consumed.clone())),
+            Some(c) if self.last_checkpoint.elapsed() >= c.interval => {
+                self.checkpoint()?;
+                Ok(Some(self.processed.clone()))
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
+        if self.checkpointing.is_none() || self.processed.is_empty() {
+            return Ok(None);
+        }
+        self.checkpoint()?;
+        Ok(Some(self.processed.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = output_id(0, 0, 1, 42, 1);
+        assert_eq!(a, output_id(0, 0, 1, 42, 1));
+        for other in [output_id(1, 0, 1, 42, 1), output_id(0, 1, 1, 42, 1), output_id(0, 0, 2, 42, 1), output_id(0, 0, 1, 43, 1), output_id(0, 0, 1, 42, 2)] {
+            assert_ne!(a, other);
+        }
+        assert_eq!(parse_id(hex(&a).as_bytes()), Some(a));
+        assert_eq!(parse_id(b"zz"), None);
     }
 }
