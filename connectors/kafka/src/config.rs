@@ -17,6 +17,11 @@ pub struct KafkaConfig {
     /// for the full wait, which would add that much latency to each batch.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_max_ms: u32,
+    /// How long the group waits for a silent member before moving its
+    /// partitions elsewhere. A restarted instance gets its partitions back
+    /// only after the old member's session expires, so keep it short.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u32,
     /// Extra librdkafka properties (security.protocol, sasl.*, ...). Secrets
     /// belong in the environment: `NOTIFLOW_KAFKA_SASL_PASSWORD` is read at start.
     #[serde(default)]
@@ -31,12 +36,17 @@ fn default_fetch_wait_ms() -> u32 {
     10
 }
 
+fn default_session_timeout_ms() -> u32 {
+    10_000
+}
+
 impl KafkaConfig {
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             replication_factor: default_replication(),
             fetch_wait_max_ms: default_fetch_wait_ms(),
+            session_timeout_ms: default_session_timeout_ms(),
             properties: BTreeMap::new(),
         }
     }

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ impl KafkaSource {
             .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
             .set("fetch.min.bytes", "1")
             .set("statistics.interval.ms", "1000")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(100).to_string())
             .create_with_context(LagContext)
             .map_err(classify)
     }
@@ -194,18 +197,20 @@ impl KafkaReader {
         let mut source = KafkaSource { consumer };
         let limits = BatchLimits { max_records: 10_000, max_wait: Duration::from_millis(200) };
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut seen = 0i64;
-        while seen < wanted {
+        // Next offset wanted per partition; a record is kept once, in order.
+        let mut next: HashMap<i32, i64> = ranges.iter().filter(|(_, f, t)| t > f).map(|(p, from, _)| (*p, *from)).collect();
+        let end: HashMap<i32, i64> = ranges.iter().map(|(p, _, to)| (*p, *to)).collect();
+        while next.iter().any(|(p, n)| *n < end[p]) {
             if tokio::time::Instant::now() > give_up {
                 return Err(ConnectorError::Transient {
                     service: "kafka",
-                    message: format!("read {seen} of {wanted} records of {topic} in 60 s"),
+                    message: format!("read {} of {wanted} records of {topic} in 60 s", records.len()),
                 });
             }
             for record in source.next_batch(limits).await? {
-                let in_range = ranges.iter().any(|(p, from, to)| *p == record.partition && record.offset >= *from && record.offset < *to);
-                if in_range {
-                    seen += 1;
+                let Some(n) = next.get_mut(&record.partition) else { continue };
+                if record.offset >= *n && record.offset < end[&record.partition] {
+                    *n = record.offset + 1;
                     records.push(record);
                 }
             }

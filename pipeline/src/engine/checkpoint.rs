@@ -16,8 +16,6 @@ pub struct Checkpoint {
     pub epoch: u64,
     /// Next offset to process per (topic, partition): the state reflects every record below.
     pub offsets: BTreeMap<(String, i32), i64>,
-    /// Per source table, the watermark (ns).
-    pub watermarks: Vec<i64>,
     /// (flow, stage) -> operator state.
     pub operators: BTreeMap<(u32, u32), Vec<u8>>,
     /// Per output (topic, partition): the offset after our last durable write
@@ -105,8 +103,6 @@ fn encode(c: &Checkpoint) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&c.epoch.to_le_bytes());
     put_offsets(&mut body, &c.offsets);
-    body.extend_from_slice(&(c.watermarks.len() as u64).to_le_bytes());
-    c.watermarks.iter().for_each(|w| body.extend_from_slice(&w.to_le_bytes()));
     body.extend_from_slice(&(c.operators.len() as u64).to_le_bytes());
     for ((flow, stage), state) in &c.operators {
         body.extend_from_slice(&flow.to_le_bytes());
@@ -143,7 +139,6 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let mut r = Cursor { bytes: body, at: 0 };
     let epoch = r.u64()?;
     let offsets = r.offsets()?;
-    let watermarks = (0..r.u64()?).map(|_| r.i64()).collect::<Result<_, _>>()?;
     let mut operators = BTreeMap::new();
     for _ in 0..r.u64()? {
         let (flow, stage) = (r.u32()?, r.u32()?);
@@ -151,7 +146,7 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
         operators.insert((flow, stage), r.take(len)?.to_vec());
     }
     let emitted_end = r.offsets()?;
-    Ok(Checkpoint { epoch, offsets, watermarks, operators, emitted_end })
+    Ok(Checkpoint { epoch, offsets, operators, emitted_end })
 }
 
 struct Cursor<'a> {
@@ -194,7 +189,6 @@ mod tests {
         Checkpoint {
             epoch,
             offsets: [(("notify.requests".to_string(), 0), 41), (("notify.requests".to_string(), 3), 7)].into(),
-            watermarks: vec![i64::MIN, 1_700_000_000_000_000_000],
             operators: [((0, 1), vec![1, 2, 3]), ((2, 1), vec![])].into(),
             emitted_end: [(("notify.dispatch.high".to_string(), 1), 99)].into(),
         }

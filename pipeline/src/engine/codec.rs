@@ -23,9 +23,13 @@ pub const PARTITION_COLUMN: &str = "_partition";
 pub const OFFSET_COLUMN: &str = "_offset";
 /// Index of the source table the row came from (with partition and offset: its lineage).
 pub const SOURCE_COLUMN: &str = "_source";
-/// Hidden columns that say which input record a row came from; the planner
-/// carries them through every projection so each output row has an id.
-pub const LINEAGE_COLUMNS: [&str; 3] = [SOURCE_COLUMN, PARTITION_COLUMN, OFFSET_COLUMN];
+/// The source's watermark as of this row (its WATERMARK expression; default
+/// the event time): windowed operators track it per input partition.
+pub const WATERMARK_COLUMN: &str = "_watermark";
+/// Hidden columns that say which input record a row came from and how far its
+/// partition's event time has got; the planner carries them through every
+/// projection, so each output row has an id and every operator the watermark.
+pub const LINEAGE_COLUMNS: [&str; 4] = [SOURCE_COLUMN, PARTITION_COLUMN, OFFSET_COLUMN, WATERMARK_COLUMN];
 const JSON_METADATA: &str = "notiflow.json";
 
 pub fn is_hidden(name: &str) -> bool {
@@ -40,6 +44,7 @@ pub fn source_schema(declared: &Schema) -> SchemaRef {
     fields.push(Arc::new(Field::new(PARTITION_COLUMN, DataType::Int32, false)));
     fields.push(Arc::new(Field::new(OFFSET_COLUMN, DataType::Int64, false)));
     fields.push(Arc::new(Field::new(SOURCE_COLUMN, DataType::Int32, false)));
+    fields.push(Arc::new(Field::new(WATERMARK_COLUMN, DataType::Timestamp(TimeUnit::Nanosecond, None), false)));
     Arc::new(Schema::new(fields))
 }
 
@@ -115,7 +120,8 @@ impl SourceDecoder {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for field in self.schema.fields() {
             let name = field.name().as_str();
-            let column: ArrayRef = if name == TIMESTAMP_COLUMN {
+            // The runtime replaces `_watermark` when the source declares a WATERMARK expression.
+            let column: ArrayRef = if name == TIMESTAMP_COLUMN || name == WATERMARK_COLUMN {
                 self.event_times(&decoded, records, &good)
             } else if name == KEY_COLUMN {
                 Arc::new(StringArray::from_iter(

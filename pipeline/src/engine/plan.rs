@@ -20,10 +20,12 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use super::codec::{LINEAGE_COLUMNS, SinkEncoder, SourceDecoder, TIMESTAMP_COLUMN, is_hidden};
+use super::codec::{
+    LINEAGE_COLUMNS, PARTITION_COLUMN, SOURCE_COLUMN, SinkEncoder, SourceDecoder, WATERMARK_COLUMN, is_hidden,
+};
 use super::feed::Feed;
 use super::functions;
-use super::row_number::{RowNumberLimit, WindowKind};
+use super::row_number::{LineageColumns, RowNumberLimit, WindowKind};
 use crate::contract::Contract;
 use crate::sql::{Connector, Definition, KafkaTable, Location, PipelineSql, SqlError, TableRole, TableDef};
 
@@ -40,8 +42,9 @@ pub struct SourceTable {
     pub kafka: KafkaTable,
     pub decoder: SourceDecoder,
     pub feed: Feed,
-    /// Evaluated over each decoded batch; the source's watermark is the max seen.
-    pub watermark: Arc<dyn PhysicalExpr>,
+    /// The WATERMARK expression, evaluated per row into `_watermark`;
+    /// `None` when it is the event time itself.
+    pub watermark: Option<Arc<dyn PhysicalExpr>>,
     pub contract: Option<Contract>,
 }
 
@@ -144,15 +147,16 @@ async fn add_table(pipeline: &mut Pipeline, table: &TableDef, location: &Locatio
                 .register_table(table.name.as_str(), feed.table())
                 .map_err(|e| SqlError::new(location, clean(e)))?;
             let df_schema = DFSchema::try_from(decoder.schema().as_ref().clone()).map_err(|e| SqlError::new(location, clean(e)))?;
-            let watermark_sql = match &table.watermark {
-                Some(w) => w.expr.clone().unwrap_or_else(|| w.column.clone()),
-                None => TIMESTAMP_COLUMN.to_string(),
+            let watermark_expr = match table.watermark.as_ref().and_then(|w| w.expr.as_ref()) {
+                Some(sql) => Some(
+                    pipeline
+                        .ctx
+                        .parse_sql_expr(sql, &df_schema)
+                        .and_then(|e| pipeline.ctx.state().create_physical_expr(e, &df_schema))
+                        .map_err(|e| SqlError::new(location, format!("WATERMARK expression: {}", clean(e))))?,
+                ),
+                None => None,
             };
-            let watermark_expr = pipeline
-                .ctx
-                .parse_sql_expr(&watermark_sql, &df_schema)
-                .and_then(|e| pipeline.ctx.state().create_physical_expr(e, &df_schema))
-                .map_err(|e| SqlError::new(location, format!("WATERMARK expression: {}", clean(e))))?;
             let contract = kafka.contract.as_ref().map(|_| Contract::new(env.tenants.iter().cloned(), env.max_request_bytes));
             pipeline.sources.push(SourceTable {
                 name: table.name.clone(),
@@ -415,6 +419,16 @@ impl Lowering<'_> {
         if !matches!(order.expr.get_type(&input_schema), Ok(DataType::Timestamp(..))) {
             return Err(self.err("ROW_NUMBER() ... ORDER BY must be a timestamp (the event time)"));
         }
+        let position = |name: &str| {
+            input_schema.fields().iter().position(|f| f.name() == name).ok_or_else(|| {
+                self.err(format!("the window's input lost the hidden column {name}: read it from a source table or a view of one"))
+            })
+        };
+        let lineage = LineageColumns {
+            source: position(SOURCE_COLUMN)?,
+            partition: position(PARTITION_COLUMN)?,
+            watermark: position(WATERMARK_COLUMN)?,
+        };
         let input_plan = state.create_physical_plan(&input).await.map_err(|e| self.err(clean(e)))?;
         self.stages.push(Stage::Segment { plan: input_plan });
         let input_stage = self.stages.len() - 1;
@@ -433,7 +447,7 @@ impl Lowering<'_> {
             .map(|(i, (_, f))| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
             .collect();
         let feed = Feed::new(Arc::new(Schema::new(feed_fields)));
-        let op = RowNumberLimit::new(key_exprs, key_types, time, kind, width, hint.limit, feed.schema().clone())
+        let op = RowNumberLimit::new(key_exprs, key_types, time, lineage, kind, width, hint.limit, feed.schema().clone())
             .map_err(|e| self.err(clean(e)))?;
         let describe = format!(
             "RowNumberLimit: {} window {} s, keys [{}], first {} per key",

@@ -10,16 +10,21 @@
 //!   arriving in time order this is the classic "at most N in any span of W";
 //!   out of order it stays exact for N = 1 (no two passed rows closer than W).
 //!
-//! State is bounded by the window: a tumbling window is dropped once the
-//! watermark passes its end, a sliding entry once the watermark is W past it.
-//! Rows older than the watermark are late: they are dropped and counted.
+//! State lives per input partition (Kafka partitions state by record key):
+//! each row is judged against the watermark of its own partition as it stood
+//! after the rows before it, so the outcome depends only on each partition's
+//! record order, never on batch boundaries or on how partitions interleave.
+//! That is what makes a replay after a crash produce the same outputs.
+//! Rows older than their partition's watermark are late: dropped and counted.
+//! State is dropped once the watermark passes the window (tumbling) or W past
+//! a passed row (sliding).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{cast, take};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit, TimestampNanosecondType};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
@@ -30,26 +35,64 @@ pub enum WindowKind {
     Sliding,
 }
 
+/// (source table, partition) packed into one integer.
+type PartitionId = i64;
+
+fn partition_id(source: i32, partition: i32) -> PartitionId {
+    (i64::from(source) << 32) | i64::from(partition as u32)
+}
+
+/// Column positions of the row lineage in the operator's input.
+#[derive(Debug, Clone, Copy)]
+pub struct LineageColumns {
+    pub source: usize,
+    pub partition: usize,
+    pub watermark: usize,
+}
+
+#[derive(Default)]
+struct PartitionState {
+    /// The partition's watermark after the rows seen so far (ns).
+    watermark: i64,
+    /// Watermark at the last sliding-state sweep.
+    swept_at: i64,
+    /// Tumbling: window start -> key -> rows passed.
+    windows: BTreeMap<i64, HashMap<Box<[u8]>, u64>>,
+    /// Sliding: key -> event times of passed rows, ascending.
+    passed: HashMap<Box<[u8]>, VecDeque<i64>>,
+}
+
+impl PartitionState {
+    fn new() -> Self {
+        PartitionState { watermark: i64::MIN, swept_at: i64::MIN, ..Default::default() }
+    }
+
+    fn keys(&self) -> usize {
+        self.windows.values().map(HashMap::len).sum::<usize>() + self.passed.len()
+    }
+}
+
 pub struct RowNumberLimit {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     time: Arc<dyn PhysicalExpr>,
+    lineage: LineageColumns,
     kind: WindowKind,
     width: i64,
     limit: u64,
     output_schema: SchemaRef,
     converter: RowConverter,
-    tumbling: BTreeMap<i64, HashMap<Box<[u8]>, u64>>,
-    sliding: HashMap<Box<[u8]>, VecDeque<i64>>,
-    watermark: i64,
+    partitions: HashMap<PartitionId, PartitionState>,
     late_rows: u64,
 }
 
 impl RowNumberLimit {
     /// `output_schema`: the input columns plus the row number (UInt64) last.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         keys: Vec<Arc<dyn PhysicalExpr>>,
         key_types: Vec<DataType>,
         time: Arc<dyn PhysicalExpr>,
+        lineage: LineageColumns,
         kind: WindowKind,
         width_nanos: i64,
         limit: u64,
@@ -62,14 +105,13 @@ impl RowNumberLimit {
         Ok(RowNumberLimit {
             keys,
             time,
+            lineage,
             kind,
             width: width_nanos,
             limit,
             output_schema,
             converter,
-            tumbling: BTreeMap::new(),
-            sliding: HashMap::new(),
-            watermark: i64::MIN,
+            partitions: HashMap::new(),
             late_rows: 0,
         })
     }
@@ -80,23 +122,36 @@ impl RowNumberLimit {
 
     /// Keys held in state (for metrics and tests).
     pub fn state_keys(&self) -> usize {
-        self.tumbling.values().map(HashMap::len).sum::<usize>() + self.sliding.len()
+        self.partitions.values().map(PartitionState::keys).sum()
     }
 
     pub fn process_batch(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let key_columns: Vec<ArrayRef> =
-            self.keys.iter().map(|k| k.evaluate(batch)?.into_array(batch.num_rows())).collect::<Result<_>>()?;
+        let n = batch.num_rows();
+        let key_columns: Vec<ArrayRef> = self.keys.iter().map(|k| k.evaluate(batch)?.into_array(n)).collect::<Result<_>>()?;
         let rows = self.converter.convert_columns(&key_columns)?;
-        let times = cast(
-            &self.time.evaluate(batch)?.into_array(batch.num_rows())?,
-            &DataType::Timestamp(TimeUnit::Nanosecond, None),
-        )?;
+        let as_nanos = |a: &ArrayRef| cast(a, &DataType::Timestamp(TimeUnit::Nanosecond, None));
+        let times = as_nanos(&self.time.evaluate(batch)?.into_array(n)?)?;
         let times = times.as_primitive::<TimestampNanosecondType>();
+        let row_watermarks = as_nanos(batch.column(self.lineage.watermark))?;
+        let row_watermarks = row_watermarks.as_primitive::<TimestampNanosecondType>();
+        let sources = batch.column(self.lineage.source).as_primitive::<Int32Type>();
+        let partition_numbers = batch.column(self.lineage.partition).as_primitive::<Int32Type>();
+
         let mut kept = Vec::new();
         let mut numbers = Vec::new();
-        for i in 0..batch.num_rows() {
+        let mut touched = Vec::new();
+        for i in 0..n {
+            let pid = partition_id(sources.value(i), partition_numbers.value(i));
+            let state = self.partitions.entry(pid).or_insert_with(PartitionState::new);
+            let watermark_before = state.watermark;
+            if !row_watermarks.is_null(i) {
+                state.watermark = state.watermark.max(row_watermarks.value(i));
+            }
+            if touched.last() != Some(&pid) {
+                touched.push(pid);
+            }
             // A row without event time cannot be windowed: treat it as late.
-            if times.is_null(i) || times.value(i) < self.watermark {
+            if times.is_null(i) || times.value(i) < watermark_before {
                 self.late_rows += 1;
                 continue;
             }
@@ -104,7 +159,7 @@ impl RowNumberLimit {
             let key = rows.row(i);
             let passed = match self.kind {
                 WindowKind::Tumbling => {
-                    let window = self.tumbling.entry(t.div_euclid(self.width) * self.width).or_default();
+                    let window = state.windows.entry(t.div_euclid(self.width) * self.width).or_default();
                     match window.get_mut(key.as_ref()) {
                         Some(count) if *count >= self.limit => None,
                         Some(count) => {
@@ -119,27 +174,32 @@ impl RowNumberLimit {
                 }
                 WindowKind::Sliding => {
                     let width = self.width;
-                    let near = |passed: &VecDeque<i64>| passed.iter().filter(|p| (t - **p).abs() < width).count() as u64;
-                    match self.sliding.get_mut(key.as_ref()) {
+                    match state.passed.get_mut(key.as_ref()) {
                         Some(passed) => {
-                            let count = near(passed);
+                            let count = passed.iter().filter(|p| (t - **p).abs() < width).count() as u64;
                             (count < self.limit).then(|| {
                                 let at = passed.partition_point(|p| *p <= t);
                                 passed.insert(at, t);
                                 count + 1
                             })
                         }
-                        None if self.limit > 0 => {
-                            self.sliding.insert(key.as_ref().into(), VecDeque::from([t]));
+                        None => {
+                            state.passed.insert(key.as_ref().into(), VecDeque::from([t]));
                             Some(1)
                         }
-                        None => None,
                     }
                 }
             };
-            if let Some(n) = passed {
+            if let Some(number) = passed {
                 kept.push(i as u32);
-                numbers.push(n);
+                numbers.push(number);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for pid in touched {
+            if let Some(state) = self.partitions.get_mut(&pid) {
+                evict(state, self.kind, self.width);
             }
         }
         let indices = UInt32Array::from(kept);
@@ -148,75 +208,92 @@ impl RowNumberLimit {
         Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
     }
 
-    /// Drops state no future on-time row can need.
-    pub fn advance_watermark(&mut self, watermark: i64) {
-        if watermark <= self.watermark {
-            return;
-        }
-        self.watermark = watermark;
-        match self.kind {
-            WindowKind::Tumbling => {
-                // Windows whose end is at or before the watermark are closed.
-                let first_open = watermark.div_euclid(self.width) * self.width;
-                self.tumbling = self.tumbling.split_off(&first_open);
-            }
-            WindowKind::Sliding => {
-                let width = self.width;
-                self.sliding.retain(|_, passed| {
-                    while passed.front().is_some_and(|p| p.saturating_add(width) <= watermark) {
-                        passed.pop_front();
-                    }
-                    !passed.is_empty()
-                });
-            }
-        }
-    }
-
     /// Serializes the state (for checkpoints).
     pub fn snapshot(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&self.watermark.to_le_bytes());
-        out.extend_from_slice(&(self.tumbling.len() as u64).to_le_bytes());
-        for (start, keys) in &self.tumbling {
-            out.extend_from_slice(&start.to_le_bytes());
-            out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-            for (key, count) in keys {
+        let mut pids: Vec<&PartitionId> = self.partitions.keys().collect();
+        pids.sort_unstable();
+        out.extend_from_slice(&(pids.len() as u64).to_le_bytes());
+        for pid in pids {
+            let state = &self.partitions[pid];
+            out.extend_from_slice(&pid.to_le_bytes());
+            out.extend_from_slice(&state.watermark.to_le_bytes());
+            out.extend_from_slice(&(state.windows.len() as u64).to_le_bytes());
+            // Keys sorted: the same state always snapshots to the same bytes.
+            for (start, keys) in &state.windows {
+                out.extend_from_slice(&start.to_le_bytes());
+                out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+                let mut keys: Vec<_> = keys.iter().collect();
+                keys.sort_unstable();
+                for (key, count) in keys {
+                    put_bytes(&mut out, key);
+                    out.extend_from_slice(&count.to_le_bytes());
+                }
+            }
+            out.extend_from_slice(&(state.passed.len() as u64).to_le_bytes());
+            let mut passed_keys: Vec<_> = state.passed.iter().collect();
+            passed_keys.sort_unstable();
+            for (key, passed) in passed_keys {
                 put_bytes(&mut out, key);
-                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(&(passed.len() as u64).to_le_bytes());
+                passed.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
             }
         }
-        out.extend_from_slice(&(self.sliding.len() as u64).to_le_bytes());
-        for (key, passed) in &self.sliding {
-            put_bytes(&mut out, key);
-            out.extend_from_slice(&(passed.len() as u64).to_le_bytes());
-            for t in passed {
-                out.extend_from_slice(&t.to_le_bytes());
-            }
-        }
+        out.extend_from_slice(&self.late_rows.to_le_bytes());
         out
     }
 
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         let mut r = Reader { bytes, at: 0 };
-        self.watermark = r.i64()?;
-        self.tumbling.clear();
+        self.partitions.clear();
         for _ in 0..r.u64()? {
-            let start = r.i64()?;
-            let n = r.u64()?;
-            let window = self.tumbling.entry(start).or_default();
-            for _ in 0..n {
+            let pid = r.i64()?;
+            let mut state = PartitionState::new();
+            state.watermark = r.i64()?;
+            state.swept_at = state.watermark;
+            for _ in 0..r.u64()? {
+                let start = r.i64()?;
+                let window = state.windows.entry(start).or_default();
+                for _ in 0..r.u64()? {
+                    let key = r.bytes()?;
+                    window.insert(key, r.u64()?);
+                }
+            }
+            for _ in 0..r.u64()? {
                 let key = r.bytes()?;
-                window.insert(key, r.u64()?);
+                let passed = (0..r.u64()?).map(|_| r.i64()).collect::<Result<VecDeque<_>>>()?;
+                state.passed.insert(key, passed);
+            }
+            self.partitions.insert(pid, state);
+        }
+        self.late_rows = r.u64()?;
+        Ok(())
+    }
+}
+
+/// Drops state no future on-time row of the partition can need.
+fn evict(state: &mut PartitionState, kind: WindowKind, width: i64) {
+    let watermark = state.watermark;
+    match kind {
+        // Windows ending at or before the watermark are closed.
+        WindowKind::Tumbling => {
+            if watermark > i64::MIN {
+                state.windows = state.windows.split_off(&(watermark.div_euclid(width) * width));
             }
         }
-        self.sliding.clear();
-        for _ in 0..r.u64()? {
-            let key = r.bytes()?;
-            let n = r.u64()?;
-            let passed = (0..n).map(|_| r.i64()).collect::<Result<VecDeque<_>>>()?;
-            self.sliding.insert(key, passed);
+        // Sweeping walks every key: do it when the watermark moved an eighth of W.
+        WindowKind::Sliding => {
+            if watermark == i64::MIN || watermark.saturating_sub(state.swept_at) < width / 8 {
+                return;
+            }
+            state.swept_at = watermark;
+            state.passed.retain(|_, passed| {
+                while passed.front().is_some_and(|p| p.saturating_add(width) <= watermark) {
+                    passed.pop_front();
+                }
+                !passed.is_empty()
+            });
         }
-        Ok(())
     }
 }
 
@@ -251,40 +328,48 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{StringArray, TimestampNanosecondArray};
+    use arrow::array::{Int32Array, StringArray, TimestampNanosecondArray};
     use arrow::datatypes::{Field, Schema};
     use datafusion::physical_expr::expressions::Column;
 
     const MIN: i64 = 60_000_000_000;
 
-    fn op(kind: WindowKind, width: i64, limit: u64) -> RowNumberLimit {
-        let output = Arc::new(Schema::new(vec![
+    fn input_fields() -> Vec<Field> {
+        vec![
             Field::new("k", DataType::Utf8, false),
             Field::new("t", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
-            Field::new("rn", DataType::UInt64, false),
-        ]));
+            Field::new("_source", DataType::Int32, false),
+            Field::new("_partition", DataType::Int32, false),
+            Field::new("_watermark", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        ]
+    }
+
+    fn op(kind: WindowKind, width: i64, limit: u64) -> RowNumberLimit {
+        let mut fields = input_fields();
+        fields.push(Field::new("rn", DataType::UInt64, false));
         RowNumberLimit::new(
             vec![Arc::new(Column::new("k", 0))],
             vec![DataType::Utf8],
             Arc::new(Column::new("t", 1)),
+            LineageColumns { source: 2, partition: 3, watermark: 4 },
             kind,
             width,
             limit,
-            output,
+            Arc::new(Schema::new(fields)),
         )
         .unwrap()
     }
 
-    fn batch(rows: &[(&str, i64)]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, false),
-            Field::new("t", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
-        ]));
+    /// Rows (key, minute, partition); the watermark trails event time by 1 minute.
+    fn batch(rows: &[(&str, i64, i32)]) -> RecordBatch {
         RecordBatch::try_new(
-            schema,
+            Arc::new(Schema::new(input_fields())),
             vec![
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
                 Arc::new(TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int32Array::from_value(0, rows.len())),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.1 - MIN))),
             ],
         )
         .unwrap()
@@ -293,73 +378,77 @@ mod tests {
     fn passed(out: &RecordBatch) -> Vec<(String, i64, u64)> {
         let k = out.column(0).as_string::<i32>();
         let t = out.column(1).as_primitive::<TimestampNanosecondType>();
-        let n = out.column(2).as_primitive::<arrow::datatypes::UInt64Type>();
+        let n = out.column(5).as_primitive::<arrow::datatypes::UInt64Type>();
         (0..out.num_rows()).map(|i| (k.value(i).to_string(), t.value(i) / MIN, n.value(i))).collect()
     }
 
     #[test]
     fn tumbling_first_n_per_key_per_window_edges_included() {
         let mut op = op(WindowKind::Tumbling, 5 * MIN, 2);
-        // Window [0, 5min): a a a b ; a at exactly 5min opens the next window.
-        let out = op.process_batch(&batch(&[("a", 0), ("a", MIN), ("a", 4 * MIN + MIN - 1), ("b", 2 * MIN), ("a", 5 * MIN)])).unwrap();
-        assert_eq!(
-            passed(&out),
-            vec![("a".into(), 0, 1), ("a".into(), 1, 2), ("b".into(), 2, 1), ("a".into(), 5, 1)]
-        );
-        // Across batches the count carries on.
-        let out = op.process_batch(&batch(&[("a", 6 * MIN), ("a", 7 * MIN)])).unwrap();
+        let out = op.process_batch(&batch(&[("a", 0, 0), ("a", MIN, 0), ("b", 2 * MIN, 0), ("a", 5 * MIN - 1, 0), ("a", 5 * MIN, 0)])).unwrap();
+        assert_eq!(passed(&out), vec![("a".into(), 0, 1), ("a".into(), 1, 2), ("b".into(), 2, 1), ("a".into(), 5, 1)]);
+        let out = op.process_batch(&batch(&[("a", 6 * MIN, 0), ("a", 7 * MIN, 0)])).unwrap();
         assert_eq!(passed(&out), vec![("a".into(), 6, 2)]);
     }
 
     #[test]
     fn sliding_dedupe_is_exact_in_and_out_of_order() {
         let mut op = op(WindowKind::Sliding, 5 * MIN, 1);
-        let out = op.process_batch(&batch(&[("a", 10 * MIN), ("a", 14 * MIN), ("a", 15 * MIN), ("a", 8 * MIN), ("a", 4 * MIN)])).unwrap();
-        // 14 and 8 are within 5 min of 10; 15 is exactly 5 min away (passes); 4 is 6 min before 10 (passes).
-        assert_eq!(passed(&out), vec![("a".into(), 10, 1), ("a".into(), 15, 1), ("a".into(), 4, 1)]);
+        // Out of order but within the 1-minute watermark lag of each row before it.
+        let out = op.process_batch(&batch(&[("a", 10 * MIN, 0), ("a", 14 * MIN, 0), ("a", 15 * MIN, 0), ("a", 14 * MIN + 1, 0)])).unwrap();
+        // 14 is within 5 min of 10; 15 is exactly 5 min away (passes); 14:00.x is near 10 and 15.
+        assert_eq!(passed(&out), vec![("a".into(), 10, 1), ("a".into(), 15, 1)]);
     }
 
     #[test]
     fn sliding_cap_counts_the_last_span() {
         let mut op = op(WindowKind::Sliding, 10 * MIN, 2);
-        let out = op.process_batch(&batch(&[("a", 0), ("a", MIN), ("a", 2 * MIN), ("a", 10 * MIN), ("a", 11 * MIN), ("a", 12 * MIN)])).unwrap();
-        // 0 and 1 pass; 2 would be the third within 10 min; 10 sees only 1 (0 is exactly 10 min away): passes;
-        // 11 sees only 10 (1 is 10 min away): passes; 12 sees 10 and 11: capped.
-        assert_eq!(
-            passed(&out),
-            vec![("a".into(), 0, 1), ("a".into(), 1, 2), ("a".into(), 10, 2), ("a".into(), 11, 2)]
-        );
+        let out = op.process_batch(&batch(&[("a", 0, 0), ("a", MIN, 0), ("a", 2 * MIN, 0), ("a", 10 * MIN, 0), ("a", 11 * MIN, 0), ("a", 12 * MIN, 0)])).unwrap();
+        // 2 would be the third within 10 min; 10 sees only 1 (0 is exactly 10 min away); 11 sees only 10; 12 sees 10 and 11.
+        assert_eq!(passed(&out), vec![("a".into(), 0, 1), ("a".into(), 1, 2), ("a".into(), 10, 2), ("a".into(), 11, 2)]);
     }
 
     #[test]
-    fn watermark_evicts_state_and_drops_late_rows() {
+    fn late_rows_are_judged_by_their_own_partition() {
         let mut op = op(WindowKind::Tumbling, 5 * MIN, 1);
-        op.process_batch(&batch(&[("a", MIN), ("b", 6 * MIN)])).unwrap();
-        assert_eq!(op.state_keys(), 2);
-        op.advance_watermark(5 * MIN); // closes [0, 5min)
-        assert_eq!(op.state_keys(), 1);
-        let out = op.process_batch(&batch(&[("a", 2 * MIN), ("b", 7 * MIN), ("c", 9 * MIN)])).unwrap();
+        // Partition 1 racing ahead does not make partition 0's rows late.
+        let out = op.process_batch(&batch(&[("x", 30 * MIN, 1), ("a", MIN, 0), ("b", 6 * MIN, 0)])).unwrap();
+        assert_eq!(passed(&out).len(), 3);
+        assert_eq!(op.state_keys(), 2, "partition 0's window [0, 5) closed when b moved its watermark to 5");
+        // In partition 0 the watermark is now 5 min: a row at 2 min is late.
+        let out = op.process_batch(&batch(&[("c", 2 * MIN, 0), ("c", 9 * MIN, 0)])).unwrap();
         assert_eq!(passed(&out), vec![("c".into(), 9, 1)]);
         assert_eq!(op.late_rows(), 1);
+    }
 
-        let mut sliding = self::op(WindowKind::Sliding, 5 * MIN, 1);
-        sliding.process_batch(&batch(&[("a", MIN), ("b", 4 * MIN)])).unwrap();
-        sliding.advance_watermark(6 * MIN); // a at 1 can no longer matter; b at 4 still can
-        assert_eq!(sliding.state_keys(), 1);
+    #[test]
+    fn batch_boundaries_do_not_change_the_outcome() {
+        let rows: Vec<(String, i64, i32)> =
+            (0..200).map(|i| (format!("k{}", i % 7), (i * 37 % 50) as i64 * MIN / 4 + i as i64 * MIN, (i % 3) as i32)).collect();
+        let as_refs: Vec<(&str, i64, i32)> = rows.iter().map(|(k, t, p)| (k.as_str(), *t, *p)).collect();
+        let mut whole = op(WindowKind::Sliding, 5 * MIN, 1);
+        let all = passed(&whole.process_batch(&batch(&as_refs)).unwrap());
+        let mut pieces = op(WindowKind::Sliding, 5 * MIN, 1);
+        let mut parts = Vec::new();
+        for chunk in as_refs.chunks(9) {
+            parts.extend(passed(&pieces.process_batch(&batch(chunk)).unwrap()));
+        }
+        assert_eq!(all, parts);
+        assert_eq!(whole.late_rows(), pieces.late_rows());
     }
 
     #[test]
     fn restore_continues_where_the_snapshot_left_off() {
         for kind in [WindowKind::Tumbling, WindowKind::Sliding] {
             let mut first = op(kind, 5 * MIN, 1);
-            first.process_batch(&batch(&[("a", MIN), ("b", 2 * MIN)])).unwrap();
-            first.advance_watermark(MIN);
+            first.process_batch(&batch(&[("a", MIN, 0), ("b", 2 * MIN, 1)])).unwrap();
             let snapshot = first.snapshot();
             let mut restored = op(kind, 5 * MIN, 1);
             restored.restore(&snapshot).unwrap();
-            let next = batch(&[("a", 3 * MIN), ("c", 3 * MIN), ("d", 0)]);
+            let next = batch(&[("a", 3 * MIN, 0), ("c", 3 * MIN, 0), ("d", -MIN, 0)]);
             assert_eq!(passed(&restored.process_batch(&next).unwrap()), passed(&first.process_batch(&next).unwrap()));
             assert_eq!(restored.late_rows(), 1, "the watermark came back too");
+            assert_eq!(restored.snapshot(), first.snapshot());
             assert!(restored.restore(&snapshot[..snapshot.len() - 1]).is_err());
         }
     }

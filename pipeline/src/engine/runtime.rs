@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{cast, max};
-use arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit, TimestampNanosecondType};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit};
 use datafusion::physical_plan::collect;
 use notiflow_connector::{Header, LogReader, Offsets, OutRecord, Positions, Record};
 use sha2::{Digest, Sha256};
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
-use super::codec::{OFFSET_COLUMN, PARTITION_COLUMN, SOURCE_COLUMN};
+use super::codec::{OFFSET_COLUMN, PARTITION_COLUMN, SOURCE_COLUMN, WATERMARK_COLUMN};
 use super::plan::{Pipeline, Stage};
 use crate::config::TopicsConfig;
 use crate::dlq::{self, Rejected};
@@ -37,8 +37,6 @@ pub struct PipelineRun {
     pub pipeline: Pipeline,
     pub events_topic: Arc<str>,
     pub totals: RunTotals,
-    /// Per source, the highest watermark seen (nanoseconds).
-    watermarks: Vec<i64>,
     dlq_topics: Vec<Arc<str>>,
     sink_topics: Vec<Arc<str>>,
     checkpointing: Option<Checkpointing>,
@@ -66,7 +64,6 @@ impl PipelineRun {
         for sink in &mut pipeline.sinks {
             sink.kafka.topic = topics.resolve(&sink.kafka.topic);
         }
-        let watermarks = vec![i64::MIN; pipeline.sources.len()];
         let dlq_topics = pipeline.sources.iter().map(|s| Arc::from(s.kafka.dlq_topic.as_str())).collect();
         let sink_topics = pipeline.sinks.iter().map(|s| Arc::from(s.kafka.topic.as_str())).collect();
         let events_topic = Arc::from(topics.resolve(&topics.events).as_str());
@@ -74,7 +71,6 @@ impl PipelineRun {
             pipeline,
             events_topic,
             totals: RunTotals::default(),
-            watermarks,
             dlq_topics,
             sink_topics,
             checkpointing: None,
@@ -143,14 +139,7 @@ impl PipelineRun {
     }
 
     fn restore_state(&mut self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            checkpoint.watermarks.len() == self.watermarks.len(),
-            "checkpoint has {} sources, the pipeline {}: the SQL changed incompatibly",
-            checkpoint.watermarks.len(),
-            self.watermarks.len()
-        );
         self.epoch = checkpoint.epoch;
-        self.watermarks.clone_from(&checkpoint.watermarks);
         for ((flow, stage), state) in &checkpoint.operators {
             match self.pipeline.flows.get_mut(*flow as usize).and_then(|f| f.stages.get_mut(*stage as usize)) {
                 Some(Stage::RowNumber { op, .. }) => op.restore(state)?,
@@ -179,7 +168,6 @@ impl PipelineRun {
         let checkpoint = Checkpoint {
             epoch: self.epoch,
             offsets: self.processed.iter().map(|(t, p, o)| ((t.to_string(), p), o)).collect(),
-            watermarks: self.watermarks.clone(),
             operators,
             emitted_end: self.emitted_end.clone(),
         };
@@ -257,13 +245,16 @@ impl PipelineRun {
                     ),
                 }
             }
-            let batch = decoded.batch;
+            let mut batch = decoded.batch;
             if batch.num_rows() > 0 {
                 active[s] = true;
-                let wm = self.pipeline.sources[s].watermark.evaluate(&batch)?.into_array(batch.num_rows())?;
-                let wm = cast(&wm, &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
-                if let Some(max_wm) = max(wm.as_primitive::<TimestampNanosecondType>()) {
-                    self.watermarks[s] = self.watermarks[s].max(max_wm);
+                if let Some(expr) = &self.pipeline.sources[s].watermark {
+                    let wm = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    let wm = cast(&wm, &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
+                    let index = batch.schema().index_of(WATERMARK_COLUMN)?;
+                    let mut columns = batch.columns().to_vec();
+                    columns[index] = wm;
+                    batch = RecordBatch::try_new(batch.schema(), columns)?;
                 }
                 self.pipeline.sources[s].feed.set(vec![batch]);
             } else {
@@ -282,7 +273,6 @@ impl PipelineRun {
             if !flow.sources.iter().any(|&s| active[s]) {
                 continue;
             }
-            let watermark = flow.sources.iter().map(|&s| self.watermarks[s]).min().unwrap_or(i64::MIN);
             let mut outputs: Vec<Vec<RecordBatch>> = Vec::with_capacity(flow.stages.len());
             for stage in flow.stages.iter_mut() {
                 let produced = match stage {
@@ -292,7 +282,6 @@ impl PipelineRun {
                         for batch in &outputs[*input] {
                             passed.push(op.process_batch(batch)?);
                         }
-                        op.advance_watermark(watermark);
                         output.set(passed.clone());
                         passed
                     }

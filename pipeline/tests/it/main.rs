@@ -5,6 +5,7 @@
 mod clickhouse_smoke;
 mod compose;
 mod demo;
+mod exactly_once;
 mod kafka_pipeline;
 mod sql_engine;
 mod support;

@@ -33,7 +33,7 @@ async fn every_stage_in_sql_passes_its_golden_test() {
 const WINDOWS_SQL: &str = "
 CREATE TABLE sends (
     id TEXT, recipient TEXT, channel TEXT, content TEXT, ts TIMESTAMP,
-    WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE
+    WATERMARK FOR ts AS ts - INTERVAL '10' MINUTE
 ) WITH (connector = 'kafka', type = 'source', topic = 't.sends', bad_data = 'drop');
 
 CREATE TABLE deduped (id TEXT, rn BIGINT) WITH (connector = 'kafka', type = 'sink', topic = 't.deduped');
@@ -60,6 +60,7 @@ const WINDOWS_INPUT: &str = r#"{"id":"1","recipient":"a","channel":"sms","conten
 {"id":"6","recipient":"b","channel":"sms","content":"x","ts":"2026-01-01T10:00:00"}
 {"id":"7","recipient":"a","channel":"sms","content":"z","ts":"2026-01-02T00:00:00"}
 {"id":"8","recipient":"a","channel":"sms","content":"w","ts":"2026-01-01T23:59:59.999"}
+{"id":"9","recipient":"c","channel":"sms","content":"x","ts":"2026-01-01T23:00:00"}
 not json at all
 "#;
 
@@ -71,7 +72,8 @@ async fn windowed_row_number_limits_through_sql() {
         &[
             ("10_windows.sql", WINDOWS_SQL),
             ("10_windows.test/input/sends.jsonl", WINDOWS_INPUT),
-            // 2 is 4:59 after 1; 3 is exactly 5:00 after 1 (passes); 5 is 2:00 before 1 (out of order, dropped).
+            // 2 is 4:59 after 1; 3 is exactly 5:00 after 1 (passes); 5 is 2:00 before 1 (out of order, dropped);
+            // 9 is an hour behind the watermark (Jan 2 00:00 - 10 min): late, dropped by both.
             (
                 "10_windows.test/expected/deduped.jsonl",
                 "{\"id\":\"1\",\"rn\":1}\n{\"id\":\"3\",\"rn\":1}\n{\"id\":\"4\",\"rn\":1}\n{\"id\":\"6\",\"rn\":1}\n{\"id\":\"7\",\"rn\":1}\n{\"id\":\"8\",\"rn\":1}\n",
@@ -128,4 +130,56 @@ async fn unsupported_sql_fails_at_validate_with_file_and_line() {
     }
     let error = plan_error("CREATE TABLE s (id TEXT) WITH (connector = 'kafka', type = 'source', topic = 's');\nSELEC id FROM s;").await;
     assert!(error.starts_with("DIR/20_stage.sql:2: syntax error"), "{error}");
+}
+
+/// Output ids depend only on the input record, never on batch boundaries:
+/// that is what lets a replay after a crash recognise what it already wrote.
+#[tokio::test]
+async fn output_ids_do_not_depend_on_batching() {
+    use notiflow::job::{StopWhen, run_job};
+    use notiflow_connector::memory::MemoryBroker;
+    use notiflow_connector::{OutRecord, TopicAdmin};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[("10_windows.sql", WINDOWS_SQL)]);
+    let mut outputs = Vec::new();
+    for batch_size in [1000, 7] {
+        let mut config = Config::embedded();
+        config.pipeline.batch_max_records = batch_size;
+        config.topics.partitions = 3;
+        let mut run = notiflow::load_pipeline(dir.path(), &config).await.unwrap();
+        let broker = MemoryBroker::new();
+        broker.ensure_topics(&notiflow::topic_specs(&run, &config)).await.unwrap();
+        let topic: Arc<str> = Arc::from("t.sends");
+        let records = (0..300)
+            .map(|i| {
+                let body = format!(
+                    r#"{{"id":"{i}","recipient":"r{}","channel":"sms","content":"c{}","ts":"2026-01-01T10:{:02}:00"}}"#,
+                    i % 17,
+                    i % 5,
+                    i % 60
+                );
+                OutRecord { topic: topic.clone(), key: Some(format!("r{}", i % 17).into_bytes()), payload: body.into_bytes(), headers: vec![] }
+            })
+            .collect();
+        broker.append(records).unwrap();
+        let mut consumer = broker.consumer("g", &["t.sends"]);
+        let (_keep, shutdown) = tokio::sync::watch::channel(false);
+        let limits = notiflow::batch_limits(&config);
+        run_job(&mut run, &mut consumer, &broker.producer(), limits, StopWhen::IdleFor(std::time::Duration::from_millis(20)), shutdown)
+            .await
+            .unwrap();
+        let mut by_id = BTreeMap::new();
+        for t in ["t.deduped", "t.capped"] {
+            for r in broker.read_all(t) {
+                let id = r.headers.iter().find(|h| h.name == "notiflow.id").unwrap().value.clone();
+                assert!(by_id.insert(id, r.payload.clone().unwrap()).is_none(), "ids are unique");
+            }
+        }
+        outputs.push(by_id);
+    }
+    assert!(outputs[0].len() > 20);
+    assert_eq!(outputs[0], outputs[1]);
 }

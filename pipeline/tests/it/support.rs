@@ -50,13 +50,19 @@ pub fn kafka_config(partitions: i32) -> Config {
 
 /// The same config as a TOML file, for the binary.
 pub fn write_toml(config: &Config, dir: &std::path::Path) -> std::path::PathBuf {
+    write_toml_with(config, dir, "")
+}
+
+/// As `write_toml`, with extra lines in `[pipeline]`.
+pub fn write_toml_with(config: &Config, dir: &std::path::Path, pipeline_extra: &str) -> std::path::PathBuf {
     let kafka = config.kafka.as_ref().expect("kafka config");
     let t = &config.topics;
     let tenants: String = config.tenants.iter().map(|t| format!("[[tenants]]\nid = \"{}\"\n", t.id)).collect();
     let rename: String = t.rename.iter().map(|(from, to)| format!("\"{from}\" = \"{to}\"\n")).collect();
+    let properties: String = kafka.properties.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
     let text = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n\n[topics]\npartitions = {}\n\n[topics.rename]\n{rename}\n\
-         [pipeline]\ngroup_id = \"{}\"\n\n[metrics]\nlisten = \"\"\n\n{tenants}",
+        "[kafka]\nbootstrap_servers = \"{}\"\n\n[kafka.properties]\n{properties}\n[topics]\npartitions = {}\n\n[topics.rename]\n{rename}\n\
+         [pipeline]\ngroup_id = \"{}\"\n{pipeline_extra}\n\n[metrics]\nlisten = \"\"\n\n{tenants}",
         kafka.bootstrap_servers, t.partitions, config.pipeline.group_id
     );
     let path = dir.join("notiflow.toml");
