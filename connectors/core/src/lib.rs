@@ -160,14 +160,14 @@ pub trait Sink: Send + Sync {
     fn send_all(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<Positions, ConnectorError>> + Send;
 }
 
-/// Reads back what is in a log: partition ends and offset ranges. Recovery
-/// uses it to find outputs written after the last checkpoint.
+/// Reads back what is in a log. Recovery uses it to find outputs written
+/// after the last checkpoint.
 pub trait LogReader: Send + Sync {
-    /// (partition, end offset = next offset to be written) of every partition.
+    /// (partition, end offset) of every partition. A lower bound: a broker may
+    /// report less than it will serve.
     fn end_offsets(&self, topic: &str) -> impl Future<Output = Result<Vec<(i32, i64)>, ConnectorError>> + Send;
-    /// Records of one partition with `from <= offset < to`.
-    fn read_range(&self, topic: &str, partition: i32, from: i64, to: i64)
-    -> impl Future<Output = Result<Vec<Record>, ConnectorError>> + Send;
+    /// Records of one partition from `from` to its end.
+    fn read_from(&self, topic: &str, partition: i32, from: i64) -> impl Future<Output = Result<Vec<Record>, ConnectorError>> + Send;
 }
 
 /// Highest offset written per topic partition.

@@ -6,6 +6,7 @@ use notiflow_connector::{BatchLimits, ConnectorError, Header, Offsets, Record, S
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::{KafkaConfig, classify};
@@ -96,22 +97,7 @@ impl Source for KafkaSource {
                     t
                 }
             };
-            batch.push(Record {
-                topic,
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                timestamp_ms: message.timestamp().to_millis(),
-                headers: message
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| Header::new(h.key, h.value.map(<[u8]>::to_vec).unwrap_or_default()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            });
+            batch.push(to_record(topic, &message));
         }
         Ok(batch)
     }
@@ -127,6 +113,21 @@ impl Source for KafkaSource {
         // A synchronous commit: the job must know the offsets are stored
         // before it reports the batch done.
         tokio::task::block_in_place(|| self.consumer.commit(&list, CommitMode::Sync)).map_err(classify)
+    }
+}
+
+fn to_record(topic: Arc<str>, message: &impl Message) -> Record {
+    Record {
+        topic,
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        timestamp_ms: message.timestamp().to_millis(),
+        headers: message
+            .headers()
+            .map(|hs| hs.iter().map(|h| Header::new(h.key, h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -180,39 +181,47 @@ impl KafkaReader {
         Ok(out)
     }
 
-    async fn read_ranges(&self, topic: &str, ranges: &[(i32, i64, i64)]) -> Result<Vec<Record>, ConnectorError> {
-        let wanted: i64 = ranges.iter().map(|(_, from, to)| (to - from).max(0)).sum();
-        let mut records = Vec::with_capacity(wanted as usize);
-        if wanted == 0 {
-            return Ok(records);
-        }
-        let consumer = self.consumer()?;
+    /// Reads each `(partition, from)` to the partition's end, as the fetches
+    /// see it (partition EOF). The ListOffsets high watermark is not used as
+    /// the end: some brokers (tansu 0.6) report it short of the last batch.
+    async fn read_to_end(&self, topic: &str, starts: &[(i32, i64)]) -> Result<Vec<Record>, ConnectorError> {
+        let consumer: StreamConsumer<LagContext> = self
+            .config
+            .client_config()
+            .set("group.id", "notiflow-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", self.config.fetch_wait_max_ms.to_string())
+            .create_with_context(LagContext)
+            .map_err(classify)?;
         let mut list = TopicPartitionList::new();
-        for (partition, from, to) in ranges {
-            if to > from {
-                list.add_partition_offset(topic, *partition, Offset::Offset(*from)).map_err(classify)?;
-            }
+        for (partition, from) in starts {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*from)).map_err(classify)?;
         }
         consumer.assign(&list).map_err(classify)?;
-        let mut source = KafkaSource { consumer };
-        let limits = BatchLimits { max_records: 10_000, max_wait: Duration::from_millis(200) };
+        // Next offset wanted per partition still being read; a record is kept once, in order.
+        let mut next: HashMap<i32, i64> = starts.iter().copied().collect();
+        let mut records = Vec::new();
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-        // Next offset wanted per partition; a record is kept once, in order.
-        let mut next: HashMap<i32, i64> = ranges.iter().filter(|(_, f, t)| t > f).map(|(p, from, _)| (*p, *from)).collect();
-        let end: HashMap<i32, i64> = ranges.iter().map(|(p, _, to)| (*p, *to)).collect();
-        while next.iter().any(|(p, n)| *n < end[p]) {
-            if tokio::time::Instant::now() > give_up {
-                return Err(ConnectorError::Transient {
-                    service: "kafka",
-                    message: format!("read {} of {wanted} records of {topic} in 60 s", records.len()),
-                });
-            }
-            for record in source.next_batch(limits).await? {
-                let Some(n) = next.get_mut(&record.partition) else { continue };
-                if record.offset >= *n && record.offset < end[&record.partition] {
-                    *n = record.offset + 1;
-                    records.push(record);
+        while !next.is_empty() {
+            let message = match tokio::time::timeout_at(give_up, consumer.recv()).await {
+                Err(_) => {
+                    return Err(ConnectorError::Transient {
+                        service: "kafka",
+                        message: format!("reading {topic}: partitions {:?} did not reach their end in 60 s", next.keys()),
+                    });
                 }
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    next.remove(&partition);
+                    continue;
+                }
+                Ok(Err(err)) => return Err(classify(err)),
+                Ok(Ok(message)) => message,
+            };
+            let Some(n) = next.get_mut(&message.partition()) else { continue };
+            if message.offset() >= *n {
+                *n = message.offset() + 1;
+                records.push(to_record(Arc::from(topic), &message));
             }
         }
         Ok(records)
@@ -225,8 +234,8 @@ impl notiflow_connector::LogReader for KafkaReader {
         Ok(Self::watermarks(&consumer, topic)?.into_iter().map(|(p, _, high)| (p, high)).collect())
     }
 
-    async fn read_range(&self, topic: &str, partition: i32, from: i64, to: i64) -> Result<Vec<Record>, ConnectorError> {
-        self.read_ranges(topic, &[(partition, from, to)]).await
+    async fn read_from(&self, topic: &str, partition: i32, from: i64) -> Result<Vec<Record>, ConnectorError> {
+        self.read_to_end(topic, &[(partition, from)]).await
     }
 }
 
@@ -234,6 +243,6 @@ impl notiflow_connector::LogReader for KafkaReader {
 /// watermark).
 pub async fn read_topic_to_end(config: &KafkaConfig, topic: &str) -> Result<Vec<Record>, ConnectorError> {
     let reader = KafkaReader::new(config);
-    let ranges = KafkaReader::watermarks(&reader.consumer()?, topic)?;
-    reader.read_ranges(topic, &ranges).await
+    let starts: Vec<(i32, i64)> = KafkaReader::watermarks(&reader.consumer()?, topic)?.into_iter().map(|(p, low, _)| (p, low)).collect();
+    reader.read_to_end(topic, &starts).await
 }

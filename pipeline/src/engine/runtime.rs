@@ -119,21 +119,22 @@ impl PipelineRun {
             return Ok(None);
         };
         self.restore_state(&checkpoint)?;
-        for ((topic, partition), end) in &current_end {
+        for ((topic, partition), end) in current_end.iter_mut() {
             let from = match checkpoint.emitted_end.get(&(topic.clone(), *partition)) {
                 Some(from) => *from,
                 None => {
                     tracing::warn!(%topic, partition, "output partition unknown to the checkpoint: not scanned for replays");
-                    *end
+                    continue;
                 }
             };
-            for record in reader.read_range(topic, *partition, from, *end).await? {
+            for record in reader.read_from(topic, *partition, from).await? {
+                *end = (*end).max(record.offset + 1);
                 if let Some(id) = record.headers.iter().find(|h| h.name == ID_HEADER).and_then(|h| parse_id(&h.value)) {
                     self.suppress.insert(id);
                 }
             }
         }
-        tracing::info!(epoch = checkpoint.epoch, replayed_outputs = self.suppress.len(), "restored checkpoint");
+        tracing::info!(epoch = checkpoint.epoch, replayed_outputs = self.suppress.len(), offsets = ?checkpoint.offsets, "restored checkpoint");
         self.emitted_end = current_end;
         Ok(Some(checkpoint.epoch))
     }

@@ -22,7 +22,7 @@ INSERT INTO deduped SELECT id FROM (
 INSERT INTO copied SELECT id FROM sends;
 ";
 
-const PAIRS: usize = 40_000;
+const PAIRS: usize = 20_000;
 const COPIES: usize = 3;
 
 async fn end_total(reader: &KafkaReader, topic: &str) -> i64 {
@@ -82,7 +82,17 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
             records.push(OutRecord { topic: sends.clone(), key: Some(recipient.into_bytes()), payload: body.to_string().into_bytes(), headers: vec![] });
         }
     }
-    KafkaSink::new(&kafka).unwrap().send_all(records).await.unwrap();
+    // One record per producer batch: tansu 0.6 serves a fetch that starts
+    // inside a record batch from the *next* batch on, silently skipping the
+    // rest of the batch (real Kafka returns the whole batch and the client
+    // drops what precedes the offset). A consumer resuming mid-batch on tansu
+    // therefore loses records; with one-record batches every offset is a
+    // batch start. See docs/exactly-once.md.
+    let mut unbatched = kafka.clone();
+    unbatched.properties.insert("batch.num.messages".into(), "1".into());
+    unbatched.properties.insert("linger.ms".into(), "0".into());
+    unbatched.properties.remove("group.instance.id");
+    KafkaSink::new(&unbatched).unwrap().send_all(records).await.unwrap();
 
     let toml = support::write_toml_with(
         &config,
@@ -125,15 +135,6 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
     eprintln!("killed after {at_kill} copies; restart said:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
 
     let copied_records = read_topic_to_end(&kafka, &topic("copied")).await.unwrap();
-    {
-        let mut by_header: HashMap<Vec<u8>, HashSet<String>> = HashMap::new();
-        for (r, id) in copied_records.iter().zip(ids(&copied_records)) {
-            let h = r.headers.iter().find(|h| h.name == "notiflow.id").map(|h| h.value.clone()).unwrap_or_default();
-            by_header.entry(h).or_default().insert(id);
-        }
-        let collisions: Vec<_> = by_header.iter().filter(|(_, v)| v.len() > 1).take(3).collect();
-        eprintln!("ids: {} distinct headers; collisions: {collisions:?}", by_header.len());
-    }
     let copied = ids(&copied_records);
     let mut counts: HashMap<&str, usize> = HashMap::new();
     copied.iter().for_each(|id| *counts.entry(id).or_default() += 1);
@@ -147,3 +148,4 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
     assert_eq!(deduped.len(), PAIRS, "one per pair, none twice");
     assert_eq!(deduped.iter().cloned().collect::<HashSet<_>>(), first_of_pair, "the first copy of each pair passed");
 }
+
