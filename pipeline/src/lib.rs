@@ -1,5 +1,6 @@
 //! notiflow: the streaming engine and the `notiflow` binary.
 
+pub mod bench;
 pub mod config;
 pub mod contract;
 pub mod demo;

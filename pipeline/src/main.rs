@@ -75,6 +75,21 @@ enum Command {
         #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
         config: PathBuf,
     },
+    /// Measure throughput, latency and memory against a passthrough baseline
+    /// in the same run (build with --release; see scripts/bench.sh).
+    Bench {
+        /// Kafka bootstrap servers for the broker cases (omit: compute-only cases).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Requests per case.
+        #[arg(long, default_value_t = 300_000)]
+        records: usize,
+        /// Distinct keys for the dedupe operator cases.
+        #[arg(long, default_value_t = 1_000_000)]
+        dedupe_keys: usize,
+        #[arg(long, default_value = "sql")]
+        sql: PathBuf,
+    },
     /// Check `key|json` lines (as produced with `kcat -K'|'`) against the contract.
     Check {
         /// File of `key|json` lines; `-` reads standard input.
@@ -169,6 +184,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let specs = notiflow::topic_specs(&run, &config);
             KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
             println!("topics ready: {}", specs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { brokers, records, dedupe_keys, sql } => {
+            let options = notiflow::bench::BenchOptions { brokers, records, dedupe_keys, sql_dir: sql };
+            let results = notiflow::bench::run(&options).await?;
+            println!("{}", notiflow::bench::render(&results));
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file, config } => check(&file, config_or_embedded(config.as_deref())?),

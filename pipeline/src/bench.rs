@@ -1,0 +1,335 @@
+//! `notiflow bench`: throughput, latency and memory of the engine, each case
+//! measured in the same run as the baseline it is compared with (a raw
+//! rdkafka consume -> produce passthrough through the same broker).
+//! Figures are what this machine did in this run; nothing here is asserted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Int32Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::physical_expr::expressions::Column;
+use notiflow_connector::memory::MemoryBroker;
+use notiflow_connector::{BatchLimits, Offsets, OutRecord, Record, Sink, TopicAdmin, TopicSpec};
+use notiflow_kafka::{KafkaAdmin, KafkaConfig, KafkaSink, KafkaSource};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::engine::row_number::{LineageColumns, RowNumberLimit, WindowKind};
+use crate::job::{BatchProcessor, StopWhen, run_job};
+use crate::samples::sample_requests;
+
+pub struct BenchOptions {
+    /// Broker for the Kafka cases; `None` runs the compute-only cases.
+    pub brokers: Option<String>,
+    pub records: usize,
+    /// Distinct keys for the dedupe case.
+    pub dedupe_keys: usize,
+    pub sql_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub name: String,
+    pub records: usize,
+    pub seconds: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+    pub note: String,
+}
+
+impl CaseResult {
+    pub fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Resets the kernel's peak-RSS mark (Linux: `5` to clear_refs) so each case gets its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn proc_status_mb(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    proc_status_mb("VmHWM:")
+}
+
+fn current_rss_mb() -> Option<f64> {
+    proc_status_mb("VmRSS:")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    Some(sorted[rank.min(sorted.len() - 1)])
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Wraps a processor to measure each record's latency: from its producer
+/// timestamp to the moment its batch's outputs were acknowledged.
+struct Timed<P> {
+    inner: P,
+    pending: Vec<i64>,
+    latencies_ms: Vec<f64>,
+}
+
+impl<P: BatchProcessor> BatchProcessor for Timed<P> {
+    async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
+        self.pending = records.iter().filter_map(|r| r.timestamp_ms).collect();
+        self.inner.process(records, out).await
+    }
+
+    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
+        let now = now_ms();
+        self.latencies_ms.extend(self.pending.drain(..).map(|t| (now - t) as f64));
+        self.inner.durable(written, consumed)
+    }
+
+    fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
+        self.inner.finish()
+    }
+}
+
+/// Copies every record to one output topic unchanged: the baseline.
+struct Passthrough {
+    topic: Arc<str>,
+}
+
+impl BatchProcessor for Passthrough {
+    async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
+        out.extend(records.iter().map(|r| OutRecord {
+            topic: self.topic.clone(),
+            key: r.key.clone(),
+            payload: r.payload.clone().unwrap_or_default(),
+            headers: vec![],
+        }));
+        Ok(())
+    }
+
+    fn durable(&mut self, _: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
+        Ok(Some(consumed.clone()))
+    }
+
+    fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
+        Ok(None)
+    }
+}
+
+fn request_records(topic: &Arc<str>, count: usize, max_bytes: usize) -> Vec<OutRecord> {
+    sample_requests(count, 0, max_bytes)
+        .into_iter()
+        .map(|s| OutRecord { topic: topic.clone(), key: Some(s.key), payload: s.payload, headers: vec![] })
+        .collect()
+}
+
+pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
+    let mut results = Vec::new();
+    if let Some(brokers) = &options.brokers {
+        let kafka = KafkaConfig::new(brokers.clone());
+        results.push(kafka_case(&kafka, "passthrough (rdkafka consume -> produce, baseline)", options, None).await?);
+        results.push(kafka_case(&kafka, "stateless SQL stage (project + filter)", options, Some(stateless_sql()?)).await?);
+        results.push(kafka_case(&kafka, "whole request pipeline (sql/, contract check, 4 flows)", options, Some(options.sql_dir.clone())).await?);
+    }
+    results.push(in_process_pipeline(options).await?);
+    results.push(dedupe_operator(options.dedupe_keys, WindowKind::Tumbling)?);
+    results.push(dedupe_operator(options.dedupe_keys, WindowKind::Sliding)?);
+    Ok(results)
+}
+
+/// A one-INSERT stateless pipeline, written to a temp folder.
+fn stateless_sql() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("notiflow-bench-stateless-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("10_stateless.sql"),
+        "CREATE TABLE requests (request_id TEXT, tenant TEXT, template TEXT, recipients JSON, params JSON, priority TEXT, category TEXT)
+         WITH (connector = 'kafka', type = 'source', topic = 'bench.in');
+         CREATE TABLE routed (message_id TEXT, tenant TEXT, template TEXT, recipients JSON, params JSON, priority TEXT)
+         WITH (connector = 'kafka', type = 'sink', topic = 'bench.out');
+         INSERT INTO routed SELECT message_id(tenant, request_id) AS message_id, tenant, template, recipients, params,
+             coalesce(priority, 'normal') AS priority, _key
+         FROM requests WHERE category <> 'spam';",
+    )?;
+    Ok(dir)
+}
+
+async fn kafka_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, sql: Option<PathBuf>) -> anyhow::Result<CaseResult> {
+    let prefix = format!("bench_{}_{}", std::process::id(), now_ms());
+    let mut config = Config::embedded();
+    config.kafka = Some(kafka.clone());
+    config.topics.partitions = 2;
+    let logical = ["bench.in", "bench.out", "notify.requests", "notify.dlq", "notify.events", "notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"];
+    config.topics.rename = logical.iter().map(|t| (t.to_string(), format!("{prefix}.{t}"))).collect();
+    let input_logical = if sql.as_ref().is_some_and(|d| d == &options.sql_dir) { "notify.requests" } else { "bench.in" };
+    let input: Arc<str> = Arc::from(config.topics.resolve(input_logical).as_str());
+    let admin = KafkaAdmin::new(kafka)?;
+    admin.ensure_topics(&logical.map(|t| TopicSpec::new(config.topics.resolve(t), 2))).await?;
+    KafkaSink::new(kafka)?.send_all(request_records(&input, options.records, config.pipeline.max_request_bytes)).await?;
+
+    let group = format!("{prefix}-group");
+    let mut source = KafkaSource::new(kafka, &group, &[input.as_ref()], "earliest")?;
+    let sink = KafkaSink::new(kafka)?;
+    let (_keep, shutdown) = watch::channel(false);
+    let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(20) };
+    reset_peak_rss();
+    let started = Instant::now();
+    let (records, latencies) = match sql {
+        None => {
+            let mut timed = Timed { inner: Passthrough { topic: Arc::from(config.topics.resolve("bench.out").as_str()) }, pending: vec![], latencies_ms: vec![] };
+            let (n, _) = run_job(&mut timed, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(1500)), shutdown).await?;
+            (n, timed.latencies_ms)
+        }
+        Some(dir) => {
+            let run = crate::load_pipeline(&dir, &config).await?;
+            let mut timed = Timed { inner: run, pending: vec![], latencies_ms: vec![] };
+            let (n, _) = run_job(&mut timed, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(1500)), shutdown).await?;
+            (n, timed.latencies_ms)
+        }
+    };
+    // The idle wait at the end is not work.
+    let seconds = (started.elapsed() - Duration::from_millis(1500)).as_secs_f64();
+    anyhow::ensure!(records as usize == options.records, "{name}: consumed {records} of {}", options.records);
+    let mut latencies = latencies;
+    latencies.sort_by(f64::total_cmp);
+    Ok(CaseResult {
+        name: name.into(),
+        records: records as usize,
+        seconds,
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+        peak_rss_mb: peak_rss_mb(),
+        note: "backlog drained from the broker; latency = producer timestamp -> outputs acknowledged (includes queueing in the backlog)".into(),
+    })
+}
+
+/// The request pipeline with the in-process log: compute only, no broker.
+async fn in_process_pipeline(options: &BenchOptions) -> anyhow::Result<CaseResult> {
+    let config = Config::embedded();
+    let mut run = crate::load_pipeline(&options.sql_dir, &config).await?;
+    let broker = MemoryBroker::new();
+    broker.ensure_topics(&crate::topic_specs(&run, &config)).await?;
+    let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
+    broker.append(request_records(&input, options.records, config.pipeline.max_request_bytes))?;
+    let mut source = broker.consumer("bench", &[input.as_ref()]);
+    let sink = broker.producer();
+    let (_keep, shutdown) = watch::channel(false);
+    let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(5) };
+    reset_peak_rss();
+    let started = Instant::now();
+    let (records, _) = run_job(&mut run, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(200)), shutdown).await?;
+    let seconds = (started.elapsed() - Duration::from_millis(200)).as_secs_f64();
+    Ok(CaseResult {
+        name: "whole request pipeline, in-process source and sink (compute only)".into(),
+        records: records as usize,
+        seconds,
+        p50_ms: None,
+        p99_ms: None,
+        peak_rss_mb: peak_rss_mb(),
+        note: "includes the contract check (JSON Schema) of every record".into(),
+    })
+}
+
+/// The windowed row-number operator alone over `keys` distinct keys, each seen twice.
+fn dedupe_operator(keys: usize, kind: WindowKind) -> anyhow::Result<CaseResult> {
+    let fields = vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("t", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        Field::new("_source", DataType::Int32, false),
+        Field::new("_partition", DataType::Int32, false),
+        Field::new("_watermark", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+    ];
+    let schema = Arc::new(Schema::new(fields.clone()));
+    let mut out_fields = fields;
+    out_fields.push(Field::new("rn", DataType::UInt64, false));
+    let mut op = RowNumberLimit::new(
+        vec![Arc::new(Column::new("k", 0))],
+        vec![DataType::Utf8],
+        Arc::new(Column::new("t", 1)),
+        LineageColumns { source: 2, partition: 3, watermark: 4 },
+        kind,
+        300_000_000_000,
+        1,
+        Arc::new(Schema::new(out_fields)),
+    )?;
+    const BATCH: usize = 8192;
+    let base = 1_700_000_000_000_000_000i64;
+    // Build the input first: the measurement is the operator, not the generator.
+    let mut batches = Vec::new();
+    for round in 0..2 {
+        for start in (0..keys).step_by(BATCH) {
+            let n = BATCH.min(keys - start);
+            let t = base + (round * keys + start) as i64 * 1_000;
+            batches.push(RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values((start..start + n).map(|i| format!("tenant-a/user-{i:09}/sms/hash-{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))))),
+                    Arc::new(TimestampNanosecondArray::from_value(t, n)),
+                    Arc::new(Int32Array::from_value(0, n)),
+                    Arc::new(Int32Array::from_iter_values((start..start + n).map(|i| (i % 6) as i32))),
+                    Arc::new(TimestampNanosecondArray::from_value(t - 60_000_000_000, n)),
+                ],
+            )?);
+        }
+    }
+    reset_peak_rss();
+    let rss_before = current_rss_mb();
+    let started = Instant::now();
+    let mut passed = 0;
+    for batch in &batches {
+        passed += op.process_batch(batch)?.num_rows();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(passed == keys, "dedupe passed {passed} of {keys} distinct keys");
+    let peak = peak_rss_mb();
+    let rss_after = current_rss_mb();
+    Ok(CaseResult {
+        name: format!("dedupe operator, {} window, {keys} distinct keys x2 (compute only)", if kind == WindowKind::Tumbling { "tumbling" } else { "sliding" }),
+        records: keys * 2,
+        seconds,
+        p50_ms: None,
+        p99_ms: None,
+        peak_rss_mb: peak,
+        note: format!(
+            "{} keys in state; resident memory grew {:.0} MB while the state was built (input batches, built before, held {:.0} MB)",
+            op.state_keys(),
+            rss_after.zip(rss_before).map(|(a, b)| a - b).unwrap_or(0.0),
+            rss_before.unwrap_or(0.0)
+        ),
+    })
+}
+
+pub fn render(results: &[CaseResult]) -> String {
+    let baseline = results.iter().find(|r| r.name.starts_with("passthrough")).map(CaseResult::rate);
+    let mut out = String::from("| case | records | seconds | records/s | vs passthrough | p50 ms | p99 ms | peak RSS MB |\n|---|---|---|---|---|---|---|---|\n");
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    for r in results {
+        out.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {} | {} |\n",
+            r.name,
+            r.records,
+            r.seconds,
+            r.rate(),
+            baseline.map(|b| format!("{:.2}x", r.rate() / b)).unwrap_or_else(|| "-".into()),
+            opt(r.p50_ms),
+            opt(r.p99_ms),
+            opt(r.peak_rss_mb),
+        ));
+    }
+    for r in results {
+        out.push_str(&format!("- {}: {}\n", r.name, r.note));
+    }
+    out
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests): builds notiflow in release mode, starts a real broker
+# (tansu) and runs `notiflow bench` against it; every case is reported next to
+# the passthrough baseline measured in the same run.
+#   bash scripts/bench.sh [--records N] [--dedupe-keys N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/notiflow-target}"
+cargo build --release --locked -p notiflow
+# shellcheck source=services.sh
+source scripts/services.sh
+services_start
+"$CARGO_TARGET_DIR/release/notiflow" bench --brokers "$NOTIFLOW_TEST_KAFKA" --sql sql "$@"
