@@ -29,7 +29,7 @@ pub const WATERMARK_COLUMN: &str = "_watermark";
 /// Hidden columns that say which input record a row came from and how far its
 /// partition's event time has got; the planner carries them through every
 /// projection, so each output row has an id and every operator the watermark.
-pub const LINEAGE_COLUMNS: [&str; 4] = [SOURCE_COLUMN, PARTITION_COLUMN, OFFSET_COLUMN, WATERMARK_COLUMN];
+pub const LINEAGE_COLUMNS: [&str; 5] = [SOURCE_COLUMN, PARTITION_COLUMN, OFFSET_COLUMN, WATERMARK_COLUMN, TIMESTAMP_COLUMN];
 const JSON_METADATA: &str = "notiflow.json";
 
 pub fn is_hidden(name: &str) -> bool {

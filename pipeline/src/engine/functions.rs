@@ -11,6 +11,7 @@ use datafusion::prelude::SessionContext;
 
 pub const TUMBLE: &str = "tumble";
 pub const SLIDING: &str = "sliding";
+pub const HOP: &str = "hop";
 
 pub fn register(ctx: &SessionContext) {
     for name in [TUMBLE, SLIDING] {
@@ -27,6 +28,14 @@ pub fn register(ctx: &SessionContext) {
         );
         ctx.register_udf(marker);
     }
+    let hop = create_udf(
+        HOP,
+        vec![DataType::Interval(IntervalUnit::MonthDayNano), DataType::Interval(IntervalUnit::MonthDayNano)],
+        DataType::Timestamp(TimeUnit::Nanosecond, None),
+        Volatility::Immutable,
+        Arc::new(|_| Err(DataFusionError::Plan("hop(slide, width) marks a window: use it in GROUP BY".into()))),
+    );
+    ctx.register_udf(hop);
     // Volatile: evaluated per batch, never folded into the plan at start.
     ctx.register_udf(create_udf(
         "processing_time",

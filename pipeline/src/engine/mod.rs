@@ -9,6 +9,7 @@ pub mod functions;
 pub mod plan;
 pub mod row_number;
 pub mod runtime;
+pub mod window_agg;
 
 pub use plan::{PlanEnv, Pipeline, Stage, plan};
 pub use runtime::{Checkpointing, PipelineRun};
@@ -35,7 +36,7 @@ pub fn explain(pipeline: &Pipeline) -> String {
                         out.push_str(&format!("    {line}\n"));
                     }
                 }
-                Stage::RowNumber { input, describe, .. } => {
+                Stage::RowNumber { input, describe, .. } | Stage::WindowAggregate { input, describe, .. } => {
                     out.push_str(&format!("  stage {s}: {describe} (input: stage {input})\n"));
                 }
             }

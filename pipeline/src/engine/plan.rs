@@ -18,14 +18,17 @@ use datafusion::catalog::view::ViewTable;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Operator, WindowFunctionDefinition};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
+#[allow(deprecated)] // Its replacement (LoweredAggregateBuilder) is not re-exported by datafusion 55.
+use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::codec::{
-    LINEAGE_COLUMNS, PARTITION_COLUMN, SOURCE_COLUMN, SinkEncoder, SourceDecoder, WATERMARK_COLUMN, is_hidden,
+    LINEAGE_COLUMNS, PARTITION_COLUMN, SOURCE_COLUMN, SinkEncoder, SourceDecoder, TIMESTAMP_COLUMN, WATERMARK_COLUMN, is_hidden,
 };
 use super::feed::Feed;
 use super::functions;
 use super::row_number::{LineageColumns, RowNumberLimit, WindowKind};
+use super::window_agg::{AggLineage, AggregateSpec, WindowAggregate};
 use crate::contract::Contract;
 use crate::sql::{Connector, Definition, KafkaTable, Location, PipelineSql, SqlError, TableRole, TableDef};
 
@@ -59,6 +62,8 @@ pub enum Stage {
     Segment { plan: Arc<dyn ExecutionPlan> },
     /// The windowed row-number limit over the output of stage `input`.
     RowNumber { input: usize, op: Box<RowNumberLimit>, output: Feed, describe: String },
+    /// A tumbling/hopping window aggregate over the output of stage `input`.
+    WindowAggregate { input: usize, op: Box<WindowAggregate>, output: Feed, describe: String },
 }
 
 pub struct Flow {
@@ -204,6 +209,8 @@ async fn plan_insert(pipeline: &Pipeline, sink: &str, query: &str, location: &Lo
     })?;
     let state = pipeline.ctx.state();
     let logical = state.create_logical_plan(query).await.map_err(|e| err(clean(e)))?;
+    // Type coercion first: aggregate and window expressions are planned from it.
+    let logical = state.analyzer().execute_and_check(logical, state.config_options(), |_, _| {}).map_err(|e| err(clean(e)))?;
     let mut lowering = Lowering { pipeline, stages: vec![], sources: vec![], location };
     let top = lowering.lower(&logical, None).await?;
     let physical = state.create_physical_plan(&top).await.map_err(|e| err(clean(e)))?;
@@ -312,9 +319,12 @@ impl Lowering<'_> {
                 LogicalPlan::SubqueryAlias(_) | LogicalPlan::Unnest(_) | LogicalPlan::Union(_) => self.rebuild(plan, hint).await,
                 LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok(plan.clone()),
                 LogicalPlan::Window(window) => self.window(window, hint).await,
-                LogicalPlan::Aggregate(_) => Err(self.err(
-                    "GROUP BY / aggregates over a stream need a window (tumble/hop), which this engine does not run yet",
-                )),
+                LogicalPlan::Aggregate(aggregate) if aggregate.group_expr.iter().any(|e| window_marker(e).is_some()) => {
+                    self.window_aggregate(aggregate).await
+                }
+                LogicalPlan::Aggregate(_) => {
+                    Err(self.err("GROUP BY over a stream needs a window: add tumble(INTERVAL '1' MINUTE) or hop(slide, width) to it"))
+                }
                 LogicalPlan::Join(_) => Err(self.err("joins (interval and lookup joins) are not supported yet")),
                 LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
                     Err(self.err("ORDER BY / LIMIT have no meaning over an unbounded stream; use ROW_NUMBER() over a window"))
@@ -419,15 +429,10 @@ impl Lowering<'_> {
         if !matches!(order.expr.get_type(&input_schema), Ok(DataType::Timestamp(..))) {
             return Err(self.err("ROW_NUMBER() ... ORDER BY must be a timestamp (the event time)"));
         }
-        let position = |name: &str| {
-            input_schema.fields().iter().position(|f| f.name() == name).ok_or_else(|| {
-                self.err(format!("the window's input lost the hidden column {name}: read it from a source table or a view of one"))
-            })
-        };
         let lineage = LineageColumns {
-            source: position(SOURCE_COLUMN)?,
-            partition: position(PARTITION_COLUMN)?,
-            watermark: position(WATERMARK_COLUMN)?,
+            source: self.lineage_position(&input_schema, SOURCE_COLUMN)?,
+            partition: self.lineage_position(&input_schema, PARTITION_COLUMN)?,
+            watermark: self.lineage_position(&input_schema, WATERMARK_COLUMN)?,
         };
         let input_plan = state.create_physical_plan(&input).await.map_err(|e| self.err(clean(e)))?;
         self.stages.push(Stage::Segment { plan: input_plan });
@@ -441,12 +446,7 @@ impl Lowering<'_> {
             .map(|(q, f)| (q.cloned(), f.clone()))
             .chain(std::iter::once((rn_qualifier.cloned(), rn_field.clone())))
             .collect();
-        let feed_fields: Vec<Field> = qualified
-            .iter()
-            .enumerate()
-            .map(|(i, (_, f))| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
-            .collect();
-        let feed = Feed::new(Arc::new(Schema::new(feed_fields)));
+        let feed = feed_for(&qualified);
         let op = RowNumberLimit::new(key_exprs, key_types, time, lineage, kind, width, hint.limit, feed.schema().clone())
             .map_err(|e| self.err(clean(e)))?;
         let describe = format!(
@@ -457,9 +457,12 @@ impl Lowering<'_> {
             hint.limit
         );
         self.stages.push(Stage::RowNumber { input: input_stage, op: Box::new(op), output: feed.clone(), describe });
+        self.scan_feed(&feed, &qualified)
+    }
 
-        // Scan the feed and give the columns back their qualified names.
-        let feed_name = format!("__window_{}", self.stages.len());
+    /// Scans an operator's feed, giving the columns back their qualified names.
+    fn scan_feed(&self, feed: &Feed, qualified: &[(Option<TableReference>, Arc<Field>)]) -> Result<LogicalPlan, SqlError> {
+        let feed_name = format!("__operator_{}", self.stages.len());
         let scan = LogicalPlanBuilder::scan(feed_name.as_str(), provider_as_source(feed.table()), None).map_err(|e| self.err(clean(e)))?;
         let exprs: Vec<Expr> = qualified
             .iter()
@@ -470,6 +473,102 @@ impl Lowering<'_> {
             })
             .collect();
         scan.project(exprs).and_then(|b| b.build()).map_err(|e| self.err(clean(e)))
+    }
+
+    /// Position of a hidden lineage column in an operator's input.
+    fn lineage_position(&self, schema: &DFSchema, name: &str) -> Result<usize, SqlError> {
+        schema.fields().iter().position(|f| f.name() == name).ok_or_else(|| {
+            self.err(format!("the window's input lost the hidden column {name}: read it from a source table or a view of one"))
+        })
+    }
+
+    async fn window_aggregate(&mut self, aggregate: &datafusion::logical_expr::logical_plan::Aggregate) -> Result<LogicalPlan, SqlError> {
+        let mut marker = None;
+        let mut keys = Vec::new();
+        for (i, e) in aggregate.group_expr.iter().enumerate() {
+            match window_marker(e) {
+                Some(found) => {
+                    let spec = found.map_err(|m| self.err(m))?;
+                    if marker.replace((i, spec)).is_some() {
+                        return Err(self.err("one window (tumble or hop) per GROUP BY"));
+                    }
+                }
+                None => keys.push(e.clone()),
+            }
+        }
+        let (position, (width, slide)) = marker.expect("caller checked for a window marker");
+        let input = self.lower(&aggregate.input, None).await?;
+        let state = self.pipeline.ctx.state();
+        let input_schema = input.schema().clone();
+        let physical = |e: &Expr| state.create_physical_expr(e.clone(), &input_schema).map_err(|err| self.err(clean(err)));
+        let key_exprs = keys.iter().map(&physical).collect::<Result<Vec<_>, _>>()?;
+        let key_types =
+            keys.iter().map(|k| k.get_type(&input_schema).map_err(|e| self.err(clean(e)))).collect::<Result<Vec<DataType>, _>>()?;
+        let lineage = AggLineage {
+            source: self.lineage_position(&input_schema, SOURCE_COLUMN)?,
+            partition: self.lineage_position(&input_schema, PARTITION_COLUMN)?,
+            watermark: self.lineage_position(&input_schema, WATERMARK_COLUMN)?,
+            timestamp: self.lineage_position(&input_schema, TIMESTAMP_COLUMN)?,
+        };
+        let input_plan = state.create_physical_plan(&input).await.map_err(|e| self.err(clean(e)))?;
+        let physical_schema = input_plan.schema();
+        let mut aggregates = Vec::new();
+        for e in &aggregate.aggr_expr {
+            #[allow(deprecated)]
+            let (function, filter, order) =
+                create_aggregate_expr_and_maybe_filter(e, &input_schema, physical_schema.as_ref(), state.execution_props())
+                    .map_err(|err| self.err(clean(err)))?;
+            if !order.is_empty() {
+                return Err(self.err(format!("{e}: ordered aggregates are not supported in windows")));
+            }
+            aggregates.push(AggregateSpec { function, filter });
+        }
+        self.stages.push(Stage::Segment { plan: input_plan });
+        let input_stage = self.stages.len() - 1;
+
+        let qualified: Vec<(Option<TableReference>, Arc<Field>)> =
+            aggregate.schema.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
+        let feed = feed_for(&qualified);
+        let op = WindowAggregate::new(key_exprs, key_types, position, aggregates, lineage, width, slide, feed.schema().clone())
+            .map_err(|e| self.err(clean(e)))?;
+        let describe = format!(
+            "WindowAggregate: {} {} s{}, keys [{}], [{}]",
+            if width == slide { "tumbling" } else { "hopping" },
+            width as f64 / 1e9,
+            if width == slide { String::new() } else { format!(" every {} s", slide as f64 / 1e9) },
+            keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+            aggregate.aggr_expr.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+        );
+        self.stages.push(Stage::WindowAggregate { input: input_stage, op: Box::new(op), output: feed.clone(), describe });
+        self.scan_feed(&feed, &qualified)
+    }
+}
+
+/// An operator's output feed, its columns named c0..cN.
+fn feed_for(qualified: &[(Option<TableReference>, Arc<Field>)]) -> Feed {
+    let fields: Vec<Field> =
+        qualified.iter().enumerate().map(|(i, (_, f))| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable())).collect();
+    Feed::new(Arc::new(Schema::new(fields)))
+}
+
+/// `tumble(width)` -> (width, width); `hop(slide, width)` -> (width, slide).
+fn window_marker(e: &Expr) -> Option<Result<(i64, i64), String>> {
+    let Expr::ScalarFunction(f) = e else { return None };
+    let literal = |e: &Expr| match e {
+        Expr::Literal(value, _) => functions::interval_nanos(value),
+        _ => None,
+    };
+    match (f.func.name(), f.args.as_slice()) {
+        (functions::TUMBLE, [width]) => {
+            Some(literal(width).map(|w| (w, w)).ok_or_else(|| "tumble(INTERVAL '...') takes an interval literal without months".into()))
+        }
+        (functions::HOP, [slide, width]) => Some(
+            literal(slide)
+                .zip(literal(width))
+                .map(|(s, w)| (w, s))
+                .ok_or_else(|| "hop(INTERVAL slide, INTERVAL width) takes interval literals without months".into()),
+        ),
+        _ => None,
     }
 }
 

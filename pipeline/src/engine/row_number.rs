@@ -18,6 +18,11 @@
 //! Rows older than their partition's watermark are late: dropped and counted.
 //! State is dropped once the watermark passes the window (tumbling) or W past
 //! a passed row (sliding).
+//!
+//! Keys are held as 128-bit XXH3 hashes of their row encoding (seeded, the
+//! seed kept in the checkpoint): about 30 bytes of state per key instead of
+//! the key itself. Two different keys would have to collide in 128 bits to be
+//! confused, which is far less likely than a hardware memory error.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -28,6 +33,7 @@ use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit, TimestampNanose
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
@@ -50,6 +56,52 @@ pub struct LineageColumns {
     pub watermark: usize,
 }
 
+type KeyHash = u128;
+
+/// Event times of the rows of one key that passed, ascending. Dedupe (N = 1)
+/// keeps one inline; caps with N > 1 spill to the heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Passed {
+    One(i64),
+    Many(Box<VecDeque<i64>>),
+}
+
+impl Passed {
+    fn times(&self) -> Box<dyn Iterator<Item = i64> + '_> {
+        match self {
+            Passed::One(t) => Box::new(std::iter::once(*t)),
+            Passed::Many(ts) => Box::new(ts.iter().copied()),
+        }
+    }
+
+    fn insert(&mut self, t: i64) {
+        let mut all: VecDeque<i64> = self.times().collect();
+        let at = all.partition_point(|p| *p <= t);
+        all.insert(at, t);
+        *self = Passed::Many(Box::new(all));
+    }
+
+    /// Drops times that can no longer matter; false when none is left.
+    fn expire(&mut self, watermark: i64, width: i64) -> bool {
+        match self {
+            Passed::One(t) => t.saturating_add(width) > watermark,
+            Passed::Many(ts) => {
+                while ts.front().is_some_and(|p| p.saturating_add(width) <= watermark) {
+                    ts.pop_front();
+                }
+                match ts.len() {
+                    0 => false,
+                    1 => {
+                        *self = Passed::One(ts[0]);
+                        true
+                    }
+                    _ => true,
+                }
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct PartitionState {
     /// The partition's watermark after the rows seen so far (ns).
@@ -57,9 +109,9 @@ struct PartitionState {
     /// Watermark at the last sliding-state sweep.
     swept_at: i64,
     /// Tumbling: window start -> key -> rows passed.
-    windows: BTreeMap<i64, HashMap<Box<[u8]>, u64>>,
-    /// Sliding: key -> event times of passed rows, ascending.
-    passed: HashMap<Box<[u8]>, VecDeque<i64>>,
+    windows: BTreeMap<i64, HashMap<KeyHash, u32>>,
+    /// Sliding: key -> event times of passed rows.
+    passed: HashMap<KeyHash, Passed>,
 }
 
 impl PartitionState {
@@ -83,6 +135,7 @@ pub struct RowNumberLimit {
     converter: RowConverter,
     partitions: HashMap<PartitionId, PartitionState>,
     late_rows: u64,
+    seed: u64,
 }
 
 impl RowNumberLimit {
@@ -113,6 +166,7 @@ impl RowNumberLimit {
             converter,
             partitions: HashMap::new(),
             late_rows: 0,
+            seed: seed_from_clock(),
         })
     }
 
@@ -156,35 +210,27 @@ impl RowNumberLimit {
                 continue;
             }
             let t = times.value(i);
-            let key = rows.row(i);
+            let key = xxh3_128_with_seed(rows.row(i).as_ref(), self.seed);
             let passed = match self.kind {
                 WindowKind::Tumbling => {
-                    let window = state.windows.entry(t.div_euclid(self.width) * self.width).or_default();
-                    match window.get_mut(key.as_ref()) {
-                        Some(count) if *count >= self.limit => None,
-                        Some(count) => {
-                            *count += 1;
-                            Some(*count)
-                        }
-                        None => {
-                            window.insert(key.as_ref().into(), 1);
-                            Some(1)
-                        }
-                    }
+                    let count = state.windows.entry(t.div_euclid(self.width) * self.width).or_default().entry(key).or_insert(0);
+                    (u64::from(*count) < self.limit).then(|| {
+                        *count += 1;
+                        u64::from(*count)
+                    })
                 }
                 WindowKind::Sliding => {
                     let width = self.width;
-                    match state.passed.get_mut(key.as_ref()) {
+                    match state.passed.get_mut(&key) {
                         Some(passed) => {
-                            let count = passed.iter().filter(|p| (t - **p).abs() < width).count() as u64;
+                            let count = passed.times().filter(|p| (t - *p).abs() < width).count() as u64;
                             (count < self.limit).then(|| {
-                                let at = passed.partition_point(|p| *p <= t);
-                                passed.insert(at, t);
+                                passed.insert(t);
                                 count + 1
                             })
                         }
                         None => {
-                            state.passed.insert(key.as_ref().into(), VecDeque::from([t]));
+                            state.passed.insert(key, Passed::One(t));
                             Some(1)
                         }
                     }
@@ -208,9 +254,11 @@ impl RowNumberLimit {
         Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
     }
 
-    /// Serializes the state (for checkpoints).
+    /// Serializes the state (for checkpoints); the same state always gives the same bytes.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        out.extend_from_slice(&self.seed.to_le_bytes());
+        out.extend_from_slice(&self.late_rows.to_le_bytes());
         let mut pids: Vec<&PartitionId> = self.partitions.keys().collect();
         pids.sort_unstable();
         out.extend_from_slice(&(pids.len() as u64).to_le_bytes());
@@ -219,32 +267,33 @@ impl RowNumberLimit {
             out.extend_from_slice(&pid.to_le_bytes());
             out.extend_from_slice(&state.watermark.to_le_bytes());
             out.extend_from_slice(&(state.windows.len() as u64).to_le_bytes());
-            // Keys sorted: the same state always snapshots to the same bytes.
             for (start, keys) in &state.windows {
                 out.extend_from_slice(&start.to_le_bytes());
-                out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
                 let mut keys: Vec<_> = keys.iter().collect();
                 keys.sort_unstable();
+                out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
                 for (key, count) in keys {
-                    put_bytes(&mut out, key);
+                    out.extend_from_slice(&key.to_le_bytes());
                     out.extend_from_slice(&count.to_le_bytes());
                 }
             }
-            out.extend_from_slice(&(state.passed.len() as u64).to_le_bytes());
-            let mut passed_keys: Vec<_> = state.passed.iter().collect();
-            passed_keys.sort_unstable();
-            for (key, passed) in passed_keys {
-                put_bytes(&mut out, key);
-                out.extend_from_slice(&(passed.len() as u64).to_le_bytes());
-                passed.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
+            let mut passed: Vec<_> = state.passed.iter().collect();
+            passed.sort_unstable_by_key(|(k, _)| **k);
+            out.extend_from_slice(&(passed.len() as u64).to_le_bytes());
+            for (key, times) in passed {
+                out.extend_from_slice(&key.to_le_bytes());
+                let times: Vec<i64> = times.times().collect();
+                out.extend_from_slice(&(times.len() as u32).to_le_bytes());
+                times.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
             }
         }
-        out.extend_from_slice(&self.late_rows.to_le_bytes());
         out
     }
 
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         let mut r = Reader { bytes, at: 0 };
+        self.seed = r.u64()?;
+        self.late_rows = r.u64()?;
         self.partitions.clear();
         for _ in 0..r.u64()? {
             let pid = r.i64()?;
@@ -255,20 +304,32 @@ impl RowNumberLimit {
                 let start = r.i64()?;
                 let window = state.windows.entry(start).or_default();
                 for _ in 0..r.u64()? {
-                    let key = r.bytes()?;
-                    window.insert(key, r.u64()?);
+                    let key = r.u128()?;
+                    window.insert(key, r.u32()?);
                 }
             }
             for _ in 0..r.u64()? {
-                let key = r.bytes()?;
-                let passed = (0..r.u64()?).map(|_| r.i64()).collect::<Result<VecDeque<_>>>()?;
+                let key = r.u128()?;
+                let times = (0..r.u32()?).map(|_| r.i64()).collect::<Result<VecDeque<_>>>()?;
+                let passed = match times.len() {
+                    0 => return Err(DataFusionError::Internal("operator state: a key with no times".into())),
+                    1 => Passed::One(times[0]),
+                    _ => Passed::Many(Box::new(times)),
+                };
                 state.passed.insert(key, passed);
             }
             self.partitions.insert(pid, state);
         }
-        self.late_rows = r.u64()?;
+        if r.at != bytes.len() {
+            return Err(DataFusionError::Internal("operator state has trailing bytes".into()));
+        }
         Ok(())
     }
+}
+
+/// A seed for key hashing; checkpoints carry it, so restored state hashes alike.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x5eed)
 }
 
 /// Drops state no future on-time row of the partition can need.
@@ -287,19 +348,9 @@ fn evict(state: &mut PartitionState, kind: WindowKind, width: i64) {
                 return;
             }
             state.swept_at = watermark;
-            state.passed.retain(|_, passed| {
-                while passed.front().is_some_and(|p| p.saturating_add(width) <= watermark) {
-                    passed.pop_front();
-                }
-                !passed.is_empty()
-            });
+            state.passed.retain(|_, passed| passed.expire(watermark, width));
         }
     }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(bytes);
 }
 
 struct Reader<'a> {
@@ -319,9 +370,11 @@ impl Reader<'_> {
     fn i64(&mut self) -> Result<i64> {
         Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
-    fn bytes(&mut self) -> Result<Box<[u8]>> {
-        let len = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;
-        Ok(self.take(len)?.into())
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u128(&mut self) -> Result<u128> {
+        Ok(u128::from_le_bytes(self.take(16)?.try_into().expect("16 bytes")))
     }
 }
 

@@ -144,6 +144,7 @@ impl PipelineRun {
         for ((flow, stage), state) in &checkpoint.operators {
             match self.pipeline.flows.get_mut(*flow as usize).and_then(|f| f.stages.get_mut(*stage as usize)) {
                 Some(Stage::RowNumber { op, .. }) => op.restore(state)?,
+                Some(Stage::WindowAggregate { op, .. }) => op.restore(state)?,
                 _ => anyhow::bail!("checkpoint has state for flow {flow} stage {stage}, which the SQL no longer has"),
             }
         }
@@ -156,16 +157,25 @@ impl PipelineRun {
     }
 
     fn checkpoint(&mut self) -> anyhow::Result<()> {
-        let Some(checkpointing) = &self.checkpointing else { return Ok(()) };
+        if self.checkpointing.is_none() {
+            return Ok(());
+        }
         self.epoch += 1;
         let mut operators = BTreeMap::new();
-        for (f, flow) in self.pipeline.flows.iter().enumerate() {
-            for (s, stage) in flow.stages.iter().enumerate() {
-                if let Stage::RowNumber { op, .. } = stage {
-                    operators.insert((f as u32, s as u32), op.snapshot());
+        for (f, flow) in self.pipeline.flows.iter_mut().enumerate() {
+            for (s, stage) in flow.stages.iter_mut().enumerate() {
+                match stage {
+                    Stage::RowNumber { op, .. } => {
+                        operators.insert((f as u32, s as u32), op.snapshot());
+                    }
+                    Stage::WindowAggregate { op, .. } => {
+                        operators.insert((f as u32, s as u32), op.snapshot()?);
+                    }
+                    Stage::Segment { .. } => {}
                 }
             }
         }
+        let Some(checkpointing) = &self.checkpointing else { return Ok(()) };
         let checkpoint = Checkpoint {
             epoch: self.epoch,
             offsets: self.processed.iter().map(|(t, p, o)| ((t.to_string(), p), o)).collect(),
@@ -286,11 +296,19 @@ impl PipelineRun {
                         output.set(passed.clone());
                         passed
                     }
+                    Stage::WindowAggregate { input, op, output, .. } => {
+                        let mut closed = Vec::new();
+                        for batch in &outputs[*input] {
+                            closed.push(op.process_batch(batch)?);
+                        }
+                        output.set(closed.clone());
+                        closed
+                    }
                 };
                 outputs.push(produced);
             }
             for stage in &flow.stages {
-                if let Stage::RowNumber { output, .. } = stage {
+                if let Stage::RowNumber { output, .. } | Stage::WindowAggregate { output, .. } = stage {
                     output.clear();
                 }
             }

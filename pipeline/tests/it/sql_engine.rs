@@ -183,3 +183,67 @@ async fn output_ids_do_not_depend_on_batching() {
     assert!(outputs[0].len() > 20);
     assert_eq!(outputs[0], outputs[1]);
 }
+
+const AGGREGATES_SQL: &str = "
+CREATE TABLE sends (tenant TEXT, channel TEXT, ok BOOLEAN, ts TIMESTAMP,
+    WATERMARK FOR ts AS ts - INTERVAL '30' SECOND)
+WITH (connector = 'kafka', type = 'source', topic = 't.sends');
+
+CREATE TABLE per_minute (tenant TEXT, minute TIMESTAMP, sends BIGINT, failures BIGINT)
+WITH (connector = 'kafka', type = 'sink', topic = 't.per_minute');
+CREATE TABLE per_two_minutes (channel TEXT, window_start TIMESTAMP, n BIGINT)
+WITH (connector = 'kafka', type = 'sink', topic = 't.per_two_minutes');
+
+INSERT INTO per_minute
+SELECT tenant, tumble(INTERVAL '1' MINUTE) AS minute, count(*) AS sends, count(*) FILTER (WHERE NOT ok) AS failures
+FROM sends GROUP BY tenant, minute;
+
+INSERT INTO per_two_minutes
+SELECT channel, hop(INTERVAL '1' MINUTE, INTERVAL '2' MINUTE) AS window_start, count(*) AS n
+FROM sends GROUP BY channel, window_start;
+";
+
+const AGGREGATES_INPUT: &str = r#"{"tenant":"acme","channel":"sms","ok":true,"ts":"2026-01-01T10:00:10"}
+{"tenant":"acme","channel":"sms","ok":false,"ts":"2026-01-01T10:00:50"}
+{"tenant":"globex","channel":"email","ok":true,"ts":"2026-01-01T10:00:20"}
+{"tenant":"acme","channel":"sms","ok":true,"ts":"2026-01-01T10:01:05"}
+{"tenant":"acme","channel":"email","ok":true,"ts":"2026-01-01T10:00:40"}
+{"tenant":"acme","channel":"sms","ok":true,"ts":"2026-01-01T10:00:20"}
+{"tenant":"globex","channel":"sms","ok":true,"ts":"2026-01-01T10:02:40"}
+{"tenant":"acme","channel":"sms","ok":true,"ts":"2026-01-01T10:03:40"}
+"#;
+
+#[tokio::test]
+async fn tumbling_and_hopping_aggregates_emit_at_window_close() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            ("10_rollups.sql", AGGREGATES_SQL),
+            ("10_rollups.test/input/sends.jsonl", AGGREGATES_INPUT),
+            // Row 5 (10:00:40) is out of order but within the 30 s watermark lag of row 4 (10:01:05);
+            // row 6 (10:00:20) is behind it: late, dropped. Row 8 moves the watermark to 10:03:10, so
+            // every minute up to 10:03 has closed; 10:03 stays open.
+            (
+                "10_rollups.test/expected/per_minute.jsonl",
+                r#"{"tenant":"acme","minute":"2026-01-01T10:00:00","sends":3,"failures":1}
+{"tenant":"globex","minute":"2026-01-01T10:00:00","sends":1,"failures":0}
+{"tenant":"acme","minute":"2026-01-01T10:01:00","sends":1,"failures":0}
+{"tenant":"globex","minute":"2026-01-01T10:02:00","sends":1,"failures":0}
+"#,
+            ),
+            // Two-minute windows every minute: [09:59, 10:01), [10:00, 10:02), [10:01, 10:03) have closed.
+            (
+                "10_rollups.test/expected/per_two_minutes.jsonl",
+                r#"{"channel":"sms","window_start":"2026-01-01T09:59:00","n":2}
+{"channel":"email","window_start":"2026-01-01T09:59:00","n":2}
+{"channel":"sms","window_start":"2026-01-01T10:00:00","n":3}
+{"channel":"email","window_start":"2026-01-01T10:00:00","n":2}
+{"channel":"sms","window_start":"2026-01-01T10:01:00","n":2}
+"#,
+            ),
+        ],
+    );
+    let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
+    assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
+}
