@@ -193,7 +193,8 @@ async fn kafka_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, sql
             (n, timed.latencies_ms)
         }
         Some(dir) => {
-            let run = crate::load_pipeline(&dir, &config).await?;
+            let mut run = crate::load_pipeline(&dir, &config).await?;
+            run.prepare(&notiflow_kafka::KafkaReader::new(kafka)).await?;
             let mut timed = Timed { inner: run, pending: vec![], latencies_ms: vec![] };
             let (n, _) = run_job(&mut timed, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(1500)), shutdown).await?;
             (n, timed.latencies_ms)
@@ -221,6 +222,7 @@ async fn in_process_pipeline(options: &BenchOptions) -> anyhow::Result<CaseResul
     let mut run = crate::load_pipeline(&options.sql_dir, &config).await?;
     let broker = MemoryBroker::new();
     broker.ensure_topics(&crate::topic_specs(&run, &config)).await?;
+    run.prepare(&broker).await?;
     let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
     broker.append(request_records(&input, options.records, config.pipeline.max_request_bytes))?;
     let mut source = broker.consumer("bench", &[input.as_ref()]);

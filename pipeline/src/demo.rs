@@ -39,6 +39,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
     let mut pipeline = crate::load_pipeline(&options.sql_dir, &config).await?;
     let broker = MemoryBroker::new();
     broker.ensure_topics(&crate::topic_specs(&pipeline, &config)).await?;
+    pipeline.prepare(&broker).await?;
 
     let requests_topic: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
     let mut input: Vec<OutRecord> = sample_requests(options.requests, options.malformed_every, config.pipeline.max_request_bytes)

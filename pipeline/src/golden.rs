@@ -83,6 +83,7 @@ async fn run_case(dir: &Path, case: &Path, config: &Config) -> anyhow::Result<Ve
     let mut pipeline = crate::load_pipeline(dir, config).await?;
     let broker = MemoryBroker::new();
     broker.ensure_topics(&crate::topic_specs(&pipeline, config)).await?;
+    pipeline.prepare(&broker).await?;
 
     let mut line_number = 0i64;
     for input in sorted_files(&case.join("input"))? {

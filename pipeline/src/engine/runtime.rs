@@ -102,6 +102,26 @@ impl PipelineRun {
         topics
     }
 
+    /// Tells windowed operators which partitions their sources have (a window
+    /// closes only when all of them have passed it). Call before the first batch.
+    pub async fn prepare<R: LogReader>(&mut self, reader: &R) -> anyhow::Result<()> {
+        let mut partitions = Vec::new();
+        for source in &self.pipeline.sources {
+            let list: Vec<i32> = reader.end_offsets(&source.kafka.topic).await?.into_iter().map(|(p, _)| p).collect();
+            partitions.push(list);
+        }
+        for flow in &mut self.pipeline.flows {
+            for stage in &mut flow.stages {
+                if let Stage::WindowAggregate { op, .. } = stage {
+                    for &s in &flow.sources {
+                        op.expect_partitions(s as i32, &partitions[s]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Restores the newest checkpoint (if any) and collects the ids of
     /// outputs written after it, so the replay does not write them again.
     /// Returns the restored epoch.
@@ -116,9 +136,11 @@ impl PipelineRun {
         self.checkpointing = Some(checkpointing);
         let Some(checkpoint) = restored else {
             self.emitted_end = current_end;
+            self.prepare(reader).await?;
             return Ok(None);
         };
         self.restore_state(&checkpoint)?;
+        self.prepare(reader).await?;
         for ((topic, partition), end) in current_end.iter_mut() {
             let from = match checkpoint.emitted_end.get(&(topic.clone(), *partition)) {
                 Some(from) => *from,

@@ -7,10 +7,10 @@
 //! Time is the row's event time (`_timestamp`). A row is late, and dropped,
 //! when it is older than its own input partition's watermark as it stood
 //! after the rows before it. A window closes, and its rows are emitted, once
-//! the watermark of every input partition seen so far has passed its end; a
-//! row for a window already emitted (a partition seen for the first time
-//! after its close) is late too. The emitted rows therefore depend only on
-//! the input, not on batch boundaries; their order may.
+//! the watermark of every input partition has passed its end (the runtime
+//! declares the partitions at start: an idle partition holds windows open).
+//! The emitted rows therefore depend only on the input, not on batch
+//! boundaries or partition interleaving; their order may.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -90,6 +90,14 @@ impl WindowAggregate {
             emitted_before: i64::MIN,
             late_rows: 0,
         })
+    }
+
+    /// Declares the input partitions of a source: a window closes only once
+    /// all of them have passed it, even those that sent nothing yet.
+    pub fn expect_partitions(&mut self, source: i32, partitions: &[i32]) {
+        for p in partitions {
+            self.watermarks.entry((source, *p)).or_insert(i64::MIN);
+        }
     }
 
     pub fn late_rows(&self) -> u64 {

@@ -247,3 +247,124 @@ async fn tumbling_and_hopping_aggregates_emit_at_window_close() {
     let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
     assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
 }
+
+/// A run that checkpoints, writes more, dies without checkpointing, and is
+/// recovered, ends with exactly the outputs of a run that never stopped.
+#[tokio::test]
+async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
+    use notiflow::engine::Checkpointing;
+    use notiflow::engine::checkpoint::CheckpointStore;
+    use notiflow::job::{StopWhen, run_job};
+    use notiflow_connector::memory::MemoryBroker;
+    use notiflow_connector::{OutRecord, TopicAdmin};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sql = format!("{WINDOWS_SQL}\n{}", AGGREGATES_SQL.replace("CREATE TABLE sends", "CREATE TABLE sends2").replace("'t.sends'", "'t.sends2'").replace("FROM sends", "FROM sends2"));
+    write(dir.path(), &[("10_all.sql", &sql)]);
+    let mut config = Config::embedded();
+    config.topics.partitions = 3;
+    config.pipeline.batch_max_records = 50;
+    let records = |range: std::ops::Range<usize>| -> Vec<OutRecord> {
+        range
+            .flat_map(|i| {
+                let minute = i / 20;
+                let second = (i * 7) % 60;
+                let recipient = format!("r{}", i % 13);
+                let ts = format!("2026-01-01T{:02}:{:02}:{second:02}", 10 + minute / 60, minute % 60);
+                [
+                    OutRecord {
+                        topic: Arc::from("t.sends"),
+                        key: Some(recipient.clone().into_bytes()),
+                        payload: format!(r#"{{"id":"{i}","recipient":"{recipient}","channel":"sms","content":"c{}","ts":"{ts}"}}"#, i % 4).into_bytes(),
+                        headers: vec![],
+                    },
+                    OutRecord {
+                        topic: Arc::from("t.sends2"),
+                        key: Some(recipient.clone().into_bytes()),
+                        payload: format!(r#"{{"tenant":"{recipient}","channel":"sms","ok":{},"ts":"{ts}"}}"#, i % 5 != 0).into_bytes(),
+                        headers: vec![],
+                    },
+                ]
+            })
+            .collect()
+    };
+    let outputs = |broker: &MemoryBroker| -> BTreeMap<String, Vec<String>> {
+        ["t.deduped", "t.capped", "t.per_minute", "t.per_two_minutes"]
+            .iter()
+            .map(|t| {
+                let mut rows: Vec<String> = broker.read_all(t).iter().map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap()).collect();
+                rows.sort();
+                (t.to_string(), rows)
+            })
+            .collect()
+    };
+    async fn drain(run: &mut notiflow::engine::PipelineRun, broker: &MemoryBroker, config: &Config) {
+        let mut consumer = broker.consumer("g", &["t.sends", "t.sends2"]);
+        let (_keep, shutdown) = tokio::sync::watch::channel(false);
+        run_job(run, &mut consumer, &broker.producer(), notiflow::batch_limits(config), StopWhen::IdleFor(Duration::from_millis(20)), shutdown)
+            .await
+            .unwrap();
+    }
+    let checkpointing = |path: &std::path::Path| Checkpointing { store: CheckpointStore::new(path), interval: Duration::from_secs(3600) };
+
+    // Uninterrupted.
+    let whole = MemoryBroker::new();
+    let mut run = notiflow::load_pipeline(dir.path(), &config).await.unwrap();
+    whole.ensure_topics(&notiflow::topic_specs(&run, &config)).await.unwrap();
+    run.prepare(&whole).await.unwrap();
+    whole.append(records(0..600)).unwrap();
+    drain(&mut run, &whole, &config).await;
+    let expected = outputs(&whole);
+    assert!(expected.values().all(|rows| !rows.is_empty()), "{expected:?}");
+
+    // Interrupted: checkpoint after a third, crash after two thirds, recover, finish.
+    let broker = MemoryBroker::new();
+    let state = dir.path().join("state");
+    let mut first = notiflow::load_pipeline(dir.path(), &config).await.unwrap();
+    broker.ensure_topics(&notiflow::topic_specs(&first, &config)).await.unwrap();
+    first.recover(checkpointing(&state), &broker).await.unwrap();
+    broker.append(records(0..200)).unwrap();
+    drain(&mut first, &broker, &config).await; // stops idle: finish() checkpoints and commits
+    let mut crashing = notiflow::load_pipeline(dir.path(), &config).await.unwrap();
+    assert_eq!(crashing.recover(checkpointing(&state), &broker).await.unwrap(), Some(1));
+    broker.append(records(200..400)).unwrap();
+    {
+        // Process without ever checkpointing or committing, then vanish.
+        let mut consumer = broker.consumer("g", &["t.sends", "t.sends2"]);
+        let (_keep, shutdown) = tokio::sync::watch::channel(false);
+        let mut no_finish = NoFinish(&mut crashing);
+        run_job(&mut no_finish, &mut consumer, &broker.producer(), notiflow::batch_limits(&config), StopWhen::IdleFor(Duration::from_millis(20)), shutdown)
+            .await
+            .unwrap();
+    }
+    broker.append(records(400..600)).unwrap();
+    let mut recovered = notiflow::load_pipeline(dir.path(), &config).await.unwrap();
+    assert_eq!(recovered.recover(checkpointing(&state), &broker).await.unwrap(), Some(1));
+    drain(&mut recovered, &broker, &config).await;
+    assert!(recovered.suppressed > 0, "the replay met outputs already written");
+    let got = outputs(&broker);
+    for (topic, rows) in &expected {
+        let missing: Vec<_> = rows.iter().filter(|r| !got[topic].contains(r)).collect();
+        let extra: Vec<_> = got[topic].iter().filter(|r| !rows.contains(r)).collect();
+        assert!(missing.is_empty() && extra.is_empty() && rows.len() == got[topic].len(),
+            "{topic}: {} expected, {} got; missing {missing:?}; extra {extra:?}", rows.len(), got[topic].len());
+    }
+}
+
+/// A processor that dies before its job can checkpoint.
+struct NoFinish<'a>(&'a mut notiflow::engine::PipelineRun);
+
+impl notiflow::job::BatchProcessor for NoFinish<'_> {
+    async fn process(&mut self, records: &[notiflow_connector::Record], out: &mut Vec<notiflow_connector::OutRecord>) -> anyhow::Result<()> {
+        self.0.process(records, out).await
+    }
+    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &notiflow_connector::Offsets) -> anyhow::Result<Option<notiflow_connector::Offsets>> {
+        self.0.durable(written, consumed).map(|_| None)
+    }
+    fn finish(&mut self) -> anyhow::Result<Option<notiflow_connector::Offsets>> {
+        Ok(None)
+    }
+}
