@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod feed;
 pub mod functions;
+pub mod interval_join;
 pub mod plan;
 pub mod row_number;
 pub mod runtime;
@@ -38,6 +39,9 @@ pub fn explain(pipeline: &Pipeline) -> String {
                 }
                 Stage::RowNumber { input, describe, .. } | Stage::WindowAggregate { input, describe, .. } => {
                     out.push_str(&format!("  stage {s}: {describe} (input: stage {input})\n"));
+                }
+                Stage::IntervalJoin { left, right, describe, .. } => {
+                    out.push_str(&format!("  stage {s}: {describe} (inputs: stages {left}, {right})\n"));
                 }
             }
         }

@@ -28,6 +28,7 @@ use super::codec::{
 use super::feed::Feed;
 use super::functions;
 use super::row_number::{LineageColumns, RowNumberLimit, WindowKind};
+use super::interval_join::{IntervalJoin, JoinSide, SideLineage};
 use super::window_agg::{AggLineage, AggregateSpec, WindowAggregate};
 use crate::contract::Contract;
 use crate::sql::{Connector, Definition, KafkaTable, Location, PipelineSql, SqlError, TableRole, TableDef};
@@ -64,10 +65,24 @@ pub enum Stage {
     RowNumber { input: usize, op: Box<RowNumberLimit>, output: Feed, describe: String },
     /// A tumbling/hopping window aggregate over the output of stage `input`.
     WindowAggregate { input: usize, op: Box<WindowAggregate>, output: Feed, describe: String },
+    /// An interval join of the outputs of stages `left` and `right`.
+    /// `left_sources`/`right_sources`: the source tables each side reads.
+    IntervalJoin {
+        left: usize,
+        right: usize,
+        left_sources: Vec<usize>,
+        right_sources: Vec<usize>,
+        op: Box<IntervalJoin>,
+        output: Feed,
+        describe: String,
+    },
 }
 
 pub struct Flow {
     pub location: Location,
+    /// Output ids from content instead of lineage (flows with joins, whose
+    /// rows have two origins).
+    pub content_ids: bool,
     pub sink: usize,
     /// Sources the flow reads (indexes into `Pipeline::sources`).
     pub sources: Vec<usize>,
@@ -211,18 +226,18 @@ async fn plan_insert(pipeline: &Pipeline, sink: &str, query: &str, location: &Lo
     let logical = state.create_logical_plan(query).await.map_err(|e| err(clean(e)))?;
     // Type coercion first: aggregate and window expressions are planned from it.
     let logical = state.analyzer().execute_and_check(logical, state.config_options(), |_, _| {}).map_err(|e| err(clean(e)))?;
-    let mut lowering = Lowering { pipeline, stages: vec![], sources: vec![], location };
+    let mut lowering = Lowering { pipeline, stages: vec![], sources: vec![], location, content_ids: false };
     let top = lowering.lower(&logical, None).await?;
     let physical = state.create_physical_plan(&top).await.map_err(|e| err(clean(e)))?;
     check_sink_columns(physical.schema(), &pipeline.sinks[sink_index], location)?;
     lowering.stages.push(Stage::Segment { plan: physical });
-    let Lowering { stages, mut sources, .. } = lowering;
+    let Lowering { stages, mut sources, content_ids, .. } = lowering;
     sources.sort_unstable();
     sources.dedup();
     if sources.is_empty() {
         return Err(err("the query reads no source table".into()));
     }
-    Ok(Flow { location: location.clone(), sink: sink_index, sources, stages })
+    Ok(Flow { location: location.clone(), content_ids, sink: sink_index, sources, stages })
 }
 
 fn check_sink_columns(output: SchemaRef, sink: &SinkTable, location: &Location) -> Result<(), SqlError> {
@@ -260,6 +275,7 @@ struct Lowering<'a> {
     stages: Vec<Stage>,
     sources: Vec<usize>,
     location: &'a Location,
+    content_ids: bool,
 }
 
 /// `column <= N` seen above a window, by unqualified column name.
@@ -325,7 +341,7 @@ impl Lowering<'_> {
                 LogicalPlan::Aggregate(_) => {
                     Err(self.err("GROUP BY over a stream needs a window: add tumble(INTERVAL '1' MINUTE) or hop(slide, width) to it"))
                 }
-                LogicalPlan::Join(_) => Err(self.err("joins (interval and lookup joins) are not supported yet")),
+                LogicalPlan::Join(join) => self.interval_join(join).await,
                 LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
                     Err(self.err("ORDER BY / LIMIT have no meaning over an unbounded stream; use ROW_NUMBER() over a window"))
                 }
@@ -542,6 +558,195 @@ impl Lowering<'_> {
         self.stages.push(Stage::WindowAggregate { input: input_stage, op: Box::new(op), output: feed.clone(), describe });
         self.scan_feed(&feed, &qualified)
     }
+}
+
+impl Lowering<'_> {
+    async fn interval_join(&mut self, join: &datafusion::logical_expr::logical_plan::Join) -> Result<LogicalPlan, SqlError> {
+        use datafusion::logical_expr::JoinType;
+        use datafusion::logical_expr::utils::split_conjunction;
+        let left_outer = match join.join_type {
+            JoinType::Inner => false,
+            JoinType::Left => true,
+            other => return Err(self.err(format!("{other} JOIN: interval joins are INNER or LEFT"))),
+        };
+        let (left_schema, right_schema) = (join.left.schema().clone(), join.right.schema().clone());
+        let side = |e: &Expr| -> Option<bool> {
+            let columns = e.column_refs();
+            if columns.is_empty() {
+                None
+            } else if columns.iter().all(|c| left_schema.has_column(c)) {
+                Some(true)
+            } else if columns.iter().all(|c| right_schema.has_column(c)) {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let mut left_keys: Vec<Expr> = join.on.iter().map(|(l, _)| l.clone()).collect();
+        let mut right_keys: Vec<Expr> = join.on.iter().map(|(_, r)| r.clone()).collect();
+        let (mut lower, mut upper) = (i64::MIN, i64::MAX);
+        let mut times: Option<(Expr, Expr)> = None;
+        let conjuncts: Vec<&Expr> = join.filter.as_ref().map(split_conjunction).unwrap_or_default();
+        let mut bound = |right_side: &Expr, op: Operator, left_side: &Expr| -> Result<(), String> {
+            // right_side op left_side, each a time expression plus an optional interval.
+            let (r_base, r_off) = linear(right_side).ok_or("time bounds must be column +/- INTERVAL")?;
+            let (l_base, l_off) = linear(left_side).ok_or("time bounds must be column +/- INTERVAL")?;
+            let c = l_off - r_off;
+            match &times {
+                Some((l, r)) if l != l_base || r != r_base => return Err("all time bounds must compare the same two time columns".into()),
+                _ => times = Some((l_base.clone(), r_base.clone())),
+            }
+            match op {
+                Operator::GtEq => lower = lower.max(c),
+                Operator::Gt => lower = lower.max(c + 1),
+                Operator::LtEq => upper = upper.min(c),
+                Operator::Lt => upper = upper.min(c - 1),
+                _ => return Err(format!("unsupported comparison {op} in a join condition")),
+            }
+            Ok(())
+        };
+        for conjunct in conjuncts {
+            match conjunct {
+                Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => match (side(left), side(right)) {
+                    (Some(true), Some(false)) => {
+                        left_keys.push(left.as_ref().clone());
+                        right_keys.push(right.as_ref().clone());
+                    }
+                    (Some(false), Some(true)) => {
+                        left_keys.push(right.as_ref().clone());
+                        right_keys.push(left.as_ref().clone());
+                    }
+                    _ => return Err(self.err(format!("join condition {conjunct}: an equality must compare one column of each side"))),
+                },
+                Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                    let (r, o, l) = match (side(&strip_interval(left)), side(&strip_interval(right))) {
+                        (Some(false), Some(true)) => (left.as_ref(), *op, right.as_ref()),
+                        (Some(true), Some(false)) => (right.as_ref(), op.swap().unwrap_or(*op), left.as_ref()),
+                        _ => return Err(self.err(format!("join condition {conjunct}: compare a time of each side"))),
+                    };
+                    bound(r, o, l).map_err(|m| self.err(format!("join condition {conjunct}: {m}")))?;
+                }
+                Expr::Between(between) if !between.negated => {
+                    let checks = [(Operator::GtEq, between.low.as_ref()), (Operator::LtEq, between.high.as_ref())];
+                    for (op, other) in checks {
+                        match (side(&strip_interval(&between.expr)), side(&strip_interval(other))) {
+                            (Some(false), Some(true)) => bound(&between.expr, op, other),
+                            (Some(true), Some(false)) => bound(other, op.swap().unwrap_or(op), &between.expr),
+                            _ => Err("BETWEEN must bound one side's time by the other's".into()),
+                        }
+                        .map_err(|m| self.err(format!("join condition {conjunct}: {m}")))?;
+                    }
+                }
+                other => {
+                    return Err(self.err(format!(
+                        "join condition {other}: interval joins take equalities and time bounds (r.ts BETWEEN l.ts AND l.ts + INTERVAL ...)"
+                    )));
+                }
+            }
+        }
+        if left_keys.is_empty() {
+            return Err(self.err("an interval join needs an equality on a key (l.id = r.id)"));
+        }
+        let (Some((left_time, right_time)), true) = (times, lower > i64::MIN && upper < i64::MAX) else {
+            return Err(self.err("an interval join needs both time bounds: r.ts BETWEEN l.ts AND l.ts + INTERVAL '1' DAY"));
+        };
+        if lower > upper {
+            return Err(self.err("the join's time interval is empty"));
+        }
+
+        let before = self.sources.len();
+        let left_input = self.lower(&join.left, None).await?;
+        let middle = self.sources.len();
+        let right_input = self.lower(&join.right, None).await?;
+        let left_sources = self.sources[before..middle].to_vec();
+        let right_sources = self.sources[middle..].to_vec();
+        let state = self.pipeline.ctx.state();
+        let mut sides = Vec::new();
+        let mut key_types = Vec::new();
+        for (input, keys, time) in [(&left_input, &left_keys, &left_time), (&right_input, &right_keys, &right_time)] {
+            let schema = input.schema().clone();
+            let physical = |e: &Expr| state.create_physical_expr(e.clone(), &schema).map_err(|err| self.err(clean(err)));
+            let types = keys.iter().map(|k| k.get_type(&schema).map_err(|e| self.err(clean(e)))).collect::<Result<Vec<_>, _>>()?;
+            if !key_types.is_empty() && key_types != types {
+                return Err(self.err(format!("join keys differ in type: {key_types:?} vs {types:?}; CAST one side")));
+            }
+            key_types = types;
+            if !matches!(time.get_type(&schema), Ok(DataType::Timestamp(..))) {
+                return Err(self.err(format!("join time {time} must be a timestamp")));
+            }
+            sides.push(JoinSide {
+                keys: keys.iter().map(&physical).collect::<Result<_, _>>()?,
+                time: physical(time)?,
+                lineage: SideLineage {
+                    source: self.lineage_position(&schema, SOURCE_COLUMN)?,
+                    partition: self.lineage_position(&schema, PARTITION_COLUMN)?,
+                    watermark: self.lineage_position(&schema, WATERMARK_COLUMN)?,
+                },
+            });
+        }
+        let left_plan = state.create_physical_plan(&left_input).await.map_err(|e| self.err(clean(e)))?;
+        let right_plan = state.create_physical_plan(&right_input).await.map_err(|e| self.err(clean(e)))?;
+        let left_width = left_plan.schema().fields().len();
+        self.stages.push(Stage::Segment { plan: left_plan });
+        let left_stage = self.stages.len() - 1;
+        self.stages.push(Stage::Segment { plan: right_plan });
+        let right_stage = self.stages.len() - 1;
+
+        // Output: the lowered inputs' columns, left then right (right nullable for LEFT).
+        let qualified: Vec<(Option<TableReference>, Arc<Field>)> = left_input
+            .schema()
+            .iter()
+            .map(|(q, f)| (q.cloned(), f.clone()))
+            .chain(right_input.schema().iter().map(|(q, f)| {
+                let field = if left_outer { Arc::new(f.as_ref().clone().with_nullable(true)) } else { f.clone() };
+                (q.cloned(), field)
+            }))
+            .collect();
+        let feed = feed_for(&qualified);
+        let right_side = sides.pop().expect("two sides");
+        let left_side = sides.pop().expect("two sides");
+        let op = IntervalJoin::new(left_side, right_side, key_types, left_outer, (lower, upper), left_width, feed.schema().clone())
+            .map_err(|e| self.err(clean(e)))?;
+        let describe = format!(
+            "IntervalJoin: {} on [{}], right time - left time in [{} s, {} s]",
+            if left_outer { "LEFT" } else { "INNER" },
+            left_keys.iter().zip(&right_keys).map(|(l, r)| format!("{l} = {r}")).collect::<Vec<_>>().join(", "),
+            lower as f64 / 1e9,
+            upper as f64 / 1e9
+        );
+        self.stages.push(Stage::IntervalJoin {
+            left: left_stage,
+            right: right_stage,
+            left_sources,
+            right_sources,
+            op: Box::new(op),
+            output: feed.clone(),
+            describe,
+        });
+        self.content_ids = true;
+        self.scan_feed(&feed, &qualified)
+    }
+}
+
+/// `e`, or `base +/- INTERVAL` split into (base, offset in ns).
+fn linear(e: &Expr) -> Option<(&Expr, i64)> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Plus, right }) => match right.as_ref() {
+            Expr::Literal(v, _) => functions::interval_nanos(v).map(|n| (left.as_ref(), n)),
+            _ => None,
+        },
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Minus, right }) => match right.as_ref() {
+            Expr::Literal(v, _) => functions::interval_nanos(v).map(|n| (left.as_ref(), -n)),
+            _ => None,
+        },
+        Expr::Literal(..) => None,
+        other => Some((other, 0)),
+    }
+}
+
+/// The time part of `time +/- INTERVAL` (for telling which side it belongs to).
+fn strip_interval(e: &Expr) -> Expr {
+    linear(e).map(|(base, _)| base.clone()).unwrap_or_else(|| e.clone())
 }
 
 /// An operator's output feed, its columns named c0..cN.

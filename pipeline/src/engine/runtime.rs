@@ -112,10 +112,22 @@ impl PipelineRun {
         }
         for flow in &mut self.pipeline.flows {
             for stage in &mut flow.stages {
-                if let Stage::WindowAggregate { op, .. } = stage {
-                    for &s in &flow.sources {
-                        op.expect_partitions(s as i32, &partitions[s]);
+                match stage {
+                    Stage::WindowAggregate { op, .. } => {
+                        for &s in &flow.sources {
+                            op.expect_partitions(s as i32, &partitions[s]);
+                        }
                     }
+                    // Each side waits for the partitions of the sources it reads.
+                    Stage::IntervalJoin { op, left_sources, right_sources, .. } => {
+                        for &s in left_sources.iter() {
+                            op.expect_partitions(true, s as i32, &partitions[s]);
+                        }
+                        for &s in right_sources.iter() {
+                            op.expect_partitions(false, s as i32, &partitions[s]);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -167,6 +179,7 @@ impl PipelineRun {
             match self.pipeline.flows.get_mut(*flow as usize).and_then(|f| f.stages.get_mut(*stage as usize)) {
                 Some(Stage::RowNumber { op, .. }) => op.restore(state)?,
                 Some(Stage::WindowAggregate { op, .. }) => op.restore(state)?,
+                Some(Stage::IntervalJoin { op, .. }) => op.restore(state)?,
                 _ => anyhow::bail!("checkpoint has state for flow {flow} stage {stage}, which the SQL no longer has"),
             }
         }
@@ -191,6 +204,9 @@ impl PipelineRun {
                         operators.insert((f as u32, s as u32), op.snapshot());
                     }
                     Stage::WindowAggregate { op, .. } => {
+                        operators.insert((f as u32, s as u32), op.snapshot()?);
+                    }
+                    Stage::IntervalJoin { op, .. } => {
                         operators.insert((f as u32, s as u32), op.snapshot()?);
                     }
                     Stage::Segment { .. } => {}
@@ -318,6 +334,11 @@ impl PipelineRun {
                         output.set(passed.clone());
                         passed
                     }
+                    Stage::IntervalJoin { left, right, op, output, .. } => {
+                        let joined = vec![op.process(&outputs[*left], &outputs[*right])?];
+                        output.set(joined.clone());
+                        joined
+                    }
                     Stage::WindowAggregate { input, op, output, .. } => {
                         let mut closed = Vec::new();
                         for batch in &outputs[*input] {
@@ -330,7 +351,7 @@ impl PipelineRun {
                 outputs.push(produced);
             }
             for stage in &flow.stages {
-                if let Stage::RowNumber { output, .. } | Stage::WindowAggregate { output, .. } = stage {
+                if let Stage::RowNumber { output, .. } | Stage::WindowAggregate { output, .. } | Stage::IntervalJoin { output, .. } = stage {
                     output.clear();
                 }
             }
@@ -344,8 +365,9 @@ impl PipelineRun {
         let topic = self.sink_topics[sink].clone();
         let mut ordinals: HashMap<(i32, i32, i64), u32> = HashMap::new();
         let mut written = 0;
+        let content_ids = self.pipeline.flows[flow].content_ids;
         for batch in batches {
-            let lineage = Lineage::of(batch);
+            let lineage = if content_ids { None } else { Lineage::of(batch) };
             let rows = self.pipeline.sinks[sink].encoder.encode(batch)?;
             for (row, (key, payload)) in rows.into_iter().enumerate() {
                 let id = match &lineage {

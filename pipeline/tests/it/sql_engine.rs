@@ -109,7 +109,8 @@ CREATE TABLE k (id TEXT) WITH (connector = 'kafka', type = 'sink', topic = 'k');
 async fn unsupported_sql_fails_at_validate_with_file_and_line() {
     let cases = [
         ("INSERT INTO k SELECT id FROM s GROUP BY id;", "DIR/20_stage.sql:3: GROUP BY"),
-        ("INSERT INTO k SELECT s.id FROM s JOIN s AS t ON s.id = t.id;", "DIR/20_stage.sql:3: joins"),
+        ("INSERT INTO k SELECT s.id FROM s JOIN s AS t ON s.id = t.id;", "DIR/20_stage.sql:3: an interval join needs both time bounds"),
+        ("INSERT INTO k SELECT s.id FROM s FULL JOIN s AS t ON s.id = t.id;", "DIR/20_stage.sql:3: Full JOIN: interval joins are INNER or LEFT"),
         ("INSERT INTO k SELECT id FROM s ORDER BY ts;", "DIR/20_stage.sql:3: ORDER BY / LIMIT"),
         (
             "INSERT INTO k SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY id, tumble(INTERVAL '1' MINUTE) ORDER BY ts) AS rn FROM s);",
@@ -367,4 +368,70 @@ impl notiflow::job::BatchProcessor for NoFinish<'_> {
     fn finish(&mut self) -> anyhow::Result<Option<notiflow_connector::Offsets>> {
         Ok(None)
     }
+}
+
+const JOIN_SQL: &str = "
+CREATE TABLE sends (message_id TEXT, channel TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE)
+WITH (connector = 'kafka', type = 'source', topic = 't.sends');
+CREATE TABLE receipts (message_id TEXT, status TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE)
+WITH (connector = 'kafka', type = 'source', topic = 't.receipts');
+CREATE TABLE delivered (message_id TEXT, channel TEXT, status TEXT) WITH (connector = 'kafka', type = 'sink', topic = 't.delivered');
+CREATE TABLE outcomes (message_id TEXT, status TEXT) WITH (connector = 'kafka', type = 'sink', topic = 't.outcomes');
+
+INSERT INTO delivered
+SELECT s.message_id, s.channel, r.status
+FROM sends s JOIN receipts r
+  ON s.message_id = r.message_id AND r.ts BETWEEN s.ts AND s.ts + INTERVAL '10' MINUTE;
+
+INSERT INTO outcomes
+SELECT s.message_id, coalesce(r.status, 'undelivered_timeout') AS status
+FROM sends s LEFT JOIN receipts r
+  ON s.message_id = r.message_id AND r.ts >= s.ts - INTERVAL '1' MINUTE AND r.ts <= s.ts + INTERVAL '10' MINUTE;
+";
+
+#[tokio::test]
+async fn interval_joins_inner_and_left_with_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            ("10_join.sql", JOIN_SQL),
+            (
+                "10_join.test/input/sends.jsonl",
+                r#"{"message_id":"m1","channel":"sms","ts":"2026-01-01T10:00:00"}
+{"message_id":"m2","channel":"email","ts":"2026-01-01T10:01:00"}
+{"message_id":"m3","channel":"sms","ts":"2026-01-01T10:02:00"}
+{"message_id":"m4","channel":"push","ts":"2026-01-01T10:30:00"}
+"#,
+            ),
+            (
+                "10_join.test/input/receipts.jsonl",
+                r#"{"message_id":"m1","status":"delivered","ts":"2026-01-01T10:00:30"}
+{"message_id":"m3","status":"failed","ts":"2026-01-01T10:05:00"}
+{"message_id":"m9","status":"delivered","ts":"2026-01-01T10:06:00"}
+{"message_id":"m2","status":"delivered","ts":"2026-01-01T10:20:00"}
+{"message_id":"m4","status":"read","ts":"2026-01-01T10:40:00"}
+"#,
+            ),
+            // m2's receipt came 19 minutes after it: outside the interval. m4's came exactly 10 minutes after (bound included).
+            (
+                "10_join.test/expected/delivered.jsonl",
+                r#"{"message_id":"m1","channel":"sms","status":"delivered"}
+{"message_id":"m3","channel":"sms","status":"failed"}
+{"message_id":"m4","channel":"push","status":"read"}
+"#,
+            ),
+            // m2 times out once the receipts' watermark (10:39) is past 10:01 + 10 min.
+            (
+                "10_join.test/expected/outcomes.jsonl",
+                r#"{"message_id":"m1","status":"delivered"}
+{"message_id":"m2","status":"undelivered_timeout"}
+{"message_id":"m3","status":"failed"}
+{"message_id":"m4","status":"read"}
+"#,
+            ),
+        ],
+    );
+    let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
+    assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
 }
