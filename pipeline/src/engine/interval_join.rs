@@ -223,7 +223,16 @@ impl IntervalJoin {
             self.add(false, batch, &mut pairs)?;
         }
         self.expire(&mut pairs);
-        self.output(&pairs)
+        let out = self.output(&pairs);
+        // Batches with no row held any more are freed only after the output used them.
+        for state in [&mut self.left_state, &mut self.right_state] {
+            for (batch, live) in state.batches.iter_mut().zip(&state.live) {
+                if *live == 0 {
+                    *batch = None;
+                }
+            }
+        }
+        out
     }
 
     fn add(&mut self, is_left: bool, batch: &RecordBatch, pairs: &mut Vec<Pair>) -> Result<()> {
@@ -273,9 +282,6 @@ impl IntervalJoin {
             }
             mine.by_key.entry(key).or_default().push(Held { batch: batch_index, row: i as u32, time: t, matched });
             mine.live[batch_index] += 1;
-        }
-        if mine.live[batch_index] == 0 {
-            mine.batches[batch_index] = None;
         }
         Ok(())
     }
@@ -341,15 +347,12 @@ fn pick(
 }
 
 fn retain_rows(state: &mut SideState, mut keep: impl FnMut(&Held) -> bool) {
-    let SideState { by_key, live, batches, .. } = state;
+    let SideState { by_key, live, .. } = state;
     by_key.retain(|_, held| {
         held.retain(|h| {
             let kept = keep(h);
             if !kept {
                 live[h.batch] -= 1;
-                if live[h.batch] == 0 {
-                    batches[h.batch] = None;
-                }
             }
             kept
         });

@@ -263,7 +263,17 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
     use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
-    let sql = format!("{WINDOWS_SQL}\n{}", AGGREGATES_SQL.replace("CREATE TABLE sends", "CREATE TABLE sends2").replace("'t.sends'", "'t.sends2'").replace("FROM sends", "FROM sends2"));
+    let join_sql = JOIN_SQL
+        .replace("CREATE TABLE sends ", "CREATE TABLE jsends ")
+        .replace("CREATE TABLE receipts ", "CREATE TABLE jreceipts ")
+        .replace("'t.sends'", "'t.jsends'")
+        .replace("'t.receipts'", "'t.jreceipts'")
+        .replace("FROM sends s", "FROM jsends s")
+        .replace("JOIN receipts r", "JOIN jreceipts r");
+    let sql = format!(
+        "{WINDOWS_SQL}\n{}\n{join_sql}",
+        AGGREGATES_SQL.replace("CREATE TABLE sends", "CREATE TABLE sends2").replace("'t.sends'", "'t.sends2'").replace("FROM sends", "FROM sends2")
+    );
     write(dir.path(), &[("10_all.sql", &sql)]);
     let mut config = Config::embedded();
     config.topics.partitions = 3;
@@ -288,12 +298,30 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
                         payload: format!(r#"{{"tenant":"{recipient}","channel":"sms","ok":{},"ts":"{ts}"}}"#, i % 5 != 0).into_bytes(),
                         headers: vec![],
                     },
+                    // Message i is sent at ts; its receipt (for 2 in 3 messages) comes 3 messages later.
+                    OutRecord {
+                        topic: Arc::from("t.jsends"),
+                        key: Some(format!("m{i}").into_bytes()),
+                        payload: format!(r#"{{"message_id":"m{i}","channel":"sms","ts":"{ts}"}}"#).into_bytes(),
+                        headers: vec![],
+                    },
+                    OutRecord {
+                        topic: Arc::from("t.jreceipts"),
+                        key: Some(format!("m{}", i.saturating_sub(3)).into_bytes()),
+                        payload: if i >= 3 && (i - 3) % 3 != 0 {
+                            format!(r#"{{"message_id":"m{}","status":"delivered","ts":"{ts}"}}"#, i - 3)
+                        } else {
+                            format!(r#"{{"message_id":"none{i}","status":"noise","ts":"{ts}"}}"#)
+                        }
+                        .into_bytes(),
+                        headers: vec![],
+                    },
                 ]
             })
             .collect()
     };
     let outputs = |broker: &MemoryBroker| -> BTreeMap<String, Vec<String>> {
-        ["t.deduped", "t.capped", "t.per_minute", "t.per_two_minutes"]
+        ["t.deduped", "t.capped", "t.per_minute", "t.per_two_minutes", "t.delivered", "t.outcomes"]
             .iter()
             .map(|t| {
                 let mut rows: Vec<String> = broker.read_all(t).iter().map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap()).collect();
@@ -303,7 +331,7 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
             .collect()
     };
     async fn drain(run: &mut notiflow::engine::PipelineRun, broker: &MemoryBroker, config: &Config) {
-        let mut consumer = broker.consumer("g", &["t.sends", "t.sends2"]);
+        let mut consumer = broker.consumer("g", &["t.sends", "t.sends2", "t.jsends", "t.jreceipts"]);
         let (_keep, shutdown) = tokio::sync::watch::channel(false);
         run_job(run, &mut consumer, &broker.producer(), notiflow::batch_limits(config), StopWhen::IdleFor(Duration::from_millis(20)), shutdown)
             .await
@@ -334,7 +362,7 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
     broker.append(records(200..400)).unwrap();
     {
         // Process without ever checkpointing or committing, then vanish.
-        let mut consumer = broker.consumer("g", &["t.sends", "t.sends2"]);
+        let mut consumer = broker.consumer("g", &["t.sends", "t.sends2", "t.jsends", "t.jreceipts"]);
         let (_keep, shutdown) = tokio::sync::watch::channel(false);
         let mut no_finish = NoFinish(&mut crashing);
         run_job(&mut no_finish, &mut consumer, &broker.producer(), notiflow::batch_limits(&config), StopWhen::IdleFor(Duration::from_millis(20)), shutdown)
