@@ -22,6 +22,8 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::common::Result;
 use datafusion::physical_expr::PhysicalExpr;
 
+use super::state_bytes::{Cursor, batch_to_ipc, batches_from_ipc, put_watermarks};
+
 /// Where a side's lineage columns are.
 #[derive(Debug, Clone, Copy)]
 pub struct SideLineage {
@@ -121,14 +123,7 @@ impl IntervalJoin {
         let mut out = Vec::new();
         out.extend_from_slice(&self.late_rows.to_le_bytes());
         for state in [&self.left_state, &self.right_state] {
-            let mut watermarks: Vec<_> = state.watermarks.iter().collect();
-            watermarks.sort_unstable();
-            out.extend_from_slice(&(watermarks.len() as u64).to_le_bytes());
-            for ((source, partition), wm) in watermarks {
-                out.extend_from_slice(&source.to_le_bytes());
-                out.extend_from_slice(&partition.to_le_bytes());
-                out.extend_from_slice(&wm.to_le_bytes());
-            }
+            put_watermarks(&mut out, &state.watermarks);
             // Held rows in a stable order: by key, then arrival.
             let mut keys: Vec<&Vec<u8>> = state.by_key.keys().collect();
             keys.sort();
@@ -142,13 +137,7 @@ impl IntervalJoin {
                     for c in 0..schema.fields().len() {
                         columns.push(pick(&batches, c, held.iter().map(|(_, h)| Some((h.batch, h.row))), schema.field(c).data_type(), held.len())?);
                     }
-                    let rows = RecordBatch::try_new(schema.clone(), columns)?;
-                    let mut ipc = Vec::new();
-                    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema)?;
-                    writer.write(&rows)?;
-                    writer.finish()?;
-                    drop(writer);
-                    ipc
+                    batch_to_ipc(&RecordBatch::try_new(schema.clone(), columns)?)?
                 }
             };
             out.extend_from_slice(&(held.len() as u64).to_le_bytes());
@@ -165,15 +154,10 @@ impl IntervalJoin {
     }
 
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let mut r = Cursor { bytes, at: 0 };
+        let mut r = Cursor::new(bytes);
         self.late_rows = r.u64()?;
         for left in [true, false] {
-            let mut state = SideState::default();
-            for _ in 0..r.u64()? {
-                let source = r.i32()?;
-                let partition = r.i32()?;
-                state.watermarks.insert((source, partition), r.i64()?);
-            }
+            let mut state = SideState { watermarks: r.watermarks()?, ..SideState::default() };
             let count = r.u64()? as usize;
             let mut entries = Vec::with_capacity(count);
             for _ in 0..count {
@@ -186,8 +170,10 @@ impl IntervalJoin {
             let ipc_len = r.u64()? as usize;
             let ipc = r.take(ipc_len)?;
             if count > 0 {
-                let mut reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)?;
-                let rows = reader.next().transpose()?.ok_or_else(|| datafusion::common::DataFusionError::Internal("join state without rows".into()))?;
+                let rows = batches_from_ipc(ipc)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| datafusion::common::DataFusionError::Internal("join state without rows".into()))?;
                 state.batches.push(Some(rows));
                 state.live.push(count);
                 for (row, (key, time, matched)) in entries.into_iter().enumerate() {
@@ -360,30 +346,3 @@ fn retain_rows(state: &mut SideState, mut keep: impl FnMut(&Held) -> bool) {
     });
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let slice = self
-            .bytes
-            .get(self.at..self.at + n)
-            .ok_or_else(|| datafusion::common::DataFusionError::Internal("truncated join state".into()))?;
-        self.at += n;
-        Ok(slice)
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-}

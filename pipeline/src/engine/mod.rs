@@ -10,6 +10,7 @@ pub mod interval_join;
 pub mod plan;
 pub mod row_number;
 pub mod runtime;
+pub mod state_bytes;
 pub mod window_agg;
 
 pub use plan::{PlanEnv, Pipeline, Stage, plan};

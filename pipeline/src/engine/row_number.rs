@@ -35,6 +35,8 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
+use super::state_bytes::Cursor;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
     Tumbling,
@@ -291,7 +293,7 @@ impl RowNumberLimit {
     }
 
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let mut r = Reader { bytes, at: 0 };
+        let mut r = Cursor::new(bytes);
         self.seed = r.u64()?;
         self.late_rows = r.u64()?;
         self.partitions.clear();
@@ -320,7 +322,7 @@ impl RowNumberLimit {
             }
             self.partitions.insert(pid, state);
         }
-        if r.at != bytes.len() {
+        if !r.is_done() {
             return Err(DataFusionError::Internal("operator state has trailing bytes".into()));
         }
         Ok(())
@@ -350,31 +352,6 @@ fn evict(state: &mut PartitionState, kind: WindowKind, width: i64) {
             state.swept_at = watermark;
             state.passed.retain(|_, passed| passed.expire(watermark, width));
         }
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let slice = self.bytes.get(self.at..self.at + n).ok_or_else(|| DataFusionError::Internal("truncated operator state".into()))?;
-        self.at += n;
-        Ok(slice)
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u128(&mut self) -> Result<u128> {
-        Ok(u128::from_le_bytes(self.take(16)?.try_into().expect("16 bytes")))
     }
 }
 

@@ -24,6 +24,8 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
+use super::state_bytes::{Cursor, batch_to_ipc, batches_from_ipc, put_watermarks};
+
 /// Positions of the lineage columns the operator reads.
 #[derive(Debug, Clone, Copy)]
 pub struct AggLineage {
@@ -245,14 +247,7 @@ impl WindowAggregate {
         let mut out = Vec::new();
         out.extend_from_slice(&self.emitted_before.to_le_bytes());
         out.extend_from_slice(&self.late_rows.to_le_bytes());
-        let mut watermarks: Vec<_> = self.watermarks.iter().collect();
-        watermarks.sort_unstable();
-        out.extend_from_slice(&(watermarks.len() as u64).to_le_bytes());
-        for ((source, partition), wm) in watermarks {
-            out.extend_from_slice(&source.to_le_bytes());
-            out.extend_from_slice(&partition.to_le_bytes());
-            out.extend_from_slice(&wm.to_le_bytes());
-        }
+        put_watermarks(&mut out, &self.watermarks);
         // One row per (window, key): start, key, then every accumulator's state fields.
         let mut starts = Vec::new();
         let mut keys: Vec<Vec<u8>> = Vec::new();
@@ -307,35 +302,17 @@ impl WindowAggregate {
             .zip(schema.fields())
             .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { cast(&c, f.data_type()) })
             .collect::<Result<Vec<_>, _>>()?;
-        let batch = RecordBatch::try_new(schema.clone(), columns)?;
-        let mut ipc = Vec::new();
-        {
-            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema)?;
-            writer.write(&batch)?;
-            writer.finish()?;
-        }
-        out.extend_from_slice(&ipc);
+        out.extend_from_slice(&batch_to_ipc(&RecordBatch::try_new(schema, columns)?)?);
         Ok(out)
     }
 
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let truncated = || DataFusionError::Internal("truncated window state".into());
-        let i64_at = |at: usize| bytes.get(at..at + 8).map(|b| i64::from_le_bytes(b.try_into().expect("8"))).ok_or_else(truncated);
-        self.emitted_before = i64_at(0)?;
-        self.late_rows = i64_at(8)? as u64;
-        let count = i64_at(16)? as usize;
-        let mut at = 24;
-        self.watermarks.clear();
-        for _ in 0..count {
-            let source = bytes.get(at..at + 4).map(|b| i32::from_le_bytes(b.try_into().expect("4"))).ok_or_else(truncated)?;
-            let partition = bytes.get(at + 4..at + 8).map(|b| i32::from_le_bytes(b.try_into().expect("4"))).ok_or_else(truncated)?;
-            self.watermarks.insert((source, partition), i64_at(at + 8)?);
-            at += 16;
-        }
-        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&bytes[at..]), None)?;
+        let mut r = Cursor::new(bytes);
+        self.emitted_before = r.i64()?;
+        self.late_rows = r.u64()?;
+        self.watermarks = r.watermarks()?;
         self.windows.clear();
-        for batch in reader {
-            let batch = batch?;
+        for batch in batches_from_ipc(r.rest())? {
             let starts = batch.column(0).as_primitive::<TimestampNanosecondType>().clone();
             let keys = batch.column(1).as_binary::<i32>().clone();
             for row in 0..batch.num_rows() {
