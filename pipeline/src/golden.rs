@@ -1,6 +1,7 @@
 //! Golden tests for SQL stages (as Arroyo's smoke tests): beside each stage
 //! file `NN_name.sql` a folder `NN_name.test/` holds
-//! - `input/<source table>.jsonl`: one record per line, `key|{json}` or `{json}`;
+//! - `input/<source or lookup table>.jsonl`: one record per line, `key|{json}` or `{json}`;
+//!   lookup tables' records are applied before the stream records of the same batch;
 //!   record timestamps are 2023-11-14T22:13:20Z plus one second per line;
 //! - `expected/<sink table>.jsonl`: the rows the sink must receive (compared
 //!   as JSON, in any order); `expected/_dlq.jsonl`: `{"reason", "value"}` of
@@ -88,13 +89,15 @@ async fn run_case(dir: &Path, case: &Path, config: &Config) -> anyhow::Result<Ve
     let mut line_number = 0i64;
     for input in sorted_files(&case.join("input"))? {
         let table = stem(&input);
-        let source = pipeline
-            .pipeline
+        let p = &pipeline.pipeline;
+        let topic = p
             .sources
             .iter()
             .find(|s| s.name == table)
-            .ok_or_else(|| anyhow::anyhow!("{}: no source table {table}", input.display()))?;
-        let topic: Arc<str> = Arc::from(source.kafka.topic.as_str());
+            .map(|s| &s.kafka.topic)
+            .or_else(|| p.lookups.iter().find(|l| l.name == table).map(|l| &l.kafka.topic))
+            .ok_or_else(|| anyhow::anyhow!("{}: no source or lookup table {table}", input.display()))?;
+        let topic: Arc<str> = Arc::from(topic.as_str());
         let mut records = Vec::new();
         for line in std::fs::read_to_string(&input)?.lines().filter(|l| !l.trim().is_empty()) {
             let (key, value) = match line.split_once('|') {

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod feed;
 pub mod functions;
 pub mod interval_join;
+pub mod lookup;
 pub mod plan;
 pub mod row_number;
 pub mod runtime;
@@ -24,6 +25,9 @@ pub fn explain(pipeline: &Pipeline) -> String {
     for (i, source) in pipeline.sources.iter().enumerate() {
         out.push_str(&format!("source {i}: {} <- kafka topic {}\n", source.name, source.kafka.topic));
     }
+    for (i, lookup) in pipeline.lookups.iter().enumerate() {
+        out.push_str(&format!("lookup {i}: {} <- compacted kafka topic {} (key {})\n", lookup.name, lookup.kafka.topic, lookup.key_field));
+    }
     for (i, sink) in pipeline.sinks.iter().enumerate() {
         out.push_str(&format!("sink {i}: {} -> kafka topic {}\n", sink.name, sink.kafka.topic));
     }
@@ -38,7 +42,9 @@ pub fn explain(pipeline: &Pipeline) -> String {
                         out.push_str(&format!("    {line}\n"));
                     }
                 }
-                Stage::RowNumber { input, describe, .. } | Stage::WindowAggregate { input, describe, .. } => {
+                Stage::RowNumber { input, describe, .. }
+                | Stage::WindowAggregate { input, describe, .. }
+                | Stage::LookupJoin { input, describe, .. } => {
                     out.push_str(&format!("  stage {s}: {describe} (input: stage {input})\n"));
                 }
                 Stage::IntervalJoin { left, right, describe, .. } => {

@@ -29,6 +29,7 @@ use super::feed::Feed;
 use super::functions;
 use super::row_number::{LineageColumns, RowNumberLimit, WindowKind};
 use super::interval_join::{IntervalJoin, JoinSide, SideLineage};
+use super::lookup::{LookupJoin, LookupTable};
 use super::window_agg::{AggLineage, AggregateSpec, WindowAggregate};
 use crate::contract::Contract;
 use crate::sql::{Connector, Definition, KafkaTable, Location, PipelineSql, SqlError, TableRole, TableDef};
@@ -66,6 +67,8 @@ pub enum Stage {
     /// A tumbling/hopping window aggregate over the output of stage `input`.
     WindowAggregate { input: usize, op: Box<WindowAggregate>, output: Feed, describe: String },
     /// An interval join of the outputs of stages `left` and `right`.
+    /// A join of the output of stage `input` with a lookup table.
+    LookupJoin { input: usize, op: Box<LookupJoin>, output: Feed, describe: String },
     /// `left_sources`/`right_sources`: the source tables each side reads.
     IntervalJoin {
         left: usize,
@@ -95,6 +98,7 @@ pub struct Pipeline {
     pub ctx: SessionContext,
     pub sources: Vec<SourceTable>,
     pub sinks: Vec<SinkTable>,
+    pub lookups: Vec<LookupTable>,
     pub flows: Vec<Flow>,
 }
 
@@ -117,7 +121,8 @@ fn session() -> SessionContext {
 
 pub async fn plan(sql: &PipelineSql, env: &PlanEnv) -> Result<Pipeline, SqlError> {
     let ctx = session();
-    let mut pipeline = Pipeline { name: sql.name.clone(), ctx: ctx.clone(), sources: vec![], sinks: vec![], flows: vec![] };
+    let mut pipeline =
+        Pipeline { name: sql.name.clone(), ctx: ctx.clone(), sources: vec![], sinks: vec![], lookups: vec![], flows: vec![] };
     let mut names: HashMap<String, Location> = HashMap::new();
     for statement in &sql.statements {
         let location = &statement.location;
@@ -185,6 +190,22 @@ async fn add_table(pipeline: &mut Pipeline, table: &TableDef, location: &Locatio
                 feed,
                 watermark: watermark_expr,
                 contract,
+            });
+        }
+        TableRole::Lookup => {
+            let key_field = kafka.lookup_key_field.clone().expect("options checked lookup.key_field");
+            if declared.field_with_name(&key_field).is_err() {
+                return Err(SqlError::new(location, format!("lookup.key_field {key_field}: no such column in {}", table.name)));
+            }
+            let decoder = SourceDecoder::new(-1, &declared, &table.json_columns, None);
+            let feed = Feed::new(decoder.schema().clone());
+            pipeline.ctx.register_table(table.name.as_str(), feed.table()).map_err(|e| SqlError::new(location, clean(e)))?;
+            pipeline.lookups.push(LookupTable {
+                name: table.name.clone(),
+                kafka: kafka.clone(),
+                decoder,
+                key_field,
+                state: Default::default(),
             });
         }
         TableRole::Sink => {
@@ -305,6 +326,12 @@ impl Lowering<'_> {
                         return aliased.map_err(|e| self.err(clean(e)));
                     }
                     let name = scan.table_name.table();
+                    if let Some(lookup) = self.pipeline.lookups.iter().find(|l| l.name == name) {
+                        return Err(self.err(format!(
+                            "lookup table {name} can only be joined: FROM stream [LEFT] JOIN {name} ON stream.x = {name}.{}",
+                            lookup.key_field
+                        )));
+                    }
                     let index = self.pipeline.sources.iter().position(|s| s.name == name);
                     match index {
                         Some(i) => {
@@ -341,7 +368,10 @@ impl Lowering<'_> {
                 LogicalPlan::Aggregate(_) => {
                     Err(self.err("GROUP BY over a stream needs a window: add tumble(INTERVAL '1' MINUTE) or hop(slide, width) to it"))
                 }
-                LogicalPlan::Join(join) => self.interval_join(join).await,
+                LogicalPlan::Join(join) => match self.lookup_of(&join.right) {
+                    Some(lookup) => self.lookup_join(join, lookup).await,
+                    None => self.interval_join(join).await,
+                },
                 LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
                     Err(self.err("ORDER BY / LIMIT have no meaning over an unbounded stream; use ROW_NUMBER() over a window"))
                 }
@@ -561,6 +591,68 @@ impl Lowering<'_> {
 }
 
 impl Lowering<'_> {
+    /// The lookup table a join's right side scans, if it is one.
+    fn lookup_of(&self, plan: &LogicalPlan) -> Option<usize> {
+        match plan {
+            LogicalPlan::SubqueryAlias(alias) => self.lookup_of(&alias.input),
+            LogicalPlan::TableScan(scan) => self.pipeline.lookups.iter().position(|l| l.name == scan.table_name.table()),
+            _ => None,
+        }
+    }
+
+    async fn lookup_join(&mut self, join: &datafusion::logical_expr::logical_plan::Join, lookup: usize) -> Result<LogicalPlan, SqlError> {
+        use datafusion::logical_expr::JoinType;
+        use datafusion::logical_expr::utils::split_conjunction;
+        let table = &self.pipeline.lookups[lookup];
+        let left_outer = match join.join_type {
+            JoinType::Inner => false,
+            JoinType::Left => true,
+            other => return Err(self.err(format!("{other} JOIN with lookup table {}: use INNER or LEFT", table.name))),
+        };
+        let mut equalities: Vec<(Expr, Expr)> = join.on.clone();
+        for conjunct in join.filter.as_ref().map(split_conjunction).unwrap_or_default() {
+            match conjunct {
+                Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => equalities.push((left.as_ref().clone(), right.as_ref().clone())),
+                other => return Err(self.err(format!("join with lookup table {}: only `stream.x = {}.{}` is supported, not {other}", table.name, table.name, table.key_field))),
+            }
+        }
+        let right_schema = join.right.schema().clone();
+        let is_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == table.key_field && right_schema.has_column(c));
+        let stream_key = match equalities.as_slice() {
+            [(l, r)] if is_key(r) => l.clone(),
+            [(l, r)] if is_key(l) => r.clone(),
+            _ => {
+                return Err(self.err(format!(
+                    "join with lookup table {}: the condition must be one equality with {}.{}",
+                    table.name, table.name, table.key_field
+                )));
+            }
+        };
+        let (name, key_field, state_handle) = (table.name.clone(), table.key_field.clone(), table.state.clone());
+        let left_input = self.lower(&join.left, None).await?;
+        let state = self.pipeline.ctx.state();
+        let key = state.create_physical_expr(stream_key.clone(), left_input.schema()).map_err(|e| self.err(clean(e)))?;
+        let left_plan = state.create_physical_plan(&left_input).await.map_err(|e| self.err(clean(e)))?;
+        let left_width = left_plan.schema().fields().len();
+        self.stages.push(Stage::Segment { plan: left_plan });
+        let input = self.stages.len() - 1;
+        let qualified: Vec<(Option<TableReference>, Arc<Field>)> = left_input
+            .schema()
+            .iter()
+            .map(|(q, f)| (q.cloned(), f.clone()))
+            .chain(right_schema.iter().map(|(q, f)| {
+                let field = if left_outer { Arc::new(f.as_ref().clone().with_nullable(true)) } else { f.clone() };
+                (q.cloned(), field)
+            }))
+            .collect();
+        let feed = feed_for(&qualified);
+        let op = LookupJoin::new(key, state_handle, left_outer, left_width, feed.schema().clone());
+        let describe =
+            format!("LookupJoin: {} {name} ON {stream_key} = {name}.{key_field}", if left_outer { "LEFT" } else { "INNER" });
+        self.stages.push(Stage::LookupJoin { input, op: Box::new(op), output: feed.clone(), describe });
+        self.scan_feed(&feed, &qualified)
+    }
+
     async fn interval_join(&mut self, join: &datafusion::logical_expr::logical_plan::Join) -> Result<LogicalPlan, SqlError> {
         use datafusion::logical_expr::JoinType;
         use datafusion::logical_expr::utils::split_conjunction;

@@ -64,6 +64,9 @@ impl PipelineRun {
         for sink in &mut pipeline.sinks {
             sink.kafka.topic = topics.resolve(&sink.kafka.topic);
         }
+        for lookup in &mut pipeline.lookups {
+            lookup.kafka.topic = topics.resolve(&lookup.kafka.topic);
+        }
         let dlq_topics = pipeline.sources.iter().map(|s| Arc::from(s.kafka.dlq_topic.as_str())).collect();
         let sink_topics = pipeline.sinks.iter().map(|s| Arc::from(s.kafka.topic.as_str())).collect();
         let events_topic = Arc::from(topics.resolve(&topics.events).as_str());
@@ -85,9 +88,10 @@ impl PipelineRun {
         }
     }
 
-    /// Every topic the pipeline reads.
+    /// Every topic the pipeline reads (sources and lookup tables).
     pub fn source_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.pipeline.sources.iter().map(|s| s.kafka.topic.clone()).collect();
+        topics.extend(self.pipeline.lookups.iter().map(|l| l.kafka.topic.clone()));
         topics.sort();
         topics.dedup();
         topics
@@ -105,6 +109,16 @@ impl PipelineRun {
     /// Tells windowed operators which partitions their sources have (a window
     /// closes only when all of them have passed it). Call before the first batch.
     pub async fn prepare<R: LogReader>(&mut self, reader: &R) -> anyhow::Result<()> {
+        // Lookup tables start from the whole compacted topic.
+        for lookup in &self.pipeline.lookups {
+            for (partition, _) in reader.end_offsets(&lookup.kafka.topic).await? {
+                let records = reader.read_from(&lookup.kafka.topic, partition, 0).await?;
+                let bad = lookup.apply(&records.iter().collect::<Vec<_>>());
+                if bad > 0 {
+                    tracing::warn!(table = %lookup.name, bad, "lookup records that could not be decoded were skipped");
+                }
+            }
+        }
         let mut partitions = Vec::new();
         for source in &self.pipeline.sources {
             let list: Vec<i32> = reader.end_offsets(&source.kafka.topic).await?.into_iter().map(|(p, _)| p).collect();
@@ -209,7 +223,7 @@ impl PipelineRun {
                     Stage::IntervalJoin { op, .. } => {
                         operators.insert((f as u32, s as u32), op.snapshot()?);
                     }
-                    Stage::Segment { .. } => {}
+                    Stage::Segment { .. } | Stage::LookupJoin { .. } => {}
                 }
             }
         }
@@ -254,6 +268,14 @@ impl PipelineRun {
         let mut by_topic: HashMap<&str, Vec<&Record>> = HashMap::new();
         for record in records {
             by_topic.entry(record.topic.as_ref()).or_default().push(record);
+        }
+        for lookup in &self.pipeline.lookups {
+            if let Some(records) = by_topic.get(lookup.kafka.topic.as_str()) {
+                let bad = lookup.apply(records);
+                if bad > 0 {
+                    metrics::counter!("notiflow_bad_data_dropped_total", "table" => lookup.name.clone()).increment(bad as u64);
+                }
+            }
         }
         let mut active = vec![false; self.pipeline.sources.len()];
         for s in 0..self.pipeline.sources.len() {
@@ -334,6 +356,11 @@ impl PipelineRun {
                         output.set(passed.clone());
                         passed
                     }
+                    Stage::LookupJoin { input, op, output, .. } => {
+                        let joined = outputs[*input].iter().map(|b| op.process_batch(b)).collect::<Result<Vec<_>, _>>()?;
+                        output.set(joined.clone());
+                        joined
+                    }
                     Stage::IntervalJoin { left, right, op, output, .. } => {
                         let joined = vec![op.process(&outputs[*left], &outputs[*right])?];
                         output.set(joined.clone());
@@ -351,7 +378,11 @@ impl PipelineRun {
                 outputs.push(produced);
             }
             for stage in &flow.stages {
-                if let Stage::RowNumber { output, .. } | Stage::WindowAggregate { output, .. } | Stage::IntervalJoin { output, .. } = stage {
+                if let Stage::RowNumber { output, .. }
+                | Stage::WindowAggregate { output, .. }
+                | Stage::IntervalJoin { output, .. }
+                | Stage::LookupJoin { output, .. } = stage
+                {
                     output.clear();
                 }
             }

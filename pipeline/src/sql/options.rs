@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 pub enum TableRole {
     Source,
     Sink,
+    /// A table materialized from a compacted topic, joined by key
+    /// (templates, profiles, tenants).
+    Lookup,
 }
 
 /// What to do with a source record that cannot be decoded.
@@ -61,6 +64,9 @@ pub struct KafkaTable {
     pub contract: Option<String>,
     /// `event_time_field`: column holding event time; default: the Kafka timestamp.
     pub event_time_field: Option<String>,
+    /// `lookup.key_field`: the column a lookup table is keyed by (its records'
+    /// Kafka key must be the same value, so a tombstone deletes the row).
+    pub lookup_key_field: Option<String>,
 }
 
 /// A connector table definition.
@@ -90,6 +96,7 @@ const KAFKA_OPTIONS: &[&str] = &[
     "dlq.topic",
     "json.contract",
     "event_time_field",
+    "lookup.key_field",
 ];
 
 pub const CONTRACTS: &[&str] = &["notify.requests"];
@@ -111,8 +118,9 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
     let role = match get("type").as_deref() {
         Some("source") => TableRole::Source,
         Some("sink") => TableRole::Sink,
-        Some(other) => return Err(format!("option type = '{other}': expected 'source' or 'sink'")),
-        None => return Err("missing option `type` ('source' or 'sink')".into()),
+        Some("lookup") => TableRole::Lookup,
+        Some(other) => return Err(format!("option type = '{other}': expected 'source', 'sink' or 'lookup'")),
+        None => return Err("missing option `type` ('source', 'sink' or 'lookup')".into()),
     };
     match get("format").as_deref() {
         None | Some("json") => {}
@@ -142,8 +150,11 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
     {
         return Err(format!("option '{opt}' applies to sources, and this table has type = 'sink'"));
     }
-    if role == TableRole::Source && options.contains_key("sink.key_field") {
-        return Err("option 'sink.key_field' applies to sinks, and this table has type = 'source'".into());
+    if role != TableRole::Sink && options.contains_key("sink.key_field") {
+        return Err("option 'sink.key_field' applies to sinks".into());
+    }
+    if (role == TableRole::Lookup) != options.contains_key("lookup.key_field") {
+        return Err("a lookup table needs 'lookup.key_field', and only a lookup table takes it".into());
     }
     Ok(KafkaTable {
         role,
@@ -156,6 +167,7 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
         dlq_topic: get("dlq.topic").unwrap_or_else(|| "notify.dlq".into()),
         contract,
         event_time_field: get("event_time_field"),
+        lookup_key_field: get("lookup.key_field"),
     })
 }
 

@@ -463,3 +463,41 @@ async fn interval_joins_inner_and_left_with_timeout() {
     let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
     assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
 }
+
+#[tokio::test]
+async fn lookup_join_enriches_from_a_compacted_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            (
+                "10_enrich.sql",
+                "CREATE TABLE requests (request_id TEXT, template TEXT) WITH (connector = 'kafka', type = 'source', topic = 't.requests');
+                 CREATE TABLE templates (id TEXT, version BIGINT, subject TEXT)
+                 WITH (connector = 'kafka', type = 'lookup', topic = 't.templates', 'lookup.key_field' = 'id');
+                 CREATE TABLE rendered (request_id TEXT, version BIGINT, subject TEXT) WITH (connector = 'kafka', type = 'sink', topic = 't.rendered');
+                 CREATE TABLE known (request_id TEXT, subject TEXT) WITH (connector = 'kafka', type = 'sink', topic = 't.known');
+                 INSERT INTO rendered SELECT r.request_id, t.version, coalesce(t.subject, 'NO TEMPLATE') AS subject
+                 FROM requests r LEFT JOIN templates t ON r.template = t.id;
+                 INSERT INTO known SELECT r.request_id, t.subject FROM requests r JOIN templates t ON t.id = r.template;",
+            ),
+            // The newest version of a key wins.
+            (
+                "10_enrich.test/input/templates.jsonl",
+                "welcome|{\"id\":\"welcome\",\"version\":1,\"subject\":\"Hi\"}\nwelcome|{\"id\":\"welcome\",\"version\":2,\"subject\":\"Hello\"}\nreset|{\"id\":\"reset\",\"version\":1,\"subject\":\"Reset your password\"}\n",
+            ),
+            ("10_enrich.test/input/requests.jsonl", "{\"request_id\":\"a\",\"template\":\"welcome\"}\n{\"request_id\":\"b\",\"template\":\"missing\"}\n{\"request_id\":\"c\",\"template\":\"reset\"}\n"),
+            (
+                "10_enrich.test/expected/rendered.jsonl",
+                "{\"request_id\":\"a\",\"version\":2,\"subject\":\"Hello\"}\n{\"request_id\":\"b\",\"subject\":\"NO TEMPLATE\"}\n{\"request_id\":\"c\",\"version\":1,\"subject\":\"Reset your password\"}\n",
+            ),
+            ("10_enrich.test/expected/known.jsonl", "{\"request_id\":\"a\",\"subject\":\"Hello\"}\n{\"request_id\":\"c\",\"subject\":\"Reset your password\"}\n"),
+        ],
+    );
+    let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
+    assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
+
+    // A lookup table used as a stream is refused, with the line.
+    let error = plan_error(&format!("{TABLES}CREATE TABLE t (id TEXT) WITH (connector = 'kafka', type = 'lookup', topic = 't', 'lookup.key_field' = 'id');\nINSERT INTO k SELECT id FROM t;")).await;
+    assert!(error.starts_with("DIR/20_stage.sql:4: lookup table t can only be joined"), "{error}");
+}
