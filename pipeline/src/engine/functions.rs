@@ -36,6 +36,15 @@ pub fn register(ctx: &SessionContext) {
         Arc::new(|_| Err(DataFusionError::Plan("hop(slide, width) marks a window: use it in GROUP BY".into()))),
     );
     ctx.register_udf(hop);
+    // json_get(json_text, 'field'): a top-level field of a JSON column, as text
+    // (strings unquoted, other values as JSON), null when absent.
+    ctx.register_udf(create_udf(
+        "json_get",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(json_get),
+    ));
     // Volatile: evaluated per batch, never folded into the plan at start.
     ctx.register_udf(create_udf(
         "processing_time",
@@ -73,6 +82,40 @@ fn message_id(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValu
             out.append_null();
         } else {
             out.append_value(crate::contract::message_id(tenants.value(i), requests.value(i)));
+        }
+    }
+    let array: ArrayRef = Arc::new(out.finish());
+    Ok(match rows {
+        Some(_) => ColumnarValue::Array(array),
+        None => ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?),
+    })
+}
+
+fn json_get(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue> {
+    let rows = args.iter().find_map(|a| match a {
+        ColumnarValue::Array(a) => Some(a.len()),
+        ColumnarValue::Scalar(_) => None,
+    });
+    let arrays: Vec<ArrayRef> = args.iter().map(|a| a.to_array(rows.unwrap_or(1))).collect::<Result<_, _>>()?;
+    let text = |a: &ArrayRef| {
+        a.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| DataFusionError::Plan("json_get takes text".into()))
+    };
+    let (documents, fields) = (text(&arrays[0])?, text(&arrays[1])?);
+    let mut out = StringBuilder::with_capacity(documents.len(), documents.len() * 16);
+    for i in 0..documents.len() {
+        if documents.is_null(i) || fields.is_null(i) {
+            out.append_null();
+            continue;
+        }
+        let value = serde_json::from_str::<std::collections::HashMap<&str, &serde_json::value::RawValue>>(documents.value(i))
+            .ok()
+            .and_then(|map| map.get(fields.value(i)).map(|v| v.get().to_string()));
+        match value.as_deref() {
+            None | Some("null") => out.append_null(),
+            Some(raw) => match serde_json::from_str::<String>(raw) {
+                Ok(string) => out.append_value(string),
+                Err(_) => out.append_value(raw),
+            },
         }
     }
     let array: ArrayRef = Arc::new(out.finish());

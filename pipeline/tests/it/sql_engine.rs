@@ -501,3 +501,41 @@ async fn lookup_join_enriches_from_a_compacted_topic() {
     let error = plan_error(&format!("{TABLES}CREATE TABLE t (id TEXT) WITH (connector = 'kafka', type = 'lookup', topic = 't', 'lookup.key_field' = 'id');\nINSERT INTO k SELECT id FROM t;")).await;
     assert!(error.starts_with("DIR/20_stage.sql:4: lookup table t can only be joined"), "{error}");
 }
+
+#[tokio::test]
+async fn unnest_struct_fields_and_json_access() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            (
+                "10_expand.sql",
+                "CREATE TABLE requests (request_id TEXT, recipients STRUCT<user_id TEXT, email TEXT>[], params JSON)
+                 WITH (connector = 'kafka', type = 'source', topic = 't.requests');
+                 CREATE TABLE deliveries (request_id TEXT, user_id TEXT, email TEXT, order_id TEXT, items TEXT)
+                 WITH (connector = 'kafka', type = 'sink', topic = 't.deliveries');
+                 CREATE VIEW expanded AS SELECT request_id, unnest(recipients) AS r, params FROM requests;
+                 INSERT INTO deliveries
+                 SELECT request_id, r['user_id'] AS user_id, r['email'] AS email,
+                        json_get(params, 'order_id') AS order_id, json_get(params, 'items') AS items
+                 FROM expanded;",
+            ),
+            (
+                "10_expand.test/input/requests.jsonl",
+                r#"{"request_id":"a","recipients":[{"user_id":"u1"},{"email":"x@y.z"}],"params":{"order_id":"o-7","items":[1,2]}}
+{"request_id":"b","recipients":[],"params":{}}
+{"request_id":"c","recipients":[{"user_id":"u3","email":"c@d.e"}]}
+"#,
+            ),
+            (
+                "10_expand.test/expected/deliveries.jsonl",
+                r#"{"request_id":"a","user_id":"u1","order_id":"o-7","items":"[1,2]"}
+{"request_id":"a","email":"x@y.z","order_id":"o-7","items":"[1,2]"}
+{"request_id":"c","user_id":"u3","email":"c@d.e"}
+"#,
+            ),
+        ],
+    );
+    let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
+    assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
+}
