@@ -21,6 +21,10 @@ use crate::job::{BatchProcessor, StopWhen, run_job};
 use crate::samples::sample_requests;
 
 pub struct BenchOptions {
+    /// Run only the cases whose name contains this text.
+    pub only: Option<String>,
+    /// Requests per second for the latency case.
+    pub rate: usize,
     /// Broker for the Kafka cases; `None` runs the compute-only cases.
     pub brokers: Option<String>,
     pub records: usize,
@@ -86,6 +90,20 @@ struct Timed<P> {
     latencies_ms: Vec<f64>,
 }
 
+impl<P: BatchProcessor> BatchProcessor for &mut P {
+    async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
+        (**self).process(records, out).await
+    }
+
+    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
+        (**self).durable(written, consumed)
+    }
+
+    fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
+        (**self).finish()
+    }
+}
+
 impl<P: BatchProcessor> BatchProcessor for Timed<P> {
     async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
         self.pending = records.iter().filter_map(|r| r.timestamp_ms).collect();
@@ -137,17 +155,88 @@ fn request_records(topic: &Arc<str>, count: usize, max_bytes: usize) -> Vec<OutR
 
 pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
     let mut results = Vec::new();
+    let wanted = |name: &str| options.only.as_ref().is_none_or(|o| name.contains(o.as_str()));
     if let Some(brokers) = &options.brokers {
         let kafka = KafkaConfig::new(brokers.clone());
-        results.push(kafka_case(&kafka, "passthrough (rdkafka consume -> produce, baseline)", options, None).await?);
-        results.push(kafka_case(&kafka, "stateless SQL stage (project + filter)", options, Some(stateless_sql()?)).await?);
-        results.push(kafka_case(&kafka, "whole request pipeline (sql/, contract check, 4 flows)", options, Some(options.sql_dir.clone())).await?);
+        for (name, sql) in [
+            ("passthrough (rdkafka consume -> produce, baseline)", None),
+            ("stateless SQL stage (project + filter)", Some(stateless_sql()?)),
+            ("whole request pipeline (sql/, contract check, 4 flows)", Some(options.sql_dir.clone())),
+        ] {
+            if wanted(name) {
+                results.push(kafka_case(&kafka, name, options, sql).await?);
+            }
+        }
+        let name = format!("whole request pipeline at {} requests/s (latency)", options.rate);
+        if wanted(&name) {
+            results.push(latency_case(&kafka, &name, options).await?);
+        }
     }
-    results.push(in_process_pipeline(options).await?);
-    results.push(in_process_join(options.records).await?);
-    results.push(dedupe_operator(options.dedupe_keys, WindowKind::Tumbling)?);
-    results.push(dedupe_operator(options.dedupe_keys, WindowKind::Sliding)?);
+    if wanted("whole request pipeline, in-process") {
+        results.push(in_process_pipeline(options).await?);
+    }
+    if wanted("interval join") {
+        results.push(in_process_join(options.records).await?);
+    }
+    for kind in [WindowKind::Tumbling, WindowKind::Sliding] {
+        if wanted(&format!("dedupe operator, {}", if kind == WindowKind::Tumbling { "tumbling" } else { "sliding" })) {
+            results.push(dedupe_operator(options.dedupe_keys, kind)?);
+        }
+    }
     Ok(results)
+}
+
+/// The request pipeline over the broker while a producer writes at a fixed
+/// rate: per-record latency from the producer's timestamp to the moment the
+/// record's outputs are acknowledged.
+async fn latency_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions) -> anyhow::Result<CaseResult> {
+    let prefix = format!("lat_{}_{}", std::process::id(), now_ms());
+    let mut config = Config::embedded();
+    config.kafka = Some(kafka.clone());
+    config.topics.partitions = 2;
+    let logical = ["notify.requests", "notify.dlq", "notify.events", "notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"];
+    config.topics.rename = logical.iter().map(|t| (t.to_string(), format!("{prefix}.{t}"))).collect();
+    KafkaAdmin::new(kafka)?.ensure_topics(&logical.map(|t| TopicSpec::new(config.topics.resolve(t), 2))).await?;
+    let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
+    let mut run = crate::load_pipeline(&options.sql_dir, &config).await?;
+    run.prepare(&notiflow_kafka::KafkaReader::new(kafka)).await?;
+    let mut source = KafkaSource::new(kafka, &format!("{prefix}-group"), &[input.as_ref()], "earliest")?;
+    let sink = KafkaSink::new(kafka)?;
+
+    // Producer: `rate` requests per second for 5 s, in 10 ms ticks.
+    let seconds = 5;
+    let total = options.rate * seconds;
+    let records = request_records(&input, total, config.pipeline.max_request_bytes);
+    let producer = KafkaSink::new(kafka)?;
+    let per_tick = (options.rate / 100).max(1);
+    let producing = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        let mut chunks = records.chunks(per_tick).map(<[OutRecord]>::to_vec).collect::<Vec<_>>().into_iter();
+        while let Some(chunk) = chunks.next() {
+            ticker.tick().await;
+            producer.send_all(chunk).await?;
+        }
+        anyhow::Ok(())
+    });
+    let (_keep, shutdown) = watch::channel(false);
+    let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(2) };
+    let mut timed = Timed { inner: &mut run, pending: vec![], latencies_ms: vec![] };
+    reset_peak_rss();
+    let started = Instant::now();
+    let (records_in, _) = run_job(&mut timed, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(1500)), shutdown).await?;
+    let elapsed = (started.elapsed() - Duration::from_millis(1500)).as_secs_f64();
+    producing.await??;
+    let mut latencies = timed.latencies_ms;
+    latencies.sort_by(f64::total_cmp);
+    Ok(CaseResult {
+        name: name.into(),
+        records: records_in as usize,
+        seconds: elapsed,
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+        peak_rss_mb: peak_rss_mb(),
+        note: "default client settings (linger.ms 5, fetch.wait.max.ms 10); producer paced in 10 ms ticks; latency = producer timestamp (ms resolution) -> outputs acknowledged by the broker".into(),
+    })
 }
 
 /// A one-INSERT stateless pipeline, written to a temp folder.

@@ -89,6 +89,12 @@ enum Command {
         dedupe_keys: usize,
         #[arg(long, default_value = "sql")]
         sql: PathBuf,
+        /// Run only the cases whose name contains this text.
+        #[arg(long)]
+        only: Option<String>,
+        /// Requests per second for the latency case.
+        #[arg(long, default_value_t = 20_000)]
+        rate: usize,
     },
     /// Check `key|json` lines (as produced with `kcat -K'|'`) against the contract.
     Check {
@@ -186,8 +192,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("topics ready: {}", specs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { brokers, records, dedupe_keys, sql } => {
-            let options = notiflow::bench::BenchOptions { brokers, records, dedupe_keys, sql_dir: sql };
+        Command::Bench { brokers, records, dedupe_keys, sql, only, rate } => {
+            let options = notiflow::bench::BenchOptions { only, rate, brokers, records, dedupe_keys, sql_dir: sql };
             let results = notiflow::bench::run(&options).await?;
             println!("{}", notiflow::bench::render(&results));
             Ok(ExitCode::SUCCESS)

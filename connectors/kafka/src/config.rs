@@ -17,6 +17,10 @@ pub struct KafkaConfig {
     /// for the full wait, which would add that much latency to each batch.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_max_ms: u32,
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`):
+    /// throughput against latency.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u32,
     /// How long the group waits for a silent member before moving its
     /// partitions elsewhere. A restarted instance gets its partitions back
     /// only after the old member's session expires, so keep it short.
@@ -36,6 +40,10 @@ fn default_fetch_wait_ms() -> u32 {
     10
 }
 
+fn default_linger_ms() -> u32 {
+    5
+}
+
 fn default_session_timeout_ms() -> u32 {
     10_000
 }
@@ -47,6 +55,7 @@ impl KafkaConfig {
             replication_factor: default_replication(),
             fetch_wait_max_ms: default_fetch_wait_ms(),
             session_timeout_ms: default_session_timeout_ms(),
+            linger_ms: default_linger_ms(),
             properties: BTreeMap::new(),
         }
     }

@@ -19,7 +19,7 @@ impl KafkaSink {
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", "30000")
             .create()
             .map_err(classify)?;
