@@ -65,17 +65,35 @@ pub fn register(ctx: &SessionContext) {
     ));
 }
 
-/// `message_id(tenant, request_id)`: the deterministic id of `contract::message_id`.
-fn message_id(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue> {
+/// The text arguments of a function call as arrays, and the row count when
+/// any argument is an array (`None`: all scalars).
+fn text_args(name: &str, args: &[ColumnarValue]) -> datafusion::common::Result<(Option<usize>, Vec<StringArray>)> {
     let rows = args.iter().find_map(|a| match a {
         ColumnarValue::Array(a) => Some(a.len()),
         ColumnarValue::Scalar(_) => None,
     });
-    let arrays: Vec<ArrayRef> = args.iter().map(|a| a.to_array(rows.unwrap_or(1))).collect::<Result<_, _>>()?;
-    let as_strings = |a: &ArrayRef| {
-        a.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| DataFusionError::Plan("message_id takes text".into()))
-    };
-    let (tenants, requests) = (as_strings(&arrays[0])?, as_strings(&arrays[1])?);
+    let arrays = args
+        .iter()
+        .map(|a| {
+            let array = a.to_array(rows.unwrap_or(1))?;
+            array.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| DataFusionError::Plan(format!("{name} takes text")))
+        })
+        .collect::<datafusion::common::Result<_>>()?;
+    Ok((rows, arrays))
+}
+
+/// A result array, as a scalar when every argument was one.
+fn text_result(rows: Option<usize>, array: ArrayRef) -> datafusion::common::Result<ColumnarValue> {
+    Ok(match rows {
+        Some(_) => ColumnarValue::Array(array),
+        None => ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?),
+    })
+}
+
+/// `message_id(tenant, request_id)`: the deterministic id of `contract::message_id`.
+fn message_id(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue> {
+    let (rows, arrays) = text_args("message_id", args)?;
+    let (tenants, requests) = (&arrays[0], &arrays[1]);
     let mut out = StringBuilder::with_capacity(tenants.len(), tenants.len() * 34);
     for i in 0..tenants.len() {
         if tenants.is_null(i) || requests.is_null(i) {
@@ -84,23 +102,12 @@ fn message_id(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValu
             out.append_value(crate::contract::message_id(tenants.value(i), requests.value(i)));
         }
     }
-    let array: ArrayRef = Arc::new(out.finish());
-    Ok(match rows {
-        Some(_) => ColumnarValue::Array(array),
-        None => ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?),
-    })
+    text_result(rows, Arc::new(out.finish()))
 }
 
 fn json_get(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue> {
-    let rows = args.iter().find_map(|a| match a {
-        ColumnarValue::Array(a) => Some(a.len()),
-        ColumnarValue::Scalar(_) => None,
-    });
-    let arrays: Vec<ArrayRef> = args.iter().map(|a| a.to_array(rows.unwrap_or(1))).collect::<Result<_, _>>()?;
-    let text = |a: &ArrayRef| {
-        a.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| DataFusionError::Plan("json_get takes text".into()))
-    };
-    let (documents, fields) = (text(&arrays[0])?, text(&arrays[1])?);
+    let (rows, arrays) = text_args("json_get", args)?;
+    let (documents, fields) = (&arrays[0], &arrays[1]);
     let mut out = StringBuilder::with_capacity(documents.len(), documents.len() * 16);
     for i in 0..documents.len() {
         if documents.is_null(i) || fields.is_null(i) {
@@ -118,11 +125,7 @@ fn json_get(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue>
             },
         }
     }
-    let array: ArrayRef = Arc::new(out.finish());
-    Ok(match rows {
-        Some(_) => ColumnarValue::Array(array),
-        None => ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?),
-    })
+    text_result(rows, Arc::new(out.finish()))
 }
 
 /// Nanoseconds of an interval literal with no month part.
