@@ -121,9 +121,12 @@ impl<P: BatchProcessor> BatchProcessor for Timed<P> {
     }
 }
 
-/// Copies every record to one output topic unchanged: the baseline.
+/// Copies every record to one output topic unchanged: the baseline. It
+/// commits offsets once a second, like `notiflow run` (checkpoint interval).
 struct Passthrough {
     topic: Arc<str>,
+    consumed: Offsets,
+    last_commit: Instant,
 }
 
 impl BatchProcessor for Passthrough {
@@ -138,12 +141,28 @@ impl BatchProcessor for Passthrough {
     }
 
     fn durable(&mut self, _: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
-        Ok(Some(consumed.clone()))
+        self.consumed.merge(consumed);
+        if self.last_commit.elapsed() < CHECKPOINT_INTERVAL {
+            return Ok(None);
+        }
+        self.last_commit = Instant::now();
+        Ok(Some(self.consumed.clone()))
     }
 
     fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
-        Ok(None)
+        Ok(Some(self.consumed.clone()))
     }
+}
+
+/// Pipelines checkpoint (and commit) at `notiflow run`'s default interval.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checkpoints into a fresh temp folder, as `notiflow run` does into its state dir.
+async fn checkpointed(run: &mut crate::engine::PipelineRun, kafka: &KafkaConfig, name: &str) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("notiflow-bench-state-{}-{name}-{}", std::process::id(), now_ms()));
+    let checkpointing = crate::engine::Checkpointing { store: crate::engine::checkpoint::CheckpointStore::new(dir), interval: CHECKPOINT_INTERVAL };
+    run.recover(checkpointing, &notiflow_kafka::KafkaReader::new(kafka)).await?;
+    Ok(())
 }
 
 fn request_records(topic: &Arc<str>, count: usize, max_bytes: usize) -> Vec<OutRecord> {
@@ -199,7 +218,7 @@ async fn latency_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions) -
     KafkaAdmin::new(kafka)?.ensure_topics(&logical.map(|t| TopicSpec::new(config.topics.resolve(t), 2))).await?;
     let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
     let mut run = crate::load_pipeline(&options.sql_dir, &config).await?;
-    run.prepare(&notiflow_kafka::KafkaReader::new(kafka)).await?;
+    checkpointed(&mut run, kafka, "latency").await?;
     let mut source = KafkaSource::new(kafka, &format!("{prefix}-group"), &[input.as_ref()], "earliest")?;
     let sink = KafkaSink::new(kafka)?;
 
@@ -278,13 +297,18 @@ async fn kafka_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, sql
     let started = Instant::now();
     let (records, latencies) = match sql {
         None => {
-            let mut timed = Timed { inner: Passthrough { topic: Arc::from(config.topics.resolve("bench.out").as_str()) }, pending: vec![], latencies_ms: vec![] };
+            let passthrough = Passthrough {
+                topic: Arc::from(config.topics.resolve("bench.out").as_str()),
+                consumed: Offsets::default(),
+                last_commit: Instant::now(),
+            };
+            let mut timed = Timed { inner: passthrough, pending: vec![], latencies_ms: vec![] };
             let (n, _) = run_job(&mut timed, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(1500)), shutdown).await?;
             (n, timed.latencies_ms)
         }
         Some(dir) => {
             let mut run = crate::load_pipeline(&dir, &config).await?;
-            run.prepare(&notiflow_kafka::KafkaReader::new(kafka)).await?;
+            checkpointed(&mut run, kafka, "throughput").await?;
             let mut timed = Timed { inner: run, pending: vec![], latencies_ms: vec![] };
             let (n, _) = run_job(&mut timed, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(1500)), shutdown).await?;
             (n, timed.latencies_ms)

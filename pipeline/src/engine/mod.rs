@@ -31,6 +31,12 @@ pub fn explain(pipeline: &Pipeline) -> String {
     for (i, sink) in pipeline.sinks.iter().enumerate() {
         out.push_str(&format!("sink {i}: {} -> kafka topic {}\n", sink.name, sink.kafka.topic));
     }
+    for view in &pipeline.shared {
+        out.push_str(&format!("\nshared view {} (computed once per batch)\n", view.name));
+        for line in displayable(view.plan.as_ref()).indent(false).to_string().lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
     for (f, flow) in pipeline.flows.iter().enumerate() {
         let sink = &pipeline.sinks[flow.sink].name;
         out.push_str(&format!("\nflow {f} ({}): INSERT INTO {sink}\n", flow.location));

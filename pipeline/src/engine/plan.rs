@@ -99,7 +99,18 @@ pub struct Pipeline {
     pub sources: Vec<SourceTable>,
     pub sinks: Vec<SinkTable>,
     pub lookups: Vec<LookupTable>,
+    /// Stateless views computed once per batch for every flow that reads them.
+    pub shared: Vec<SharedView>,
     pub flows: Vec<Flow>,
+}
+
+/// A stateless view over sources, evaluated once per micro-batch into a feed
+/// that every INSERT reading it scans (instead of each re-computing it).
+pub struct SharedView {
+    pub name: String,
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub feed: Feed,
+    pub sources: Vec<usize>,
 }
 
 fn session() -> SessionContext {
@@ -121,8 +132,15 @@ fn session() -> SessionContext {
 
 pub async fn plan(sql: &PipelineSql, env: &PlanEnv) -> Result<Pipeline, SqlError> {
     let ctx = session();
-    let mut pipeline =
-        Pipeline { name: sql.name.clone(), ctx: ctx.clone(), sources: vec![], sinks: vec![], lookups: vec![], flows: vec![] };
+    let mut pipeline = Pipeline {
+        name: sql.name.clone(),
+        ctx: ctx.clone(),
+        sources: vec![],
+        sinks: vec![],
+        lookups: vec![],
+        shared: vec![],
+        flows: vec![],
+    };
     let mut names: HashMap<String, Location> = HashMap::new();
     for statement in &sql.statements {
         let location = &statement.location;
@@ -138,8 +156,13 @@ pub async fn plan(sql: &PipelineSql, env: &PlanEnv) -> Result<Pipeline, SqlError
         }
         match &statement.definition {
             Definition::Table(table) => add_table(&mut pipeline, table, location, env).await?,
-            Definition::View { sql, .. } => {
+            Definition::View { name, sql } => {
                 ctx.sql(sql).await.map_err(|e| SqlError::new(location, clean(e)))?;
+                if let Some(shared) = share_view(&pipeline, name, location).await? {
+                    ctx.deregister_table(name.as_str()).map_err(|e| SqlError::new(location, clean(e)))?;
+                    ctx.register_table(name.as_str(), shared.feed.table()).map_err(|e| SqlError::new(location, clean(e)))?;
+                    pipeline.shared.push(shared);
+                }
             }
             Definition::Insert { sink, query } => {
                 let flow = plan_insert(&pipeline, sink, query, location).await?;
@@ -237,6 +260,28 @@ async fn declared_schema(ctx: &SessionContext, table: &TableDef, location: &Loca
     Ok(schema)
 }
 
+/// Makes a view shared when it is stateless and reads sources; `None` keeps
+/// it an ordinary view (inlined into each query that uses it).
+async fn share_view(pipeline: &Pipeline, name: &str, location: &Location) -> Result<Option<SharedView>, SqlError> {
+    let provider = pipeline.ctx.table_provider(name).await.map_err(|e| SqlError::new(location, clean(e)))?;
+    let Some(view) = provider.downcast_ref::<ViewTable>() else { return Ok(None) };
+    let state = pipeline.ctx.state();
+    let Ok(analyzed) = state.analyzer().execute_and_check(view.logical_plan().clone(), state.config_options(), |_, _| {}) else {
+        return Ok(None);
+    };
+    let mut lowering = Lowering { pipeline, stages: vec![], sources: vec![], location, content_ids: false };
+    let Ok(lowered) = lowering.lower(&analyzed, None).await else { return Ok(None) };
+    if !lowering.stages.is_empty() || lowering.sources.is_empty() {
+        return Ok(None);
+    }
+    let mut sources = lowering.sources;
+    sources.sort_unstable();
+    sources.dedup();
+    let plan = state.create_physical_plan(&lowered).await.map_err(|e| SqlError::new(location, clean(e)))?;
+    let feed = Feed::new(plan.schema());
+    Ok(Some(SharedView { name: name.to_string(), plan, feed, sources }))
+}
+
 async fn plan_insert(pipeline: &Pipeline, sink: &str, query: &str, location: &Location) -> Result<Flow, SqlError> {
     let err = |m: String| SqlError::new(location, m);
     let sink_index = pipeline.sinks.iter().position(|s| s.name == sink).ok_or_else(|| {
@@ -326,6 +371,10 @@ impl Lowering<'_> {
                         return aliased.map_err(|e| self.err(clean(e)));
                     }
                     let name = scan.table_name.table();
+                    if let Some(shared) = self.pipeline.shared.iter().find(|v| v.name == name) {
+                        self.sources.extend(&shared.sources);
+                        return Ok(plan.clone());
+                    }
                     if let Some(lookup) = self.pipeline.lookups.iter().find(|l| l.name == name) {
                         return Err(self.err(format!(
                             "lookup table {name} can only be joined: FROM stream [LEFT] JOIN {name} ON stream.x = {name}.{}",

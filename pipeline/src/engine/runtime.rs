@@ -338,6 +338,13 @@ impl PipelineRun {
     /// Runs every flow that has new input; returns (flow, output batches).
     async fn run_flows(&mut self, active: &[bool]) -> anyhow::Result<Vec<(usize, Vec<RecordBatch>)>> {
         let task_ctx = self.pipeline.ctx.task_ctx();
+        for shared in &self.pipeline.shared {
+            if shared.sources.iter().any(|&s| active[s]) {
+                shared.feed.set(collect(shared.plan.clone(), task_ctx.clone()).await?);
+            } else {
+                shared.feed.clear();
+            }
+        }
         let mut results = Vec::new();
         for f in 0..self.pipeline.flows.len() {
             let flow = &mut self.pipeline.flows[f];
@@ -492,6 +499,7 @@ impl BatchProcessor for PipelineRun {
         let active = self.load_sources(&fresh, out)?;
         let results = self.run_flows(&active).await;
         self.pipeline.sources.iter().for_each(|s| s.feed.clear());
+        self.pipeline.shared.iter().for_each(|v| v.feed.clear());
         for (flow, batches) in results? {
             self.write_outputs(flow, &batches, out)?;
         }
