@@ -237,6 +237,9 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     let stop = idle.map(StopWhen::IdleFor).unwrap_or(StopWhen::Shutdown);
     tracing::info!(pipeline = %dir.display(), ?topics, %group, "pipeline running");
     let (records_in, batches) = run_job(&mut run, &mut source, &sink, notiflow::batch_limits(config), stop, shutdown).await?;
+    if run.gap_records > 0 {
+        println!("WARNING: the broker skipped {} offsets of the source topics (records never delivered)", run.gap_records);
+    }
     if run.skipped + run.suppressed > 0 {
         println!("recovery: {} records already in the checkpoint skipped, {} outputs already written suppressed", run.skipped, run.suppressed);
     }

@@ -52,6 +52,11 @@ pub struct PipelineRun {
     suppress: HashSet<OutputId>,
     pub suppressed: u64,
     pub skipped: u64,
+    /// Next offset expected per source partition, to notice records the
+    /// broker never delivered (offset gaps).
+    expected: HashMap<(Arc<str>, i32), i64>,
+    /// Offsets skipped over by the broker (see `note_gaps`).
+    pub gap_records: u64,
 }
 
 impl PipelineRun {
@@ -85,6 +90,8 @@ impl PipelineRun {
             suppress: HashSet::new(),
             suppressed: 0,
             skipped: 0,
+            expected: HashMap::new(),
+            gap_records: 0,
         }
     }
 
@@ -200,6 +207,7 @@ impl PipelineRun {
         for ((topic, partition), next) in &checkpoint.offsets {
             let topic: Arc<str> = Arc::from(topic.as_str());
             self.skip_below.insert((topic.clone(), *partition), *next);
+            self.expected.insert((topic.clone(), *partition), *next);
             self.processed.insert(topic, *partition, *next);
         }
         Ok(())
@@ -485,8 +493,39 @@ fn parse_id(text: &[u8]) -> Option<OutputId> {
     Some(id)
 }
 
+impl PipelineRun {
+    /// Counts records a source partition skipped: offsets are dense on
+    /// ordinary (not compacted) topics, so a jump past the next expected
+    /// offset means the broker did not deliver records (tansu 0.6 does this
+    /// when a fetch starts inside a record batch). Loud, not silent.
+    fn note_gaps(&mut self, records: &[Record]) {
+        for record in records {
+            let key = (record.topic.clone(), record.partition);
+            if let Some(next) = self.expected.get(&key)
+                && record.offset > *next
+            {
+                let missing = (record.offset - next) as u64;
+                self.gap_records += missing;
+                metrics::counter!("notiflow_offset_gap_records_total", "topic" => record.topic.to_string()).increment(missing);
+                tracing::error!(topic = %record.topic, partition = record.partition, expected = next, got = record.offset,
+                    "the broker skipped offsets: records in between were never delivered");
+            }
+            let slot = self.expected.entry(key).or_insert(record.offset + 1);
+            *slot = (*slot).max(record.offset + 1);
+        }
+    }
+}
+
 impl BatchProcessor for PipelineRun {
     async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
+        let lookup_topics: Vec<&str> = self.pipeline.lookups.iter().map(|l| l.kafka.topic.as_str()).collect();
+        if lookup_topics.is_empty() {
+            self.note_gaps(records);
+        } else {
+            // Compacted lookup topics have gaps by design.
+            let stream: Vec<Record> = records.iter().filter(|r| !lookup_topics.contains(&r.topic.as_ref())).cloned().collect();
+            self.note_gaps(&stream);
+        }
         // Records the restored state already reflects produce nothing again.
         let fresh: Vec<&Record> = records
             .iter()

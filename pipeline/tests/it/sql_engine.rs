@@ -539,3 +539,29 @@ async fn unnest_struct_fields_and_json_access() {
     let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
     assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
 }
+
+/// Offsets a broker skipped are counted, not silently lost.
+#[tokio::test]
+async fn offset_gaps_in_a_source_partition_are_reported() {
+    use notiflow::job::BatchProcessor;
+    use notiflow_connector::Record;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[("10_windows.sql", WINDOWS_SQL)]);
+    let mut run = notiflow::load_pipeline(dir.path(), &Config::embedded()).await.unwrap();
+    let record = |partition: i32, offset: i64| Record {
+        topic: Arc::from("t.sends"),
+        partition,
+        offset,
+        key: Some(b"r".to_vec()),
+        payload: Some(format!(r#"{{"id":"{offset}","recipient":"r","channel":"sms","content":"c{offset}","ts":"2026-01-01T10:00:00"}}"#).into_bytes()),
+        timestamp_ms: Some(0),
+        headers: vec![],
+    };
+    let mut out = Vec::new();
+    run.process(&[record(0, 0), record(0, 1), record(1, 7)], &mut out).await.unwrap();
+    assert_eq!(run.gap_records, 0, "a partition's first record sets the expectation");
+    run.process(&[record(0, 2), record(0, 6), record(1, 8)], &mut out).await.unwrap();
+    assert_eq!(run.gap_records, 3, "offsets 3, 4, 5 of partition 0 never came");
+}
