@@ -26,6 +26,9 @@ pub struct Config {
     /// Where local Parquet archives go (the embedded default's reports read them).
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// Where the Rust UDFs are.
+    #[serde(default)]
+    pub udfs: UdfsConfig,
     /// Tenants allowed to send. A request naming another tenant is dead-lettered
     /// as `unknown_tenant`.
     #[serde(default, rename = "tenants")]
@@ -117,6 +120,32 @@ impl Default for ArchiveConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdfsConfig {
+    /// The UDF workspace: one crate per function.
+    pub dir: PathBuf,
+    /// Where the built `lib<name>.so` files are (`bash udfs/build.sh` prints
+    /// it). Unset: the environment variable NOTIFLOW_UDF_LIB_DIR, else
+    /// `udfs/target/release`.
+    pub lib_dir: Option<PathBuf>,
+}
+
+impl Default for UdfsConfig {
+    fn default() -> Self {
+        UdfsConfig { dir: PathBuf::from("udfs"), lib_dir: None }
+    }
+}
+
+impl UdfsConfig {
+    pub fn lib_dir(&self) -> PathBuf {
+        self.lib_dir
+            .clone()
+            .or_else(|| std::env::var_os("NOTIFLOW_UDF_LIB_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| self.dir.join("target/release"))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// The id producers put in `tenant`.
@@ -185,6 +214,7 @@ impl Config {
             pipeline: PipelineConfig::default(),
             metrics: MetricsConfig { listen: String::new() },
             archive: ArchiveConfig::default(),
+            udfs: UdfsConfig::default(),
             tenants: vec![
                 TenantConfig { id: "acme".into(), name: Some("Acme Retail".into()) },
                 TenantConfig { id: "globex".into(), name: Some("Globex Bank".into()) },

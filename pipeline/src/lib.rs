@@ -26,9 +26,12 @@ use sql::{PipelineSql, SqlError};
 /// Parses and plans the SQL pipeline in `dir` (no I/O beyond reading files).
 pub async fn load_pipeline(dir: &Path, config: &Config) -> Result<PipelineRun, SqlError> {
     let sql = PipelineSql::load_dir(dir)?;
+    let location = sql::Location { file: config.udfs.dir.display().to_string(), line: 0 };
+    let udfs = engine::udf::discover(&config.udfs.dir, &config.udfs.lib_dir()).map_err(|m| SqlError::new(&location, m))?;
     let env = PlanEnv {
         tenants: config.tenants.iter().map(|t| t.id.clone()).collect(),
         max_request_bytes: config.pipeline.max_request_bytes,
+        udfs,
     };
     let pipeline = engine::plan(&sql, &env).await?;
     Ok(PipelineRun::new(pipeline, &config.topics))

@@ -12,6 +12,7 @@ pub mod plan;
 pub mod row_number;
 pub mod runtime;
 pub mod state_bytes;
+pub mod udf;
 pub mod window_agg;
 
 pub use plan::{PlanEnv, Pipeline, Stage, plan};

@@ -40,6 +40,8 @@ pub struct PlanEnv {
     /// Tenants for `json.contract = 'notify.requests'`.
     pub tenants: Vec<String>,
     pub max_request_bytes: usize,
+    /// UDFs found in the UDF workspace (built or not).
+    pub udfs: Vec<super::udf::UdfSource>,
 }
 
 pub struct SourceTable {
@@ -132,6 +134,17 @@ fn session() -> SessionContext {
 
 pub async fn plan(sql: &PipelineSql, env: &PlanEnv) -> Result<Pipeline, SqlError> {
     let ctx = session();
+    // UDFs: built ones are loaded; unbuilt ones are known by name so that a
+    // query calling one fails validation with what to do.
+    let mut unbuilt = Vec::new();
+    for udf in &env.udfs {
+        if udf.library.exists() {
+            let function = super::udf::load(udf).map_err(|m| SqlError::new(&Location { file: udf.library.display().to_string(), line: 0 }, m))?;
+            ctx.register_udf(function);
+        } else {
+            unbuilt.push(udf.name.clone());
+        }
+    }
     let mut pipeline = Pipeline {
         name: sql.name.clone(),
         ctx: ctx.clone(),
@@ -153,6 +166,12 @@ pub async fn plan(sql: &PipelineSql, env: &PlanEnv) -> Result<Pipeline, SqlError
             && let Some(first) = names.insert(name.clone(), location.clone())
         {
             return Err(SqlError::new(location, format!("{name} is already defined at {first}")));
+        }
+        if let Some(name) = unbuilt.iter().find(|u| calls(&statement.definition, u)) {
+            return Err(SqlError::new(
+                location,
+                format!("UDF {name} is not built: run `bash udfs/build.sh` (or set NOTIFLOW_UDF_LIB_DIR to where lib{name}.so is)"),
+            ));
         }
         match &statement.definition {
             Definition::Table(table) => add_table(&mut pipeline, table, location, env).await?,
@@ -258,6 +277,21 @@ async fn declared_schema(ctx: &SessionContext, table: &TableDef, location: &Loca
         return Err(SqlError::new(location, format!("column {}: names starting with _ are reserved for the engine", hidden.name())));
     }
     Ok(schema)
+}
+
+/// Whether a view or insert calls the function `name` (a word followed by `(`).
+fn calls(definition: &Definition, name: &str) -> bool {
+    let text = match definition {
+        Definition::View { sql, .. } => sql.as_str(),
+        Definition::Insert { query, .. } => query.as_str(),
+        Definition::Table(_) => return false,
+    };
+    let lower = text.to_ascii_lowercase();
+    lower.match_indices(&name.to_ascii_lowercase()).any(|(i, m)| {
+        let before = lower[..i].chars().next_back();
+        let after = lower[i + m.len()..].trim_start().chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') && after == Some('(')
+    })
 }
 
 /// Makes a view shared when it is stateless and reads sources; `None` keeps

@@ -9,3 +9,4 @@ mod exactly_once;
 mod kafka_pipeline;
 mod sql_engine;
 mod support;
+mod udfs;
