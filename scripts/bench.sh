@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/notiflow-target}"
 cargo build --release --locked -p notiflow
+NOTIFLOW_UDF_LIB_DIR="$(NOTIFLOW_UDF_TARGET="${NOTIFLOW_UDF_TARGET:-/var/tmp/notiflow-udfs-target}" bash udfs/build.sh)"
+export NOTIFLOW_UDF_LIB_DIR
 # shellcheck source=services.sh
 source scripts/services.sh
 services_start

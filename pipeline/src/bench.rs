@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Int32Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow::array::{Array, Int32Array, RecordBatch, StringArray, TimestampNanosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::physical_expr::expressions::Column;
 use notiflow_connector::memory::MemoryBroker;
@@ -197,6 +197,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
     if wanted("interval join") {
         results.push(in_process_join(options.records).await?);
     }
+    if wanted("UDF") {
+        results.extend(udf_overhead(options.records.max(1_000_000)).await?);
+    }
     for kind in [WindowKind::Tumbling, WindowKind::Sliding] {
         if wanted(&format!("dedupe operator, {}", if kind == WindowKind::Tumbling { "tumbling" } else { "sliding" })) {
             results.push(dedupe_operator(options.dedupe_keys, kind)?);
@@ -356,6 +359,71 @@ async fn in_process_pipeline(options: &BenchOptions) -> anyhow::Result<CaseResul
         peak_rss_mb: peak_rss_mb(),
         note: "includes the contract check (JSON Schema) of every record".into(),
     })
+}
+
+/// `content_hash(body)` through the C ABI against the same logic as a native
+/// DataFusion function, in the same query shape over the same rows.
+async fn udf_overhead(rows: usize) -> anyhow::Result<Vec<CaseResult>> {
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    let config = Config::embedded();
+    let udfs = crate::engine::udf::discover(&config.udfs.dir, &config.udfs.lib_dir()).map_err(anyhow::Error::msg)?;
+    let Some(udf) = udfs.iter().find(|u| u.name == "content_hash" && u.library.exists()) else {
+        eprintln!("skipping the UDF cases: content_hash is not built (bash udfs/build.sh; set NOTIFLOW_UDF_LIB_DIR)");
+        return Ok(vec![]);
+    };
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_udf(crate::engine::udf::load(udf).map_err(anyhow::Error::msg)?);
+    ctx.register_udf(create_udf(
+        "content_hash_native",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let array = args[0].to_array(1)?;
+            let strings = array.as_any().downcast_ref::<StringArray>().expect("utf8");
+            // The same work as the UDF: hash, format into a builder, nulls stay null.
+            let mut out = arrow::array::StringBuilder::with_capacity(strings.len(), strings.len() * 16);
+            for s in strings.iter() {
+                match s {
+                    Some(s) => {
+                        let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+                        out.append_value(format!("{hash:016x}"));
+                    }
+                    None => out.append_null(),
+                }
+            }
+            Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        }),
+    ));
+    let schema = Arc::new(Schema::new(vec![Field::new("body", DataType::Utf8, true)]));
+    let batches: Vec<RecordBatch> = (0..rows)
+        .step_by(8192)
+        .map(|start| {
+            let n = 8192.min(rows - start);
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from_iter((start..start + n).map(|i| (i % 17 != 0).then(|| format!("Hello user {i}"))))) as _])
+        })
+        .collect::<Result<_, _>>()?;
+    ctx.register_batch("t", arrow::compute::concat_batches(&schema, &batches)?)?;
+    let mut results = Vec::new();
+    for (name, function) in [("native DataFusion function (baseline)", "content_hash_native"), ("Rust UDF through the C ABI", "content_hash")] {
+        let frame = ctx.sql(&format!("SELECT {function}(body) FROM t")).await?;
+        let started = Instant::now();
+        let out = frame.collect().await?;
+        let seconds = started.elapsed().as_secs_f64();
+        anyhow::ensure!(out.iter().map(RecordBatch::num_rows).sum::<usize>() == rows);
+        results.push(CaseResult {
+            name: format!("UDF content_hash: {name}"),
+            records: rows,
+            seconds,
+            p50_ms: None,
+            p99_ms: None,
+            peak_rss_mb: None,
+            note: format!("{:.1} ns/row", seconds * 1e9 / rows as f64),
+        });
+    }
+    let ratio = results[1].seconds / results[0].seconds;
+    results[1].note.push_str(&format!("; {ratio:.2}x the native function (target <= 1.5x)"));
+    Ok(results)
 }
 
 /// The interval join through SQL with the in-process log: every send gets a receipt.
