@@ -72,3 +72,29 @@ CREATE TABLE h (id TEXT, hash TEXT) WITH (connector = 'kafka', type = 'sink', to
     let error = notiflow::load_pipeline(dir.path(), &udf_config()).await.err().expect("wrong arguments fail").to_string();
     assert!(error.contains("10.sql:3:") && error.contains("content_hash"), "{error}");
 }
+
+/// `Option` arguments: a null reaches the function as `None` (it is called).
+#[tokio::test]
+async fn option_arguments_receive_nulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        (
+            "10_rank.sql",
+            "CREATE TABLE m (id TEXT, priority TEXT, category TEXT) WITH (connector = 'kafka', type = 'source', topic = 't.m');
+             CREATE TABLE r (id TEXT, rank BIGINT) WITH (connector = 'kafka', type = 'sink', topic = 't.r');
+             INSERT INTO r SELECT id, priority_rank(priority, category) AS rank FROM m;",
+        ),
+        (
+            "10_rank.test/input/m.jsonl",
+            "{\"id\":\"otp\",\"priority\":\"low\",\"category\":\"otp\"}\n{\"id\":\"defaults\"}\n{\"id\":\"promo\",\"priority\":\"low\",\"category\":\"marketing\"}\n{\"id\":\"alert\",\"priority\":\"high\"}\n",
+        ),
+        ("10_rank.test/expected/r.jsonl", "{\"id\":\"otp\",\"rank\":0}\n{\"id\":\"defaults\",\"rank\":20}\n{\"id\":\"promo\",\"rank\":31}\n{\"id\":\"alert\",\"rank\":10}\n"),
+    ];
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let results = golden::run_dir(dir.path(), &udf_config()).await.unwrap();
+    assert!(results[0].failures.is_empty(), "{:?}", results[0].failures);
+}
