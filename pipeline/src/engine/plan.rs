@@ -719,15 +719,7 @@ impl Lowering<'_> {
         let left_width = left_plan.schema().fields().len();
         self.stages.push(Stage::Segment { plan: left_plan });
         let input = self.stages.len() - 1;
-        let qualified: Vec<(Option<TableReference>, Arc<Field>)> = left_input
-            .schema()
-            .iter()
-            .map(|(q, f)| (q.cloned(), f.clone()))
-            .chain(right_schema.iter().map(|(q, f)| {
-                let field = if left_outer { Arc::new(f.as_ref().clone().with_nullable(true)) } else { f.clone() };
-                (q.cloned(), field)
-            }))
-            .collect();
+        let qualified = join_output(left_input.schema(), &right_schema, left_outer);
         let feed = feed_for(&qualified);
         let op = LookupJoin::new(key, state_handle, left_outer, left_width, feed.schema().clone());
         let describe =
@@ -867,16 +859,7 @@ impl Lowering<'_> {
         self.stages.push(Stage::Segment { plan: right_plan });
         let right_stage = self.stages.len() - 1;
 
-        // Output: the lowered inputs' columns, left then right (right nullable for LEFT).
-        let qualified: Vec<(Option<TableReference>, Arc<Field>)> = left_input
-            .schema()
-            .iter()
-            .map(|(q, f)| (q.cloned(), f.clone()))
-            .chain(right_input.schema().iter().map(|(q, f)| {
-                let field = if left_outer { Arc::new(f.as_ref().clone().with_nullable(true)) } else { f.clone() };
-                (q.cloned(), field)
-            }))
-            .collect();
+        let qualified = join_output(left_input.schema(), right_input.schema(), left_outer);
         let feed = feed_for(&qualified);
         let right_side = sides.pop().expect("two sides");
         let left_side = sides.pop().expect("two sides");
@@ -922,6 +905,15 @@ fn linear(e: &Expr) -> Option<(&Expr, i64)> {
 /// The time part of `time +/- INTERVAL` (for telling which side it belongs to).
 fn strip_interval(e: &Expr) -> Expr {
     linear(e).map(|(base, _)| base.clone()).unwrap_or_else(|| e.clone())
+}
+
+/// A join's output columns: the left input's, then the right's (nullable for a LEFT join).
+fn join_output(left: &DFSchema, right: &DFSchema, left_outer: bool) -> Vec<(Option<TableReference>, Arc<Field>)> {
+    let right_fields = right.iter().map(|(q, f)| {
+        let field = if left_outer { Arc::new(f.as_ref().clone().with_nullable(true)) } else { f.clone() };
+        (q.cloned(), field)
+    });
+    left.iter().map(|(q, f)| (q.cloned(), f.clone())).chain(right_fields).collect()
 }
 
 /// An operator's output feed, its columns named c0..cN.
