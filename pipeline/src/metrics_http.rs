@@ -28,6 +28,10 @@ fn describe() {
     metrics::describe_counter!("notiflow_dlq_total", "Records dead-lettered, per reason code.");
     metrics::describe_histogram!("notiflow_batch_seconds", "Time from batch read to offsets committed.");
     metrics::describe_gauge!("notiflow_consumer_lag", "Records behind the partition end, per topic partition.");
+    metrics::describe_gauge!("notiflow_late_rows", "Rows a windowed operator dropped as late since start, per flow and stage.");
+    metrics::describe_counter!("notiflow_offset_gap_records_total", "Source offsets the broker skipped (records never delivered).");
+    metrics::describe_counter!("notiflow_udf_errors_total", "Rows a UDF failed on (returned as null), per UDF.");
+    metrics::describe_counter!("notiflow_checkpoints_total", "Checkpoints written.");
 }
 
 /// Serves `/metrics` until the process ends. Returns the bound address.

@@ -38,3 +38,19 @@ pub(crate) fn classify(err: KafkaError) -> ConnectorError {
         ConnectorError::Transient { service: "kafka", message: err.to_string() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_whether_to_retry() {
+        let permanent = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(!classify(permanent).is_retryable());
+        let unknown_topic = KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert!(!classify(unknown_topic).is_retryable());
+        let transient = KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut);
+        assert!(classify(transient).is_retryable());
+        assert!(classify(KafkaError::MessageProduction(RDKafkaErrorCode::NotLeaderForPartition)).is_retryable());
+    }
+}

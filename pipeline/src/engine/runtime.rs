@@ -401,6 +401,18 @@ impl PipelineRun {
                     output.clear();
                 }
             }
+            for (s, stage) in flow.stages.iter().enumerate() {
+                let late = match stage {
+                    Stage::RowNumber { op, .. } => Some(op.late_rows()),
+                    Stage::WindowAggregate { op, .. } => Some(op.late_rows()),
+                    Stage::IntervalJoin { op, .. } => Some(op.late_rows()),
+                    Stage::Segment { .. } | Stage::LookupJoin { .. } => None,
+                };
+                if let Some(late) = late {
+                    let labels = [("flow", f.to_string()), ("stage", s.to_string())];
+                    metrics::gauge!("notiflow_late_rows", &labels).set(late as f64);
+                }
+            }
             results.push((f, outputs.pop().unwrap_or_default()));
         }
         Ok(results)
