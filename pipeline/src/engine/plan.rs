@@ -83,6 +83,19 @@ pub enum Stage {
     },
 }
 
+impl Stage {
+    /// The feed an operator stage writes for the segment after it.
+    pub fn output(&self) -> Option<&Feed> {
+        match self {
+            Stage::Segment { .. } => None,
+            Stage::RowNumber { output, .. }
+            | Stage::WindowAggregate { output, .. }
+            | Stage::LookupJoin { output, .. }
+            | Stage::IntervalJoin { output, .. } => Some(output),
+        }
+    }
+}
+
 pub struct Flow {
     pub location: Location,
     /// Output ids from content instead of lineage (flows with joins, whose

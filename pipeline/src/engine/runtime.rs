@@ -361,44 +361,24 @@ impl PipelineRun {
             }
             let mut outputs: Vec<Vec<RecordBatch>> = Vec::with_capacity(flow.stages.len());
             for stage in flow.stages.iter_mut() {
+                let each = |input: usize, f: &mut dyn FnMut(&RecordBatch) -> datafusion::common::Result<RecordBatch>| {
+                    outputs[input].iter().map(f).collect::<datafusion::common::Result<Vec<_>>>()
+                };
                 let produced = match stage {
                     Stage::Segment { plan } => collect(plan.clone(), task_ctx.clone()).await?,
-                    Stage::RowNumber { input, op, output, .. } => {
-                        let mut passed = Vec::new();
-                        for batch in &outputs[*input] {
-                            passed.push(op.process_batch(batch)?);
-                        }
-                        output.set(passed.clone());
-                        passed
-                    }
-                    Stage::LookupJoin { input, op, output, .. } => {
-                        let joined = outputs[*input].iter().map(|b| op.process_batch(b)).collect::<Result<Vec<_>, _>>()?;
-                        output.set(joined.clone());
-                        joined
-                    }
-                    Stage::IntervalJoin { left, right, op, output, .. } => {
-                        let joined = vec![op.process(&outputs[*left], &outputs[*right])?];
-                        output.set(joined.clone());
-                        joined
-                    }
-                    Stage::WindowAggregate { input, op, output, .. } => {
-                        let mut closed = Vec::new();
-                        for batch in &outputs[*input] {
-                            closed.push(op.process_batch(batch)?);
-                        }
-                        output.set(closed.clone());
-                        closed
-                    }
+                    Stage::RowNumber { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
+                    Stage::LookupJoin { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
+                    Stage::WindowAggregate { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
+                    Stage::IntervalJoin { left, right, op, .. } => vec![op.process(&outputs[*left], &outputs[*right])?],
                 };
+                if let Some(feed) = stage.output() {
+                    feed.set(produced.clone());
+                }
                 outputs.push(produced);
             }
             for stage in &flow.stages {
-                if let Stage::RowNumber { output, .. }
-                | Stage::WindowAggregate { output, .. }
-                | Stage::IntervalJoin { output, .. }
-                | Stage::LookupJoin { output, .. } = stage
-                {
-                    output.clear();
+                if let Some(feed) = stage.output() {
+                    feed.clear();
                 }
             }
             for (s, stage) in flow.stages.iter().enumerate() {
