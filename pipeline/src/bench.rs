@@ -372,7 +372,7 @@ async fn udf_overhead(rows: usize) -> anyhow::Result<Vec<CaseResult>> {
         return Ok(vec![]);
     };
     let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_udf(crate::engine::udf::load(udf).map_err(anyhow::Error::msg)?);
+    ctx.register_udf(crate::engine::udf::load(udf, &Default::default()).map_err(anyhow::Error::msg)?);
     ctx.register_udf(create_udf(
         "content_hash_native",
         vec![DataType::Utf8],

@@ -15,6 +15,8 @@ pub mod headers {
     pub const PARTITION: &str = "notiflow.source.partition";
     pub const OFFSET: &str = "notiflow.source.offset";
     pub const TIMESTAMP: &str = "notiflow.source.timestamp";
+    /// The UDF that failed on the record (reason `udf_error`).
+    pub const UDF: &str = "notiflow.udf";
 }
 
 /// Why, and what we know of the record's identity.
@@ -23,6 +25,8 @@ pub struct Rejected<'a> {
     pub error: &'a str,
     pub tenant: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    /// The UDF that failed, for reason `udf_error`.
+    pub udf: Option<&'a str>,
 }
 
 /// `topic/partition/offset` of a record.
@@ -41,6 +45,9 @@ pub fn dead_letter(record: &Record, rejected: &Rejected<'_>, dlq_topic: &Arc<str
     ];
     if let Some(ts) = record.timestamp_ms {
         hs.push(Header::new(TIMESTAMP, ts.to_string()));
+    }
+    if let Some(udf) = rejected.udf {
+        hs.push(Header::new(UDF, udf));
     }
     // The producer's own headers follow ours, unchanged.
     hs.extend(record.headers.iter().cloned());

@@ -23,7 +23,7 @@ use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::codec::{
-    LINEAGE_COLUMNS, PARTITION_COLUMN, SOURCE_COLUMN, SinkEncoder, SourceDecoder, TIMESTAMP_COLUMN, WATERMARK_COLUMN, is_hidden,
+    LINEAGE_COLUMNS, OFFSET_COLUMN, PARTITION_COLUMN, SOURCE_COLUMN, SinkEncoder, SourceDecoder, TIMESTAMP_COLUMN, WATERMARK_COLUMN, is_hidden,
 };
 use super::feed::Feed;
 use super::functions;
@@ -117,6 +117,8 @@ pub struct Pipeline {
     /// Stateless views computed once per batch for every flow that reads them.
     pub shared: Vec<SharedView>,
     pub flows: Vec<Flow>,
+    /// Rows UDFs failed on during the current batch.
+    pub udf_failures: super::udf::UdfFailures,
 }
 
 /// A stateless view over sources, evaluated once per micro-batch into a feed
@@ -150,10 +152,15 @@ pub async fn plan(sql: &PipelineSql, env: &PlanEnv) -> Result<Pipeline, SqlError
     // UDFs: built ones are loaded; unbuilt ones are known by name so that a
     // query calling one fails validation with what to do.
     let mut unbuilt = Vec::new();
+    let udf_failures = super::udf::UdfFailures::default();
     for udf in &env.udfs {
         if udf.library.exists() {
-            let function = super::udf::load(udf).map_err(|m| SqlError::new(&Location { file: udf.library.display().to_string(), line: 0 }, m))?;
-            ctx.register_udf(function);
+            let at = |m| SqlError::new(&Location { file: udf.library.display().to_string(), line: 0 }, m);
+            if udf.aggregate {
+                ctx.register_udaf(super::udf::load_aggregate(udf).map_err(at)?);
+            } else {
+                ctx.register_udf(super::udf::load(udf, &udf_failures).map_err(at)?);
+            }
         } else {
             unbuilt.push(udf.name.clone());
         }
@@ -166,6 +173,7 @@ pub async fn plan(sql: &PipelineSql, env: &PlanEnv) -> Result<Pipeline, SqlError
         lookups: vec![],
         shared: vec![],
         flows: vec![],
+        udf_failures,
     };
     let mut names: HashMap<String, Location> = HashMap::new();
     for statement in &sql.statements {
@@ -487,7 +495,14 @@ impl Lowering<'_> {
         for input in plan.inputs() {
             inputs.push(self.lower(input, hint.clone()).await?);
         }
-        let rebuilt = plan.with_new_exprs(plan.expressions(), inputs).map_err(|e| self.err(clean(e)))?;
+        let exprs = match (plan, inputs.first()) {
+            (LogicalPlan::Projection(_) | LogicalPlan::Filter(_), Some(input)) => {
+                let keep_names = matches!(plan, LogicalPlan::Projection(_));
+                plan.expressions().into_iter().map(|e| with_lineage_args(e, input.schema(), keep_names)).collect::<Result<_, _>>().map_err(|e| self.err(clean(e)))?
+            }
+            _ => plan.expressions(),
+        };
+        let rebuilt = plan.with_new_exprs(exprs, inputs).map_err(|e| self.err(clean(e)))?;
         match rebuilt {
             LogicalPlan::Projection(_) => self.with_lineage(rebuilt),
             other => Ok(other),
@@ -900,6 +915,38 @@ impl Lowering<'_> {
 }
 
 /// `e`, or `base +/- INTERVAL` split into (base, offset in ns).
+/// Appends the lineage columns of `input` to every UDF call in `expr`, so a
+/// row a UDF fails on can be traced to its record (see `udf::UdfFailures`).
+/// `keep_name`: a projection's output keeps the name it had without them.
+fn with_lineage_args(expr: Expr, input: &DFSchema, keep_name: bool) -> datafusion::common::Result<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let lineage: Option<Vec<Expr>> = [SOURCE_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN]
+        .iter()
+        .map(|name| input.iter().find(|(_, f)| f.name() == name).map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name()))))
+        .collect();
+    let Some(lineage) = lineage else { return Ok(expr) };
+    let [source, offset, partition] = <[Expr; 3]>::try_from(lineage).expect("three columns");
+    let name = expr.schema_name().to_string();
+    let rewritten = expr.clone().transform_up(|e| match e {
+        Expr::ScalarFunction(mut call) => match (call.func.inner().as_ref() as &dyn std::any::Any).downcast_ref::<super::udf::HostUdf>() {
+            Some(udf) if call.args.len() == udf.arity() => {
+                call.args.extend([source.clone(), partition.clone(), offset.clone()]);
+                Ok(Transformed::yes(Expr::ScalarFunction(call)))
+            }
+            _ => Ok(Transformed::no(Expr::ScalarFunction(call))),
+        },
+        other => Ok(Transformed::no(other)),
+    })?;
+    if !rewritten.transformed {
+        return Ok(expr);
+    }
+    Ok(match rewritten.data {
+        Expr::Alias(alias) => Expr::Alias(alias),
+        other if keep_name => other.alias(name),
+        other => other,
+    })
+}
+
 fn linear(e: &Expr) -> Option<(&Expr, i64)> {
     match e {
         Expr::BinaryExpr(BinaryExpr { left, op: Operator::Plus, right }) => match right.as_ref() {

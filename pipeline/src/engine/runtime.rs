@@ -303,6 +303,7 @@ impl PipelineRun {
                         error: &rejection.error,
                         tenant: rejection.tenant.as_deref(),
                         request_id: rejection.request_id.as_deref(),
+                        udf: None,
                     };
                     self.reject(s, record, detail, out);
                 }
@@ -314,7 +315,7 @@ impl PipelineRun {
             for (i, error) in &decoded.bad {
                 match bad_data {
                     BadData::Dlq => {
-                        let detail = Rejected { reason: "decode_error", error, tenant: None, request_id: None };
+                        let detail = Rejected { reason: "decode_error", error, tenant: None, request_id: None, udf: None };
                         self.reject(s, mine[*i], detail, out);
                     }
                     BadData::Drop => metrics::counter!("notiflow_bad_data_dropped_total", "table" => name.clone()).increment(1),
@@ -398,7 +399,32 @@ impl PipelineRun {
         Ok(results)
     }
 
-    fn write_outputs(&mut self, flow: usize, batches: &[RecordBatch], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
+    /// Dead-letters every record a UDF failed on (reason `udf_error`, the
+    /// UDF's name in a header); returns their origins, whose outputs are dropped.
+    fn dead_letter_udf_failures(&mut self, records: &[&Record], out: &mut Vec<OutRecord>) -> HashSet<(i32, i32, i64)> {
+        let mut failed = HashSet::new();
+        for failure in self.pipeline.udf_failures.drain() {
+            let Some(origin @ (source, partition, offset)) = failure.origin else { continue };
+            if !failed.insert(origin) {
+                continue;
+            }
+            let Some(table) = self.pipeline.sources.get(source as usize) else { continue };
+            let topic = table.kafka.topic.clone();
+            // Keys of contract-checked requests are `tenant/request_id`.
+            let identity = table.contract.is_some();
+            let Some(record) = records.iter().find(|r| r.partition == partition && r.offset == offset && r.topic.as_ref() == topic) else {
+                continue;
+            };
+            let key = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).filter(|_| identity);
+            let (tenant, request_id) = key.and_then(|k| k.split_once('/')).unzip();
+            let error = format!("UDF {} failed on this record (see the process log for its panic message)", failure.udf);
+            let detail = Rejected { reason: "udf_error", error: &error, tenant, request_id, udf: Some(&failure.udf) };
+            self.reject(source as usize, record, detail, out);
+        }
+        failed
+    }
+
+    fn write_outputs(&mut self, flow: usize, batches: &[RecordBatch], failed: &HashSet<(i32, i32, i64)>, out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
         let sink = self.pipeline.flows[flow].sink;
         let topic = self.sink_topics[sink].clone();
         let mut ordinals: HashMap<(i32, i32, i64), u32> = HashMap::new();
@@ -411,6 +437,9 @@ impl PipelineRun {
                 let id = match &lineage {
                     Some(l) => {
                         let origin = l.origin(row);
+                        if failed.contains(&origin) {
+                            continue;
+                        }
                         let ordinal = ordinals.entry(origin).or_default();
                         *ordinal += 1;
                         output_id(flow as u32, origin.0, origin.1, origin.2, *ordinal)
@@ -531,8 +560,9 @@ impl BatchProcessor for PipelineRun {
         let results = self.run_flows(&active).await;
         self.pipeline.sources.iter().for_each(|s| s.feed.clear());
         self.pipeline.shared.iter().for_each(|v| v.feed.clear());
+        let failed = self.dead_letter_udf_failures(&fresh, out);
         for (flow, batches) in results? {
-            self.write_outputs(flow, &batches, out)?;
+            self.write_outputs(flow, &batches, &failed, out)?;
         }
         Ok(())
     }

@@ -8,18 +8,34 @@
 //! plugin's own crate would drag arrow 51 into the engine).
 //!
 //! Signatures come from the UDF's source (`#[udf] fn name(args) -> ret`), as
-//! Arroyo reads them. A UDF that fails on a batch is retried row by row; rows
-//! that still fail become null and are counted (`notiflow_udf_errors_total`).
+//! Arroyo reads them; a UDF with `Vec<T>` arguments is an aggregate (UDAF),
+//! called once per group with all its values. The `/*[dependencies]*/` header
+//! of each source must list what its Cargo.toml does (Arroyo builds from the
+//! header, Cargo from the manifest: they must not drift apart).
+//!
+//! Errors: a UDF that fails on a batch is retried row by row. A row that still
+//! fails becomes null, is counted (`notiflow_udf_errors_total{udf}`) and is
+//! reported to the pipeline through [`UdfFailures`] with the record it came
+//! from: the planner appends the hidden lineage columns to every UDF call
+//! (see `with_lineage_args`), and the runtime dead-letters that record with
+//! reason `udf_error` and drops its outputs.
+//!
+//! Types: SQL TIMESTAMPs given to an `i64` argument arrive as epoch
+//! milliseconds (whatever the column's unit); strings of any Arrow string
+//! type arrive as Utf8 (arrow 51 cannot import Utf8View).
 
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, make_array, new_null_array};
+use arrow::array::{Array, ArrayRef, AsArray, ListArray, make_array, new_null_array};
 use arrow::compute::{cast, concat};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, TimeUnit};
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
-use datafusion::common::{DataFusionError, Result};
-use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udaf,
+};
 
 #[repr(C)]
 struct FfiArraySchema(FFI_ArrowArray, FFI_ArrowSchema);
@@ -52,8 +68,11 @@ pub struct UdfType {
 #[derive(Debug, Clone)]
 pub struct UdfSource {
     pub name: String,
+    /// For an aggregate, the element type of each `Vec<T>` argument.
     pub args: Vec<UdfType>,
     pub ret: UdfType,
+    /// `Vec<T>` arguments: called once per group (a UDAF).
+    pub aggregate: bool,
     pub library: PathBuf,
 }
 
@@ -67,26 +86,71 @@ pub fn discover(udfs_dir: &Path, lib_dir: &Path) -> std::result::Result<Vec<UdfS
     for dir in crates {
         let source_path = dir.join("src/lib.rs");
         let source = std::fs::read_to_string(&source_path).map_err(|e| format!("{}: {e}", source_path.display()))?;
-        let (name, args, ret) = parse_signature(&source).map_err(|e| format!("{}: {e}", source_path.display()))?;
-        found.push(UdfSource { library: lib_dir.join(format!("lib{name}.so")), name, args, ret });
+        let manifest_path = dir.join("Cargo.toml");
+        let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+        check_dependencies(&source, &manifest).map_err(|e| format!("{}:1: {e}", source_path.display()))?;
+        let signature = parse_signature(&source).map_err(|e| format!("{}: {e}", source_path.display()))?;
+        found.push(UdfSource { library: lib_dir.join(format!("lib{}.so", signature.name)), ..signature });
     }
     Ok(found)
 }
 
+/// The header's `[dependencies]` must equal the manifest's, minus the plugin
+/// itself (which Arroyo provides).
+fn check_dependencies(source: &str, manifest: &str) -> std::result::Result<(), String> {
+    let header = source
+        .trim_start()
+        .strip_prefix("/*")
+        .and_then(|rest| rest.split_once("*/"))
+        .map(|(inside, _)| inside)
+        .ok_or("a UDF source starts with Arroyo's /*\\n[dependencies]\\n...\\n*/ header (empty when it needs no crates)")?;
+    let header: toml::Table = header.parse().map_err(|e| format!("the /*[dependencies]*/ header is not TOML: {e}"))?;
+    let manifest: toml::Table = manifest.parse().map_err(|e| format!("Cargo.toml: {e}"))?;
+    let listed = |table: &toml::Table| -> toml::Table {
+        let mut deps = table.get("dependencies").and_then(|d| d.as_table()).cloned().unwrap_or_default();
+        deps.remove("arroyo-udf-plugin");
+        deps
+    };
+    let (in_header, in_manifest) = (listed(&header), listed(&manifest));
+    if in_header != in_manifest {
+        let show = |t: &toml::Table| if t.is_empty() { "nothing".to_string() } else { t.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ") };
+        return Err(format!(
+            "the /*[dependencies]*/ header lists {} but Cargo.toml lists {}: keep them the same (Arroyo builds from the header)",
+            show(&in_header),
+            show(&in_manifest)
+        ));
+    }
+    Ok(())
+}
+
 /// `#[udf] fn name(a: T, b: Option<U>) -> R` (Arroyo's supported types).
-fn parse_signature(source: &str) -> std::result::Result<(String, Vec<UdfType>, UdfType), String> {
-    let after = source.split("#[udf]").nth(1).ok_or("no #[udf] function")?;
+fn parse_signature(source: &str) -> std::result::Result<UdfSource, String> {
+    // The attribute on a line of its own (not in a comment that mentions it).
+    let at = source.match_indices("#[udf]").find(|(i, _)| source[..*i].rsplit('\n').next().is_some_and(|l| l.trim().is_empty()));
+    let (at, _) = at.ok_or("no #[udf] function")?;
+    let after = &source[at + "#[udf]".len()..];
     let after = after.trim_start();
     let after = after.strip_prefix("pub ").unwrap_or(after);
     let after = after.strip_prefix("fn ").ok_or("#[udf] must be followed by `fn`")?;
     let open = after.find('(').ok_or("no argument list")?;
     let name = after[..open].trim().to_string();
     let close = after.find(')').ok_or("no argument list end")?;
+    let mut aggregate = false;
     let args = after[open + 1..close]
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
-        .map(|a| a.split_once(':').map(|(_, t)| rust_type(t.trim())).ok_or_else(|| format!("argument `{a}` has no type"))?)
+        .map(|a| {
+            let (_, t) = a.split_once(':').ok_or_else(|| format!("argument `{a}` has no type"))?;
+            let t = t.trim();
+            match t.strip_prefix("Vec<").and_then(|r| r.strip_suffix('>')).filter(|inner| *inner != "u8") {
+                Some(inner) => {
+                    aggregate = true;
+                    rust_type(inner.trim())
+                }
+                None => rust_type(t),
+            }
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let rest = &after[close + 1..];
     let ret = rest.split('{').next().unwrap_or_default().trim();
@@ -94,7 +158,7 @@ fn parse_signature(source: &str) -> std::result::Result<(String, Vec<UdfType>, U
     if args.is_empty() {
         return Err("a UDF takes at least one argument".into());
     }
-    Ok((name, args, rust_type(ret)?))
+    Ok(UdfSource { name, args, ret: rust_type(ret)?, aggregate, library: PathBuf::new() })
 }
 
 fn rust_type(t: &str) -> std::result::Result<UdfType, String> {
@@ -111,7 +175,7 @@ fn rust_type(t: &str) -> std::result::Result<UdfType, String> {
         "u64" => DataType::UInt64,
         "f32" => DataType::Float32,
         "f64" => DataType::Float64,
-        other => return Err(format!("type `{other}` is not supported by arroyo-udf-plugin scalar UDFs")),
+        other => return Err(format!("type `{other}` is not supported by arroyo-udf-plugin UDFs")),
     };
     Ok(UdfType { data_type, nullable: false })
 }
@@ -123,49 +187,271 @@ struct Loaded {
     run: RunFn,
 }
 
-/// Loads a built UDF and wraps it as a DataFusion scalar function.
-pub fn load(udf: &UdfSource) -> std::result::Result<ScalarUDF, String> {
+fn open(udf: &UdfSource) -> std::result::Result<Arc<Loaded>, String> {
     // SAFETY: the library is a UDF built from this repository's udfs/ workspace.
     let library = unsafe { libloading::Library::new(&udf.library) }.map_err(|e| format!("{}: {e}", udf.library.display()))?;
     let run: RunFn = *unsafe { library.get::<RunFn>(b"__run\0") }.map_err(|e| format!("{}: no __run symbol: {e}", udf.library.display()))?;
     let loaded = Arc::new(Loaded { _library: library, run });
     // Libraries are never unloaded: results' buffers are freed by their code.
     std::mem::forget(loaded.clone());
-    let name = udf.name.clone();
-    let arg_types: Vec<DataType> = udf.args.iter().map(|a| a.data_type.clone()).collect();
+    Ok(loaded)
+}
+
+/// A row a UDF failed on, with the record it came from when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdfFailure {
+    pub udf: String,
+    /// (source table index, partition, offset).
+    pub origin: Option<(i32, i32, i64)>,
+}
+
+/// Where the UDFs of one pipeline report failed rows (drained per batch).
+#[derive(Debug, Clone, Default)]
+pub struct UdfFailures(Arc<Mutex<Vec<UdfFailure>>>);
+
+impl UdfFailures {
+    fn push(&self, failure: UdfFailure) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+    }
+
+    pub fn drain(&self) -> Vec<UdfFailure> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Extra arguments the planner appends to every scalar UDF call:
+/// `_source`, `_partition`, `_offset` (see `UdfFailure::origin`).
+pub const LINEAGE_ARGS: usize = 3;
+
+/// A built scalar UDF as a DataFusion function.
+pub struct HostUdf {
+    name: String,
+    library: PathBuf,
+    args: Vec<DataType>,
+    ret: DataType,
+    signature: Signature,
+    loaded: Arc<Loaded>,
+    failures: UdfFailures,
+}
+
+impl std::fmt::Debug for HostUdf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostUdf").field("name", &self.name).field("library", &self.library).finish()
+    }
+}
+
+impl PartialEq for HostUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.library == other.library
+    }
+}
+impl Eq for HostUdf {}
+impl Hash for HostUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.library.hash(state);
+    }
+}
+
+impl HostUdf {
+    /// Number of arguments the SQL passes (lineage columns excluded).
+    pub fn arity(&self) -> usize {
+        self.args.len()
+    }
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// The type an argument is planned with: the declared one, except values the
+/// call converts itself (timestamps to epoch ms, other string types).
+fn coerce(udf: &str, i: usize, actual: &DataType, declared: &DataType) -> Result<DataType> {
+    Ok(match (actual, declared) {
+        (a, d) if a == d => d.clone(),
+        (DataType::Timestamp(..), DataType::Int64) => actual.clone(),
+        (a, DataType::Utf8) if is_string(a) => actual.clone(),
+        (DataType::Null, d) => d.clone(),
+        (a, d) if arrow::compute::can_cast_types(a, d) && !matches!(a, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64) => d.clone(),
+        (a, d) => return plan_err!("{udf}: argument {} is {a}, but the UDF takes {d}", i + 1),
+    })
+}
+
+/// Casts one argument to the declared type, timestamps to epoch ms.
+fn to_declared(array: ArrayRef, declared: &DataType) -> Result<ArrayRef> {
+    Ok(match (array.data_type(), declared) {
+        (a, d) if a == d => array,
+        (DataType::Timestamp(..), DataType::Int64) => {
+            let millis = cast(&array, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+            cast(&millis, &DataType::Int64)?
+        }
+        _ => cast(&array, declared)?,
+    })
+}
+
+impl ScalarUDFImpl for HostUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(self.ret.clone())
+    }
+    fn coerce_types(&self, actual: &[DataType]) -> Result<Vec<DataType>> {
+        let n = self.args.len();
+        if actual.len() != n && actual.len() != n + LINEAGE_ARGS {
+            return plan_err!("{} takes {n} arguments, got {}", self.name, actual.len());
+        }
+        let mut types: Vec<DataType> =
+            actual.iter().zip(&self.args).enumerate().map(|(i, (a, d))| coerce(&self.name, i, a, d)).collect::<Result<_>>()?;
+        types.extend(actual[n..].iter().cloned());
+        Ok(types)
+    }
+    fn invoke_with_args(&self, call: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = call.args.iter().any(|a| matches!(a, ColumnarValue::Array(_)));
+        let n = if rows { call.number_rows } else { 1 };
+        let values = call.args[..self.args.len()]
+            .iter()
+            .zip(&self.args)
+            .map(|(a, t)| to_declared(a.to_array(n)?, t))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let lineage = call.args[self.args.len()..].iter().map(|a| a.to_array(n)).collect::<Result<Vec<ArrayRef>>>()?;
+        let out = call_tolerant(&self.loaded, &values, &self.ret, |row| {
+            metrics::counter!("notiflow_udf_errors_total", "udf" => self.name.clone()).increment(1);
+            let origin = match lineage.as_slice() {
+                [s, p, o] if s.is_valid(row) && p.is_valid(row) && o.is_valid(row) => Some((
+                    s.as_primitive::<Int32Type>().value(row),
+                    p.as_primitive::<Int32Type>().value(row),
+                    o.as_primitive::<Int64Type>().value(row),
+                )),
+                _ => None,
+            };
+            self.failures.push(UdfFailure { udf: self.name.clone(), origin });
+        })?;
+        Ok(if rows { ColumnarValue::Array(out) } else { ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?) })
+    }
+}
+
+/// Loads a built scalar UDF as a DataFusion function.
+pub fn load(udf: &UdfSource, failures: &UdfFailures) -> std::result::Result<ScalarUDF, String> {
+    let loaded = open(udf)?;
+    Ok(ScalarUDF::new_from_impl(HostUdf {
+        name: udf.name.clone(),
+        library: udf.library.clone(),
+        args: udf.args.iter().map(|a| a.data_type.clone()).collect(),
+        ret: udf.ret.data_type.clone(),
+        signature: Signature::user_defined(Volatility::Immutable),
+        loaded,
+        failures: failures.clone(),
+    }))
+}
+
+/// Loads a built aggregate UDF: its accumulator keeps the group's values and
+/// calls the UDF once with all of them when the window closes.
+pub fn load_aggregate(udf: &UdfSource) -> std::result::Result<AggregateUDF, String> {
+    let loaded = open(udf)?;
+    let [arg] = udf.args.as_slice() else {
+        return Err(format!("{}: an aggregate UDF takes one Vec<T> argument", udf.name));
+    };
+    let element = arg.data_type.clone();
+    let list = DataType::List(Arc::new(Field::new("item", element.clone(), true)));
     let ret = udf.ret.data_type.clone();
-    let ret_for_call = ret.clone();
-    Ok(create_udf(
+    let name = udf.name.clone();
+    Ok(create_udaf(
         &udf.name,
-        arg_types.clone(),
-        ret,
+        vec![element.clone()],
+        Arc::new(ret.clone()),
         Volatility::Immutable,
-        Arc::new(move |args: &[ColumnarValue]| {
-            let rows = args.iter().find_map(|a| match a {
-                ColumnarValue::Array(a) => Some(a.len()),
-                ColumnarValue::Scalar(_) => None,
-            });
-            let n = rows.unwrap_or(1);
-            let arrays = args
-                .iter()
-                .zip(&arg_types)
-                .map(|(a, t)| {
-                    let array = a.to_array(n)?;
-                    // Only the declared types cross: arrow 51 cannot import e.g. Utf8View.
-                    Ok(if array.data_type() == t { array } else { cast(&array, t)? })
-                })
-                .collect::<Result<Vec<ArrayRef>>>()?;
-            let out = call_tolerant(&loaded, &name, &arrays, &ret_for_call)?;
-            Ok(match rows {
-                Some(_) => ColumnarValue::Array(out),
-                None => ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?),
-            })
+        Arc::new(move |_| {
+            Ok(Box::new(CollectingAccumulator {
+                name: name.clone(),
+                element: element.clone(),
+                ret: ret.clone(),
+                loaded: loaded.clone(),
+                values: vec![],
+            }) as Box<dyn Accumulator>)
         }),
+        Arc::new(vec![list]),
     ))
 }
 
-/// One call; on failure, row by row with failing rows as null.
-fn call_tolerant(loaded: &Loaded, name: &str, args: &[ArrayRef], ret: &DataType) -> Result<ArrayRef> {
+/// Collects a group's non-null values for an aggregate UDF.
+struct CollectingAccumulator {
+    name: String,
+    element: DataType,
+    ret: DataType,
+    loaded: Arc<Loaded>,
+    values: Vec<ArrayRef>,
+}
+
+impl std::fmt::Debug for CollectingAccumulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectingAccumulator").field("udf", &self.name).finish()
+    }
+}
+
+impl CollectingAccumulator {
+    fn all(&self) -> Result<ArrayRef> {
+        if self.values.is_empty() {
+            return Ok(arrow::array::new_empty_array(&self.element));
+        }
+        let refs: Vec<&dyn Array> = self.values.iter().map(|a| a.as_ref()).collect();
+        Ok(concat(&refs)?)
+    }
+
+    fn keep(&mut self, values: &ArrayRef) -> Result<()> {
+        let values = arrow::compute::filter(values, &arrow::compute::is_not_null(values)?)?;
+        if !values.is_empty() {
+            self.values.push(cast(&values, &self.element)?);
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for CollectingAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.keep(&values[0])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let lists: &ListArray = states[0].as_list::<i32>();
+        for list in lists.iter().flatten() {
+            self.keep(&list)?;
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let all = self.all()?;
+        Ok(vec![ScalarValue::List(Arc::new(arrow::array::ListArray::new(
+            Arc::new(Field::new("item", self.element.clone(), true)),
+            arrow::buffer::OffsetBuffer::from_lengths([all.len()]),
+            all,
+            None,
+        )))])
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let all = self.all()?;
+        match call(&self.loaded, &[all])? {
+            Some(out) if out.len() == 1 => ScalarValue::try_from_array(&cast(&out, &self.ret)?, 0),
+            _ => {
+                metrics::counter!("notiflow_udf_errors_total", "udf" => self.name.clone()).increment(1);
+                ScalarValue::try_from(&self.ret)
+            }
+        }
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.values.iter().map(|a| a.get_array_memory_size()).sum::<usize>()
+    }
+}
+
+/// One call; on failure, row by row: failing rows become null and are
+/// reported to `failed(row)`.
+fn call_tolerant(loaded: &Loaded, args: &[ArrayRef], ret: &DataType, mut failed: impl FnMut(usize)) -> Result<ArrayRef> {
     let n = args[0].len();
     if n == 0 {
         return Ok(arrow::array::new_empty_array(ret));
@@ -179,7 +465,7 @@ fn call_tolerant(loaded: &Loaded, name: &str, args: &[ArrayRef], ret: &DataType)
         match call(loaded, &slice)? {
             Some(value) => pieces.push(value),
             None => {
-                metrics::counter!("notiflow_udf_errors_total", "udf" => name.to_string()).increment(1);
+                failed(row);
                 pieces.push(new_null_array(ret, 1));
             }
         }
@@ -216,11 +502,35 @@ mod tests {
 
     #[test]
     fn reads_signatures_like_arroyo() {
-        let (name, args, ret) = parse_signature("/*\n[dependencies]\n*/\nuse x;\n#[udf]\nfn normalize_phone(number: &str, region: Option<&str>) -> Option<String> {\n}").unwrap();
-        assert_eq!(name, "normalize_phone");
-        assert_eq!(args, vec![UdfType { data_type: DataType::Utf8, nullable: false }, UdfType { data_type: DataType::Utf8, nullable: true }]);
-        assert_eq!(ret, UdfType { data_type: DataType::Utf8, nullable: true });
+        let udf = parse_signature("/*\n[dependencies]\n*/\nuse x;\n#[udf]\nfn normalize_phone(number: &str, region: Option<&str>) -> Option<String> {\n}").unwrap();
+        assert_eq!(udf.name, "normalize_phone");
+        assert_eq!(udf.args, vec![UdfType { data_type: DataType::Utf8, nullable: false }, UdfType { data_type: DataType::Utf8, nullable: true }]);
+        assert_eq!(udf.ret, UdfType { data_type: DataType::Utf8, nullable: true });
+        assert!(!udf.aggregate);
+        let udaf = parse_signature("#[udf]\nfn p95(mut values: Vec<f64>) -> Option<f64> {}").unwrap();
+        assert!(udaf.aggregate);
+        assert_eq!(udaf.args, vec![UdfType { data_type: DataType::Float64, nullable: false }]);
+        assert!(!parse_signature("#[udf]\nfn f(b: Vec<u8>) -> i64 {}").unwrap().aggregate, "Vec<u8> is binary");
         assert!(parse_signature("#[udf]\nfn f(x: HashMap<u8, u8>) -> i64 {}").unwrap_err().contains("not supported"));
         assert!(parse_signature("#[udf]\nfn f() -> i64 {}").unwrap_err().contains("at least one"));
+    }
+
+    #[test]
+    fn the_dependencies_header_must_match_the_manifest() {
+        let manifest = "[package]\nname = \"x\"\n[dependencies]\narroyo-udf-plugin.workspace = true\nchrono-tz = \"0.10\"\n";
+        assert!(check_dependencies("/*\n[dependencies]\nchrono-tz = \"0.10\"\n*/\nfn f() {}", manifest).is_ok());
+        let drift = check_dependencies("/*\n[dependencies]\nchrono-tz = \"0.9\"\n*/", manifest).unwrap_err();
+        assert!(drift.contains("chrono-tz = \"0.9\"") && drift.contains("chrono-tz = \"0.10\""), "{drift}");
+        assert!(check_dependencies("/*\n[dependencies]\n*/", manifest).unwrap_err().contains("lists nothing"));
+        assert!(check_dependencies("use x;", manifest).unwrap_err().contains("header"));
+    }
+
+    #[test]
+    fn timestamps_cross_as_epoch_millis() {
+        let ts: ArrayRef = Arc::new(arrow::array::TimestampNanosecondArray::from(vec![Some(1_500_000_000), None]));
+        let out = to_declared(ts, &DataType::Int64).unwrap();
+        assert_eq!(out.as_primitive::<Int64Type>().iter().collect::<Vec<_>>(), vec![Some(1500), None]);
+        assert_eq!(coerce("f", 0, &DataType::Timestamp(TimeUnit::Second, None), &DataType::Int64).unwrap(), DataType::Timestamp(TimeUnit::Second, None));
+        assert!(coerce("f", 1, &DataType::Timestamp(TimeUnit::Second, None), &DataType::Utf8).unwrap_err().to_string().contains("argument 2"));
     }
 }
