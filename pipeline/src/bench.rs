@@ -95,12 +95,16 @@ impl<P: BatchProcessor> BatchProcessor for &mut P {
         (**self).process(records, out).await
     }
 
-    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
+    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<crate::job::Commit>> {
         (**self).durable(written, consumed)
     }
 
-    fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
+    fn finish(&mut self) -> anyhow::Result<Option<crate::job::Commit>> {
         (**self).finish()
+    }
+
+    async fn rebalance(&mut self, changes: Vec<notiflow_connector::AssignmentChange>) -> anyhow::Result<()> {
+        (**self).rebalance(changes).await
     }
 }
 
@@ -110,14 +114,18 @@ impl<P: BatchProcessor> BatchProcessor for Timed<P> {
         self.inner.process(records, out).await
     }
 
-    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
+    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<crate::job::Commit>> {
         let now = now_ms();
         self.latencies_ms.extend(self.pending.drain(..).map(|t| (now - t) as f64));
         self.inner.durable(written, consumed)
     }
 
-    fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
+    fn finish(&mut self) -> anyhow::Result<Option<crate::job::Commit>> {
         self.inner.finish()
+    }
+
+    async fn rebalance(&mut self, changes: Vec<notiflow_connector::AssignmentChange>) -> anyhow::Result<()> {
+        self.inner.rebalance(changes).await
     }
 }
 
@@ -140,28 +148,29 @@ impl BatchProcessor for Passthrough {
         Ok(())
     }
 
-    fn durable(&mut self, _: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
+    fn durable(&mut self, _: &notiflow_connector::Positions, consumed: &Offsets) -> anyhow::Result<Option<crate::job::Commit>> {
         self.consumed.merge(consumed);
         if self.last_commit.elapsed() < CHECKPOINT_INTERVAL {
             return Ok(None);
         }
         self.last_commit = Instant::now();
-        Ok(Some(self.consumed.clone()))
+        Ok(Some(crate::job::Commit::offsets(self.consumed.clone())))
     }
 
-    fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
-        Ok(Some(self.consumed.clone()))
+    fn finish(&mut self) -> anyhow::Result<Option<crate::job::Commit>> {
+        Ok(Some(crate::job::Commit::offsets(self.consumed.clone())))
     }
 }
 
 /// Pipelines checkpoint (and commit) at `notiflow run`'s default interval.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Checkpoints into a fresh temp folder, as `notiflow run` does into its state dir.
+/// Checkpoints into a fresh state topic, as `notiflow run` does into its group's.
 async fn checkpointed(run: &mut crate::engine::PipelineRun, kafka: &KafkaConfig, name: &str) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("notiflow-bench-state-{}-{name}-{}", std::process::id(), now_ms()));
-    let checkpointing = crate::engine::Checkpointing { store: crate::engine::checkpoint::CheckpointStore::new(dir), interval: CHECKPOINT_INTERVAL };
-    run.recover(checkpointing, &notiflow_kafka::KafkaReader::new(kafka)).await?;
+    let topic = format!("notiflow-bench-state-{}-{name}-{}", std::process::id(), now_ms());
+    KafkaAdmin::new(kafka)?.ensure_topics(&[notiflow_connector::TopicSpec { name: topic.clone(), partitions: 1, compacted: true }]).await?;
+    let checkpointing = crate::engine::Checkpointing { state: crate::engine::checkpoint::StateTopic::new(topic), interval: CHECKPOINT_INTERVAL };
+    run.enable_checkpoints(checkpointing, crate::logs::Logs::Kafka(notiflow_kafka::KafkaReader::new(kafka))).await?;
     Ok(())
 }
 

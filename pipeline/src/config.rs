@@ -76,8 +76,9 @@ pub struct PipelineConfig {
     /// offsets committed to Kafka). Outputs since the last checkpoint are
     /// replayed after a crash and suppressed by id.
     pub checkpoint_interval_ms: u64,
-    /// Where checkpoints live, one folder per consumer group.
-    pub state_dir: PathBuf,
+    /// The compacted topic checkpoints go to (per input partition, so state
+    /// follows partitions between instances); empty: `<group_id>.state`.
+    pub state_topic: String,
 }
 
 impl Default for PipelineConfig {
@@ -88,7 +89,7 @@ impl Default for PipelineConfig {
             batch_max_records: 4096,
             batch_max_wait_ms: 50,
             checkpoint_interval_ms: 1000,
-            state_dir: PathBuf::from("notiflow-data/state"),
+            state_topic: String::new(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Drives a batch processor over a source and a sink: read a micro-batch,
 //! process it, wait until every output is durable, let the processor
-//! checkpoint, then commit the offsets it says are safe. Never commit before
-//! the outputs are durable (see docs/exactly-once.md).
+//! checkpoint (its state records are written like outputs), then commit the
+//! offsets it says are safe. Never commit before the outputs and the
+//! checkpoint are durable (see docs/exactly-once.md). Partition assignment
+//! changes reach the processor before the batch that follows them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use notiflow_connector::{BatchLimits, Offsets, OutRecord, Positions, Record, Sink, Source};
+use notiflow_connector::{AssignmentChange, BatchLimits, Offsets, OutRecord, Positions, Record, Sink, Source};
 use tokio::sync::watch;
 
 
@@ -19,16 +21,45 @@ pub enum StopWhen {
     IdleFor(Duration),
 }
 
+/// What to make durable, then commit.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Checkpoint records, written (and acknowledged) before the commit.
+    pub state: Vec<OutRecord>,
+    pub offsets: Offsets,
+}
+
+impl Commit {
+    pub fn offsets(offsets: Offsets) -> Self {
+        Commit { state: Vec::new(), offsets }
+    }
+}
+
 /// Turns one micro-batch of records into output records.
 pub trait BatchProcessor {
     fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> impl Future<Output = anyhow::Result<()>>;
 
     /// The batch's outputs are durable at `written`; `consumed` are the
-    /// batch's next offsets. Returns offsets that may now be committed.
-    fn durable(&mut self, written: &Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>>;
+    /// batch's next offsets. Returns what may now be committed.
+    fn durable(&mut self, written: &Positions, consumed: &Offsets) -> anyhow::Result<Option<Commit>>;
 
-    /// The job is stopping: last chance to checkpoint. Returns offsets to commit.
-    fn finish(&mut self) -> anyhow::Result<Option<Offsets>>;
+    /// The job is stopping: last chance to checkpoint.
+    fn finish(&mut self) -> anyhow::Result<Option<Commit>>;
+
+    /// Partitions were assigned or revoked (before the next batch is processed).
+    fn rebalance(&mut self, changes: Vec<AssignmentChange>) -> impl Future<Output = anyhow::Result<()>> {
+        let _ = changes;
+        async { Ok(()) }
+    }
+}
+
+/// Writes a commit's state records, then commits its offsets.
+async fn apply<S: Source, K: Sink>(commit: Commit, source: &mut S, sink: &K) -> anyhow::Result<()> {
+    if !commit.state.is_empty() {
+        sink.send_all(commit.state).await?;
+    }
+    source.commit(&commit.offsets).await?;
+    Ok(())
 }
 
 /// What a run did, for the summary line and tests.
@@ -68,6 +99,10 @@ pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
             batch = source.next_batch(limits) => batch?,
             _ = shutdown.changed() => break,
         };
+        let changes = source.assignment_changes();
+        if !changes.is_empty() {
+            processor.rebalance(changes).await?;
+        }
         if batch.is_empty() {
             match stop {
                 StopWhen::IdleFor(idle) if idle_since.elapsed() >= idle => break,
@@ -84,15 +119,15 @@ pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
         count_records("notiflow_records_out_total", out.iter().map(|r| r.topic.as_ref()));
         // Durable first, then checkpoint, then commit: never the other way round.
         let written = sink.send_all(out).await?;
-        if let Some(safe) = processor.durable(&written, &offsets)? {
-            source.commit(&safe).await?;
+        if let Some(commit) = processor.durable(&written, &offsets)? {
+            apply(commit, source, sink).await?;
         }
         metrics::histogram!("notiflow_batch_seconds").record(started.elapsed().as_secs_f64());
         records_in += batch.len() as u64;
         batches += 1;
     }
-    if let Some(safe) = processor.finish()? {
-        source.commit(&safe).await?;
+    if let Some(commit) = processor.finish()? {
+        apply(commit, source, sink).await?;
     }
     Ok((records_in, batches))
 }

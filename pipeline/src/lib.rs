@@ -9,6 +9,7 @@ pub mod engine;
 pub mod events;
 pub mod golden;
 pub mod job;
+pub mod logs;
 pub mod metrics_http;
 pub mod report;
 pub mod samples;
@@ -43,7 +44,27 @@ pub fn topic_specs(run: &PipelineRun, config: &Config) -> Vec<TopicSpec> {
     names.extend(run.output_topics());
     names.sort();
     names.dedup();
-    names.into_iter().map(|name| TopicSpec::new(name, config.topics.partitions)).collect()
+    let mut specs: Vec<TopicSpec> = names.into_iter().map(|name| TopicSpec::new(name, config.topics.partitions)).collect();
+    specs.push(TopicSpec { name: state_topic(run, config), partitions: 1, compacted: true });
+    specs
+}
+
+/// The compacted topic holding the group's checkpoints.
+pub fn state_topic(run: &PipelineRun, config: &Config) -> String {
+    match config.pipeline.state_topic.as_str() {
+        "" => format!("{}.state", group_id(run, config)),
+        topic => topic.to_string(),
+    }
+}
+
+/// Checkpoints `run` into its state topic on Kafka; partitions assigned to
+/// it are restored from there.
+pub async fn checkpoint_on_kafka(run: &mut PipelineRun, config: &Config, kafka: &notiflow_kafka::KafkaConfig) -> anyhow::Result<()> {
+    let checkpointing = engine::Checkpointing {
+        state: engine::checkpoint::StateTopic::new(state_topic(run, config)),
+        interval: Duration::from_millis(config.pipeline.checkpoint_interval_ms),
+    };
+    run.enable_checkpoints(checkpointing, logs::Logs::Kafka(notiflow_kafka::KafkaReader::new(kafka))).await
 }
 
 /// The consumer group: the SQL's `source.group_id`, else `pipeline.group_id`.

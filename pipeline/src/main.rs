@@ -217,13 +217,8 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&run, config)).await?;
     let topics = run.source_topics();
     let group = notiflow::group_id(&run, config);
-    let checkpointing = notiflow::engine::Checkpointing {
-        store: notiflow::engine::checkpoint::CheckpointStore::new(config.pipeline.state_dir.join(&group)),
-        interval: Duration::from_millis(config.pipeline.checkpoint_interval_ms),
-    };
-    if let Some(epoch) = run.recover(checkpointing, &KafkaReader::new(kafka)).await? {
-        tracing::info!(epoch, suppressing = run.suppressed, "resumed from checkpoint");
-    }
+    run.prepare(&KafkaReader::new(kafka)).await?;
+    notiflow::checkpoint_on_kafka(&mut run, config, kafka).await?;
     let start = run.pipeline.sources.first().map(|s| s.kafka.start_offset.as_str()).unwrap_or("earliest");
     let mut source = KafkaSource::new(kafka, &group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), start)?;
     let sink = KafkaSink::new(kafka)?;
@@ -239,6 +234,9 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     let (records_in, batches) = run_job(&mut run, &mut source, &sink, notiflow::batch_limits(config), stop, shutdown).await?;
     if run.gap_records > 0 {
         println!("WARNING: the broker skipped {} offsets of the source topics (records never delivered)", run.gap_records);
+    }
+    if run.restored_partitions > 0 {
+        println!("restored state of {} partitions from checkpoints", run.restored_partitions);
     }
     if run.skipped + run.suppressed > 0 {
         println!("recovery: {} records already in the checkpoint skipped, {} outputs already written suppressed", run.skipped, run.suppressed);

@@ -96,6 +96,11 @@ impl Offsets {
         self.0.is_empty()
     }
 
+    /// Forgets a partition (revoked: its offsets are its new owner's to commit).
+    pub fn remove(&mut self, topic: &str, partition: i32) {
+        self.0.retain(|(t, p), _| !(t.as_ref() == topic && *p == partition));
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
         self.0.iter().map(|((t, p), o)| (t.as_ref(), *p, *o))
     }
@@ -151,6 +156,20 @@ pub trait Source: Send {
     /// Commits `offsets`; the caller promises every record below them has
     /// had its outputs made durable.
     fn commit(&mut self, offsets: &Offsets) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Partitions gained or lost since the last call (consumer-group
+    /// rebalances), oldest first. Records of a revoked partition are not
+    /// handed out after its revocation is reported.
+    fn assignment_changes(&mut self) -> Vec<AssignmentChange> {
+        Vec::new()
+    }
+}
+
+/// A change in the partitions a source reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentChange {
+    Assigned(Vec<(Arc<str>, i32)>),
+    Revoked(Vec<(Arc<str>, i32)>),
 }
 
 /// A log writer. `send_all` resolves only when every record is durable

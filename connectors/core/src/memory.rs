@@ -101,6 +101,7 @@ impl MemoryBroker {
             group: group.to_string(),
             topics: topics.iter().map(|t| Arc::from(*t)).collect(),
             positions: HashMap::new(),
+            announced: false,
         }
     }
 
@@ -114,6 +115,8 @@ pub struct MemorySource {
     group: String,
     topics: Vec<Arc<str>>,
     positions: HashMap<(Arc<str>, i32), i64>,
+    /// Whether the (whole) assignment was reported.
+    announced: bool,
 }
 
 impl MemorySource {
@@ -151,6 +154,21 @@ impl Source for MemorySource {
                 return Ok(Vec::new());
             }
         }
+    }
+
+    /// One member per group: every partition of its topics, once.
+    fn assignment_changes(&mut self) -> Vec<crate::AssignmentChange> {
+        if self.announced {
+            return Vec::new();
+        }
+        self.announced = true;
+        let log = self.broker.log.lock().expect("memory log poisoned");
+        let partitions: Vec<(Arc<str>, i32)> = self
+            .topics
+            .iter()
+            .flat_map(|t| (0..log.topics.get(t).map_or(0, |p| p.len())).map(move |p| (t.clone(), p as i32)))
+            .collect();
+        vec![crate::AssignmentChange::Assigned(partitions)]
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<(), ConnectorError> {

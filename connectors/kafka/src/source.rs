@@ -1,8 +1,8 @@
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notiflow_connector::{BatchLimits, ConnectorError, Header, Offsets, Record, Source};
+use notiflow_connector::{AssignmentChange, BatchLimits, ConnectorError, Header, Offsets, Record, Source};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
@@ -11,8 +11,17 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::{KafkaConfig, classify};
 
-/// Publishes consumer lag from librdkafka's statistics and logs rebalances.
-pub struct LagContext;
+/// Publishes consumer lag from librdkafka's statistics and records
+/// rebalances (for [`Source::assignment_changes`]).
+#[derive(Default)]
+pub struct LagContext {
+    changes: Mutex<Vec<AssignmentChange>>,
+    assigned: Mutex<HashSet<(String, i32)>>,
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(Arc<str>, i32)> {
+    tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect()
+}
 
 impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
@@ -31,8 +40,22 @@ impl ClientContext for LagContext {
 impl ConsumerContext for LagContext {
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                let list = partitions_of(tpl);
+                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+                assigned.extend(list.iter().map(|(t, p)| (t.to_string(), *p)));
+                self.changes.lock().unwrap_or_else(|e| e.into_inner()).push(AssignmentChange::Assigned(list));
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                let list = partitions_of(tpl);
+                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+                for (t, p) in &list {
+                    assigned.remove(&(t.to_string(), *p));
+                }
+                self.changes.lock().unwrap_or_else(|e| e.into_inner()).push(AssignmentChange::Revoked(list));
+            }
             Rebalance::Error(err) => tracing::warn!(%err, "rebalance error"),
         }
     }
@@ -65,7 +88,7 @@ impl KafkaSource {
             .set("statistics.interval.ms", "1000")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(100).to_string())
-            .create_with_context(LagContext)
+            .create_with_context(LagContext::default())
             .map_err(classify)
     }
 }
@@ -99,7 +122,15 @@ impl Source for KafkaSource {
             };
             batch.push(to_record(topic, &message));
         }
+        // A rebalance inside this call may have revoked partitions whose
+        // records were already taken: they belong to the new owner now.
+        let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());
+        batch.retain(|r| assigned.contains(&(r.topic.to_string(), r.partition)));
         Ok(batch)
+    }
+
+    fn assignment_changes(&mut self) -> Vec<AssignmentChange> {
+        std::mem::take(&mut *self.consumer.context().changes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<(), ConnectorError> {
@@ -192,7 +223,7 @@ impl KafkaReader {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", self.config.fetch_wait_max_ms.to_string())
-            .create_with_context(LagContext)
+            .create_with_context(LagContext::default())
             .map_err(classify)?;
         let mut list = TopicPartitionList::new();
         for (partition, from) in starts {

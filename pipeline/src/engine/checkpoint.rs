@@ -1,108 +1,139 @@
-//! Checkpoints: operator state, source offsets and output positions, written
-//! together atomically (temp file, fsync, rename). See docs/exactly-once.md.
+//! Checkpoints per input partition, kept in a compacted state topic so that
+//! a partition's state can follow it to whichever instance the consumer
+//! group assigns it to (see docs/exactly-once.md).
+//!
+//! One checkpoint = one source topic partition: the next offset its state
+//! reflects, every stateful operator's state for it, and the output positions
+//! ("emitted end") at that moment. Its bytes are split into chunks (Kafka
+//! caps record sizes) written under keys `<topic>/<partition>/<slot>/<n>`,
+//! then a marker under `<topic>/<partition>` naming the epoch, slot, chunk
+//! count and SHA-256 of the whole. Consecutive checkpoints of a partition
+//! alternate between two slots, so the chunks a marker points at are never
+//! overwritten before the next marker lands: a crash mid-write leaves the
+//! previous checkpoint whole. Compaction keeps only the newest of each key.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
+use notiflow_connector::{LogReader, OutRecord, Record};
 use sha2::{Digest, Sha256};
 
-const MAGIC: &[u8; 6] = b"NFCP1\n";
-const KEEP: usize = 2;
+const MARKER_MAGIC: &[u8; 6] = b"NFMK1\n";
+const CHUNK_MAGIC: &[u8; 6] = b"NFCH1\n";
+const BODY_MAGIC: &[u8; 6] = b"NFCP2\n";
+/// Below Kafka's default 1 MB record limit, with room for the header.
+pub const CHUNK_BYTES: usize = 512 * 1024;
 
+/// The checkpoint of one source topic partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Checkpoint {
+pub struct PartitionCheckpoint {
     pub epoch: u64,
-    /// Next offset to process per (topic, partition): the state reflects every record below.
-    pub offsets: BTreeMap<(String, i32), i64>,
-    /// (flow, stage) -> operator state.
+    pub topic: String,
+    pub partition: i32,
+    /// Next offset to process: the state reflects every record below.
+    pub next_offset: i64,
+    /// (flow, stage) -> that operator's state for this partition.
     pub operators: BTreeMap<(u32, u32), Vec<u8>>,
-    /// Per output (topic, partition): the offset after our last durable write
-    /// (or the partition end when we started). Outputs written after this
-    /// checkpoint lie at or beyond it.
+    /// Per output (topic, partition): the offset after our last durable
+    /// write when this checkpoint was taken. Outputs of records at or after
+    /// `next_offset` lie at or beyond it.
     pub emitted_end: BTreeMap<(String, i32), i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("checkpoint I/O at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("checkpoint {path} is corrupt: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    #[error("state topic {topic}: {source}")]
+    Read { topic: String, source: notiflow_connector::ConnectorError },
+    #[error("checkpoint of {unit} in state topic {topic} is corrupt: {reason}")]
+    Corrupt { topic: String, unit: String, reason: String },
 }
 
-/// One folder of checkpoints (one per pipeline consumer group).
-pub struct CheckpointStore {
-    dir: PathBuf,
+/// The compacted topic holding a consumer group's checkpoints.
+#[derive(Debug, Clone)]
+pub struct StateTopic {
+    pub topic: Arc<str>,
 }
 
-impl CheckpointStore {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CheckpointStore { dir: dir.into() }
+fn unit_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+impl StateTopic {
+    pub fn new(topic: impl Into<Arc<str>>) -> Self {
+        StateTopic { topic: topic.into() }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-        move |source| CheckpointError::Io { path: path.to_path_buf(), source }
-    }
-
-    /// Epochs on disk, oldest first.
-    fn epochs(&self) -> Result<Vec<u64>, CheckpointError> {
-        if !self.dir.exists() {
-            return Ok(vec![]);
+    /// The records that store `checkpoint` in `slot` (0 or 1): chunks first,
+    /// then the marker. Written in this order to one partition.
+    pub fn records(&self, checkpoint: &PartitionCheckpoint, slot: u8) -> Vec<OutRecord> {
+        let body = encode(checkpoint);
+        let unit = unit_key(&checkpoint.topic, checkpoint.partition);
+        let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(CHUNK_BYTES).collect() };
+        let mut out = Vec::with_capacity(chunks.len() + 1);
+        for (n, chunk) in chunks.iter().enumerate() {
+            let mut value = CHUNK_MAGIC.to_vec();
+            value.extend_from_slice(&checkpoint.epoch.to_le_bytes());
+            value.extend_from_slice(chunk);
+            out.push(OutRecord { topic: self.topic.clone(), key: Some(format!("{unit}/{slot}/{n}").into_bytes()), payload: value, headers: vec![] });
         }
-        let mut epochs: Vec<u64> = fs::read_dir(&self.dir)
-            .map_err(Self::io(&self.dir))?
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("checkpoint-")?.strip_suffix(".bin")?.parse().ok())
-            .collect();
-        epochs.sort_unstable();
-        Ok(epochs)
+        let mut marker = MARKER_MAGIC.to_vec();
+        marker.extend_from_slice(&checkpoint.epoch.to_le_bytes());
+        marker.push(slot);
+        marker.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+        marker.extend_from_slice(&Sha256::digest(&body));
+        out.push(OutRecord { topic: self.topic.clone(), key: Some(unit.into_bytes()), payload: marker, headers: vec![] });
+        out
     }
 
-    fn path(&self, epoch: u64) -> PathBuf {
-        self.dir.join(format!("checkpoint-{epoch:012}.bin"))
-    }
-
-    /// The newest checkpoint that reads back whole (a torn newest one is skipped).
-    pub fn load_latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        for epoch in self.epochs()?.into_iter().rev() {
-            let path = self.path(epoch);
-            let bytes = fs::read(&path).map_err(Self::io(&path))?;
-            match decode(&bytes) {
-                Ok(checkpoint) => return Ok(Some(checkpoint)),
-                Err(reason) => tracing::warn!(path = %path.display(), %reason, "skipping unreadable checkpoint"),
+    /// The newest whole checkpoint of each of `units` (topic, partition) that
+    /// has one, with the slot it occupies.
+    pub async fn load<R: LogReader>(&self, reader: &R, units: &[(Arc<str>, i32)]) -> Result<Vec<(PartitionCheckpoint, u8)>, CheckpointError> {
+        let read = |source| CheckpointError::Read { topic: self.topic.to_string(), source };
+        // The newest record per key, as compaction would leave it.
+        let mut latest: HashMap<Vec<u8>, Record> = HashMap::new();
+        for (partition, _) in reader.end_offsets(&self.topic).await.map_err(read)? {
+            for record in reader.read_from(&self.topic, partition, 0).await.map_err(read)? {
+                if let Some(key) = record.key.clone() {
+                    latest.insert(key, record);
+                }
             }
         }
-        Ok(None)
-    }
-
-    pub fn write(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-        fs::create_dir_all(&self.dir).map_err(Self::io(&self.dir))?;
-        let path = self.path(checkpoint.epoch);
-        let temp = self.dir.join(format!(".checkpoint-{}.tmp", checkpoint.epoch));
-        let mut file = fs::File::create(&temp).map_err(Self::io(&temp))?;
-        file.write_all(&encode(checkpoint)).map_err(Self::io(&temp))?;
-        file.sync_all().map_err(Self::io(&temp))?;
-        fs::rename(&temp, &path).map_err(Self::io(&path))?;
-        // The rename is durable only once the directory is synced.
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(Self::io(&self.dir))?;
-        let epochs = self.epochs()?;
-        for old in epochs.iter().take(epochs.len().saturating_sub(KEEP)) {
-            let _ = fs::remove_file(self.path(*old));
+        let mut found = Vec::new();
+        for (topic, partition) in units {
+            let unit = unit_key(topic, *partition);
+            let corrupt = |reason: String| CheckpointError::Corrupt { topic: self.topic.to_string(), unit: unit.clone(), reason };
+            let Some(marker) = latest.get(unit.as_bytes()).and_then(|r| r.payload.as_deref()) else { continue };
+            let marker = marker.strip_prefix(MARKER_MAGIC.as_slice()).filter(|m| m.len() == 8 + 1 + 4 + 32).ok_or_else(|| corrupt("bad marker".into()))?;
+            let epoch = u64::from_le_bytes(marker[..8].try_into().expect("8 bytes"));
+            let slot = marker[8];
+            let count = u32::from_le_bytes(marker[9..13].try_into().expect("4 bytes"));
+            let digest = &marker[13..];
+            let mut body = Vec::new();
+            for n in 0..count {
+                let key = format!("{unit}/{slot}/{n}");
+                let chunk = latest.get(key.as_bytes()).and_then(|r| r.payload.as_deref()).ok_or_else(|| corrupt(format!("chunk {key} missing")))?;
+                let chunk = chunk.strip_prefix(CHUNK_MAGIC.as_slice()).filter(|c| c.len() >= 8).ok_or_else(|| corrupt(format!("chunk {key} malformed")))?;
+                if u64::from_le_bytes(chunk[..8].try_into().expect("8 bytes")) != epoch {
+                    return Err(corrupt(format!("chunk {key} belongs to another epoch")));
+                }
+                body.extend_from_slice(&chunk[8..]);
+            }
+            if Sha256::digest(&body).as_slice() != digest {
+                return Err(corrupt("checksum mismatch".into()));
+            }
+            let checkpoint = decode(&body).map_err(corrupt)?;
+            found.push((checkpoint, slot));
         }
-        Ok(())
+        Ok(found)
     }
 }
 
-fn encode(c: &Checkpoint) -> Vec<u8> {
-    let mut body = Vec::new();
+fn encode(c: &PartitionCheckpoint) -> Vec<u8> {
+    let mut body = BODY_MAGIC.to_vec();
     body.extend_from_slice(&c.epoch.to_le_bytes());
-    put_offsets(&mut body, &c.offsets);
+    put_str(&mut body, &c.topic);
+    body.extend_from_slice(&c.partition.to_le_bytes());
+    body.extend_from_slice(&c.next_offset.to_le_bytes());
     body.extend_from_slice(&(c.operators.len() as u64).to_le_bytes());
     for ((flow, stage), state) in &c.operators {
         body.extend_from_slice(&flow.to_le_bytes());
@@ -110,43 +141,43 @@ fn encode(c: &Checkpoint) -> Vec<u8> {
         body.extend_from_slice(&(state.len() as u64).to_le_bytes());
         body.extend_from_slice(state);
     }
-    put_offsets(&mut body, &c.emitted_end);
-    let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&Sha256::digest(&body));
-    out.extend_from_slice(&body);
-    out
+    body.extend_from_slice(&(c.emitted_end.len() as u64).to_le_bytes());
+    for ((topic, partition), offset) in &c.emitted_end {
+        put_str(&mut body, topic);
+        body.extend_from_slice(&partition.to_le_bytes());
+        body.extend_from_slice(&offset.to_le_bytes());
+    }
+    body
 }
 
-fn put_offsets(out: &mut Vec<u8>, offsets: &BTreeMap<(String, i32), i64>) {
-    out.extend_from_slice(&(offsets.len() as u64).to_le_bytes());
-    for ((topic, partition), offset) in offsets {
-        out.extend_from_slice(&(topic.len() as u32).to_le_bytes());
-        out.extend_from_slice(topic.as_bytes());
-        out.extend_from_slice(&partition.to_le_bytes());
-        out.extend_from_slice(&offset.to_le_bytes());
-    }
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
 }
 
-fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
-    let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or("not a notiflow checkpoint")?;
-    if rest.len() < 32 {
-        return Err("truncated".into());
-    }
-    let (digest, body) = rest.split_at(32);
-    if Sha256::digest(body).as_slice() != digest {
-        return Err("checksum mismatch (torn write?)".into());
-    }
+fn decode(bytes: &[u8]) -> Result<PartitionCheckpoint, String> {
+    let body = bytes.strip_prefix(BODY_MAGIC.as_slice()).ok_or("not a notiflow checkpoint")?;
     let mut r = Cursor { bytes: body, at: 0 };
     let epoch = r.u64()?;
-    let offsets = r.offsets()?;
+    let topic = r.string()?;
+    let partition = r.i32()?;
+    let next_offset = r.i64()?;
     let mut operators = BTreeMap::new();
     for _ in 0..r.u64()? {
         let (flow, stage) = (r.u32()?, r.u32()?);
         let len = r.u64()? as usize;
         operators.insert((flow, stage), r.take(len)?.to_vec());
     }
-    let emitted_end = r.offsets()?;
-    Ok(Checkpoint { epoch, offsets, operators, emitted_end })
+    let mut emitted_end = BTreeMap::new();
+    for _ in 0..r.u64()? {
+        let topic = r.string()?;
+        let partition = r.i32()?;
+        emitted_end.insert((topic, partition), r.i64()?);
+    }
+    if r.at != body.len() {
+        return Err("trailing bytes".into());
+    }
+    Ok(PartitionCheckpoint { epoch, topic, partition, next_offset, operators, emitted_end })
 }
 
 struct Cursor<'a> {
@@ -163,58 +194,76 @@ impl Cursor<'_> {
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
+    fn i32(&mut self) -> Result<i32, String> {
+        Ok(i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
     fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     fn i64(&mut self) -> Result<i64, String> {
         Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
-    fn offsets(&mut self) -> Result<BTreeMap<(String, i32), i64>, String> {
-        let mut map = BTreeMap::new();
-        for _ in 0..self.u64()? {
-            let len = self.u32()? as usize;
-            let topic = String::from_utf8(self.take(len)?.to_vec()).map_err(|e| e.to_string())?;
-            let partition = i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
-            map.insert((topic, partition), self.i64()?);
-        }
-        Ok(map)
+    fn string(&mut self) -> Result<String, String> {
+        let len = self.u32()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|e| e.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use notiflow_connector::Sink;
+    use notiflow_connector::memory::MemoryBroker;
 
-    fn sample(epoch: u64) -> Checkpoint {
-        Checkpoint {
+    fn sample(epoch: u64, partition: i32, state_bytes: usize) -> PartitionCheckpoint {
+        PartitionCheckpoint {
             epoch,
-            offsets: [(("notify.requests".to_string(), 0), 41), (("notify.requests".to_string(), 3), 7)].into(),
-            operators: [((0, 1), vec![1, 2, 3]), ((2, 1), vec![])].into(),
+            topic: "notify.requests".into(),
+            partition,
+            next_offset: 41 + epoch as i64,
+            operators: [((0, 1), (0..state_bytes).map(|i| (i % 251) as u8).collect()), ((2, 1), vec![])].into(),
             emitted_end: [(("notify.dispatch.high".to_string(), 1), 99)].into(),
         }
     }
 
-    #[test]
-    fn round_trips_and_keeps_the_last_two() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::new(dir.path().join("group"));
-        assert_eq!(store.load_latest().unwrap(), None);
-        for epoch in 1..=4 {
-            store.write(&sample(epoch)).unwrap();
-        }
-        assert_eq!(store.load_latest().unwrap(), Some(sample(4)));
-        assert_eq!(store.epochs().unwrap(), vec![3, 4]);
+    async fn write(broker: &MemoryBroker, records: Vec<OutRecord>) {
+        broker.producer().send_all(records).await.unwrap();
     }
 
-    #[test]
-    fn a_torn_newest_checkpoint_falls_back_to_the_previous_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::new(dir.path());
-        store.write(&sample(1)).unwrap();
-        store.write(&sample(2)).unwrap();
-        let newest = store.path(2);
-        let bytes = fs::read(&newest).unwrap();
-        fs::write(&newest, &bytes[..bytes.len() - 3]).unwrap();
-        assert_eq!(store.load_latest().unwrap(), Some(sample(1)));
+    fn broker() -> MemoryBroker {
+        let broker = MemoryBroker::new();
+        broker.create_topic(&notiflow_connector::TopicSpec { name: "state".into(), partitions: 1, compacted: true });
+        broker
+    }
+
+    #[tokio::test]
+    async fn round_trips_large_state_in_chunks_per_partition() {
+        let broker = broker();
+        let store = StateTopic::new("state");
+        let big = sample(3, 0, 2 * CHUNK_BYTES + 17);
+        let records = store.records(&big, 1);
+        assert_eq!(records.len(), 4, "three chunks and a marker");
+        write(&broker, records).await;
+        write(&broker, store.records(&sample(1, 5, 10), 1)).await;
+        let units = [(Arc::from("notify.requests"), 0), (Arc::from("notify.requests"), 5), (Arc::from("notify.requests"), 9)];
+        let loaded = store.load(&broker, &units).await.unwrap();
+        assert_eq!(loaded, vec![(big, 1), (sample(1, 5, 10), 1)], "partition 9 has none");
+    }
+
+    #[tokio::test]
+    async fn a_torn_write_leaves_the_previous_checkpoint_whole() {
+        let broker = broker();
+        let store = StateTopic::new("state");
+        write(&broker, store.records(&sample(1, 0, 3 * CHUNK_BYTES), 0)).await;
+        // The next epoch goes to the other slot; it dies before its marker.
+        let mut torn = store.records(&sample(2, 0, 3 * CHUNK_BYTES), 1);
+        torn.truncate(2);
+        write(&broker, torn).await;
+        let loaded = store.load(&broker, &[(Arc::from("notify.requests"), 0)]).await.unwrap();
+        assert_eq!(loaded, vec![(sample(1, 0, 3 * CHUNK_BYTES), 0)]);
+        // Writing into the slot the marker names is what the slots prevent: it is detected.
+        write(&broker, store.records(&sample(3, 0, 10), 0)[..1].to_vec()).await;
+        let error = store.load(&broker, &[(Arc::from("notify.requests"), 0)]).await.unwrap_err().to_string();
+        assert!(error.contains("another epoch"), "{error}");
     }
 }

@@ -22,7 +22,7 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::common::Result;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::state_bytes::{Cursor, batch_to_ipc, batches_from_ipc, put_watermarks};
+use super::state_bytes::{Cursor, Unit, UnitState, batch_to_ipc, batches_from_ipc, put_watermarks};
 
 /// Where a side's lineage columns are.
 #[derive(Debug, Clone, Copy)]
@@ -118,75 +118,12 @@ impl IntervalJoin {
         self.left_state.held_rows() + self.right_state.held_rows()
     }
 
-    /// Held rows of both sides and watermarks, as Arrow IPC.
-    pub fn snapshot(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&self.late_rows.to_le_bytes());
-        for state in [&self.left_state, &self.right_state] {
-            put_watermarks(&mut out, &state.watermarks);
-            // Held rows in a stable order: by key, then arrival.
-            let mut keys: Vec<&Vec<u8>> = state.by_key.keys().collect();
-            keys.sort();
-            let held: Vec<(&Vec<u8>, &Held)> = keys.iter().flat_map(|k| state.by_key[*k].iter().map(move |h| (*k, h))).collect();
-            let batches: Vec<(usize, &RecordBatch)> = state.batches.iter().enumerate().filter_map(|(i, b)| b.as_ref().map(|b| (i, b))).collect();
-            let ipc = match batches.first() {
-                None => Vec::new(),
-                Some((_, first)) => {
-                    let schema = first.schema();
-                    let mut columns = Vec::new();
-                    for c in 0..schema.fields().len() {
-                        columns.push(pick(&batches, c, held.iter().map(|(_, h)| Some((h.batch, h.row))), schema.field(c).data_type(), held.len())?);
-                    }
-                    batch_to_ipc(&RecordBatch::try_new(schema.clone(), columns)?)?
-                }
-            };
-            out.extend_from_slice(&(held.len() as u64).to_le_bytes());
-            for (key, h) in &held {
-                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                out.extend_from_slice(key);
-                out.extend_from_slice(&h.time.to_le_bytes());
-                out.push(u8::from(h.matched));
-            }
-            out.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
-            out.extend_from_slice(&ipc);
-        }
-        Ok(out)
-    }
-
-    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let mut r = Cursor::new(bytes);
-        self.late_rows = r.u64()?;
-        for left in [true, false] {
-            let mut state = SideState { watermarks: r.watermarks()?, ..SideState::default() };
-            let count = r.u64()? as usize;
-            let mut entries = Vec::with_capacity(count);
-            for _ in 0..count {
-                let len = r.u32()? as usize;
-                let key = r.take(len)?.to_vec();
-                let time = r.i64()?;
-                let matched = r.take(1)?[0] == 1;
-                entries.push((key, time, matched));
-            }
-            let ipc_len = r.u64()? as usize;
-            let ipc = r.take(ipc_len)?;
-            if count > 0 {
-                let rows = batches_from_ipc(ipc)?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| datafusion::common::DataFusionError::Internal("join state without rows".into()))?;
-                state.batches.push(Some(rows));
-                state.live.push(count);
-                for (row, (key, time, matched)) in entries.into_iter().enumerate() {
-                    state.by_key.entry(key).or_default().push(Held { batch: 0, row: row as u32, time, matched });
-                }
-            }
-            if left {
-                self.left_state = state;
-            } else {
-                self.right_state = state;
-            }
-        }
-        Ok(())
+    /// The unit (source, partition) a held row came from.
+    fn unit_of(state: &SideState, lineage: SideLineage, held: &Held) -> Unit {
+        let batch = state.batches[held.batch].as_ref().expect("a held row's batch is kept");
+        let source = batch.column(lineage.source).as_primitive::<Int32Type>().value(held.row as usize);
+        let partition = batch.column(lineage.partition).as_primitive::<Int32Type>().value(held.row as usize);
+        (source, partition)
     }
 
     /// Declares a side's input partitions (see `WindowAggregate::expect_partitions`).
@@ -346,3 +283,105 @@ fn retain_rows(state: &mut SideState, mut keep: impl FnMut(&Held) -> bool) {
     });
 }
 
+impl UnitState for IntervalJoin {
+    /// Held rows of both sides from `units`, and their watermarks (Arrow IPC inside).
+    fn snapshot_units(&mut self, units: &[Unit]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for (state, lineage) in [(&self.left_state, self.left.lineage), (&self.right_state, self.right.lineage)] {
+            let watermarks: HashMap<Unit, i64> = state.watermarks.iter().filter(|(u, _)| units.contains(u)).map(|(u, w)| (*u, *w)).collect();
+            put_watermarks(&mut out, &watermarks);
+            // Held rows in a stable order: by key, then arrival.
+            let mut keys: Vec<&Vec<u8>> = state.by_key.keys().collect();
+            keys.sort();
+            let held: Vec<(&Vec<u8>, &Held)> = keys
+                .iter()
+                .flat_map(|k| state.by_key[*k].iter().map(move |h| (*k, h)))
+                .filter(|(_, h)| units.contains(&Self::unit_of(state, lineage, h)))
+                .collect();
+            let batches: Vec<(usize, &RecordBatch)> = state.batches.iter().enumerate().filter_map(|(i, b)| b.as_ref().map(|b| (i, b))).collect();
+            let ipc = match batches.first() {
+                Some((_, first)) if !held.is_empty() => {
+                    let schema = first.schema();
+                    let mut columns = Vec::new();
+                    for c in 0..schema.fields().len() {
+                        columns.push(pick(&batches, c, held.iter().map(|(_, h)| Some((h.batch, h.row))), schema.field(c).data_type(), held.len())?);
+                    }
+                    batch_to_ipc(&RecordBatch::try_new(schema.clone(), columns)?)?
+                }
+                _ => Vec::new(),
+            };
+            out.extend_from_slice(&(held.len() as u64).to_le_bytes());
+            for (key, h) in &held {
+                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(&h.time.to_le_bytes());
+                out.push(u8::from(h.matched));
+            }
+            out.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
+            out.extend_from_slice(&ipc);
+        }
+        Ok(out)
+    }
+
+    fn restore_units(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut r = Cursor::new(bytes);
+        let mut sides = Vec::new();
+        for _ in 0..2 {
+            let watermarks = r.watermarks()?;
+            let count = r.u64()? as usize;
+            let mut entries = Vec::with_capacity(count);
+            for _ in 0..count {
+                let len = r.u32()? as usize;
+                let key = r.take(len)?.to_vec();
+                let time = r.i64()?;
+                let matched = r.take(1)?[0] == 1;
+                entries.push((key, time, matched));
+            }
+            let ipc_len = r.u64()? as usize;
+            let ipc = r.take(ipc_len)?;
+            sides.push((watermarks, entries, ipc));
+        }
+        let units: Vec<Unit> = sides.iter().flat_map(|(w, _, _)| w.keys().copied()).collect();
+        self.drop_units(&units);
+        for ((watermarks, entries, ipc), state) in sides.into_iter().zip([&mut self.left_state, &mut self.right_state]) {
+            state.watermarks.extend(watermarks);
+            if entries.is_empty() {
+                continue;
+            }
+            let rows = batches_from_ipc(ipc)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| datafusion::common::DataFusionError::Internal("join state without rows".into()))?;
+            let batch = state.batches.len();
+            state.batches.push(Some(rows));
+            state.live.push(entries.len());
+            for (row, (key, time, matched)) in entries.into_iter().enumerate() {
+                state.by_key.entry(key).or_default().push(Held { batch, row: row as u32, time, matched });
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_units(&mut self, units: &[Unit]) {
+        for (state, lineage) in [(&mut self.left_state, self.left.lineage), (&mut self.right_state, self.right.lineage)] {
+            for unit in units {
+                state.watermarks.remove(unit);
+            }
+            let mut freed: Vec<usize> = Vec::new();
+            let by_key = std::mem::take(&mut state.by_key);
+            for (key, held) in by_key {
+                let (gone, kept): (Vec<Held>, Vec<Held>) = held.into_iter().partition(|h| units.contains(&Self::unit_of(state, lineage, h)));
+                freed.extend(gone.iter().map(|h| h.batch));
+                if !kept.is_empty() {
+                    state.by_key.insert(key, kept);
+                }
+            }
+            for batch in freed {
+                state.live[batch] -= 1;
+                if state.live[batch] == 0 {
+                    state.batches[batch] = None;
+                }
+            }
+        }
+    }
+}

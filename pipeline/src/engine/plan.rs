@@ -84,6 +84,16 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The operator's per-partition state, for stateful stages.
+    pub fn unit_state(&mut self) -> Option<&mut dyn super::state_bytes::UnitState> {
+        match self {
+            Stage::RowNumber { op, .. } => Some(op.as_mut()),
+            Stage::WindowAggregate { op, .. } => Some(op.as_mut()),
+            Stage::IntervalJoin { op, .. } => Some(op.as_mut()),
+            Stage::Segment { .. } | Stage::LookupJoin { .. } => None,
+        }
+    }
+
     /// The feed an operator stage writes for the segment after it.
     pub fn output(&self) -> Option<&Feed> {
         match self {

@@ -19,8 +19,8 @@
 //! State is dropped once the watermark passes the window (tumbling) or W past
 //! a passed row (sliding).
 //!
-//! Keys are held as 128-bit XXH3 hashes of their row encoding (seeded, the
-//! seed kept in the checkpoint): about 30 bytes of state per key instead of
+//! Keys are held as 128-bit XXH3 hashes of their row encoding (seeded per
+//! partition, the seed kept in the partition's checkpoint): about 30 bytes of state per key instead of
 //! the key itself. Two different keys would have to collide in 128 bits to be
 //! confused, which is far less likely than a hardware memory error.
 
@@ -35,7 +35,7 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
-use super::state_bytes::Cursor;
+use super::state_bytes::{Cursor, Unit, UnitState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
@@ -106,6 +106,8 @@ impl Passed {
 
 #[derive(Default)]
 struct PartitionState {
+    /// Key hash seed (random per partition; moves with its state).
+    seed: u64,
     /// The partition's watermark after the rows seen so far (ns).
     watermark: i64,
     /// Watermark at the last sliding-state sweep.
@@ -117,8 +119,8 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn new() -> Self {
-        PartitionState { watermark: i64::MIN, swept_at: i64::MIN, ..Default::default() }
+    fn new(pid: PartitionId) -> Self {
+        PartitionState { seed: seed_from_clock() ^ pid as u64, watermark: i64::MIN, swept_at: i64::MIN, ..Default::default() }
     }
 
     fn keys(&self) -> usize {
@@ -137,7 +139,6 @@ pub struct RowNumberLimit {
     converter: RowConverter,
     partitions: HashMap<PartitionId, PartitionState>,
     late_rows: u64,
-    seed: u64,
 }
 
 impl RowNumberLimit {
@@ -168,7 +169,6 @@ impl RowNumberLimit {
             converter,
             partitions: HashMap::new(),
             late_rows: 0,
-            seed: seed_from_clock(),
         })
     }
 
@@ -198,7 +198,7 @@ impl RowNumberLimit {
         let mut touched = Vec::new();
         for i in 0..n {
             let pid = partition_id(sources.value(i), partition_numbers.value(i));
-            let state = self.partitions.entry(pid).or_insert_with(PartitionState::new);
+            let state = self.partitions.entry(pid).or_insert_with(|| PartitionState::new(pid));
             let watermark_before = state.watermark;
             if !row_watermarks.is_null(i) {
                 state.watermark = state.watermark.max(row_watermarks.value(i));
@@ -212,7 +212,7 @@ impl RowNumberLimit {
                 continue;
             }
             let t = times.value(i);
-            let key = xxh3_128_with_seed(rows.row(i).as_ref(), self.seed);
+            let key = xxh3_128_with_seed(rows.row(i).as_ref(), state.seed);
             let passed = match self.kind {
                 WindowKind::Tumbling => {
                     let count = state.windows.entry(t.div_euclid(self.width) * self.width).or_default().entry(key).or_insert(0);
@@ -255,18 +255,20 @@ impl RowNumberLimit {
         columns.push(Arc::new(UInt64Array::from(numbers)));
         Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
     }
+}
 
-    /// Serializes the state (for checkpoints); the same state always gives the same bytes.
-    pub fn snapshot(&self) -> Vec<u8> {
+impl UnitState for RowNumberLimit {
+    /// The same state always gives the same bytes.
+    fn snapshot_units(&mut self, units: &[Unit]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        out.extend_from_slice(&self.seed.to_le_bytes());
-        out.extend_from_slice(&self.late_rows.to_le_bytes());
-        let mut pids: Vec<&PartitionId> = self.partitions.keys().collect();
+        let mut pids: Vec<PartitionId> = units.iter().map(|(s, p)| partition_id(*s, *p)).filter(|pid| self.partitions.contains_key(pid)).collect();
         pids.sort_unstable();
+        pids.dedup();
         out.extend_from_slice(&(pids.len() as u64).to_le_bytes());
         for pid in pids {
-            let state = &self.partitions[pid];
+            let state = &self.partitions[&pid];
             out.extend_from_slice(&pid.to_le_bytes());
+            out.extend_from_slice(&state.seed.to_le_bytes());
             out.extend_from_slice(&state.watermark.to_le_bytes());
             out.extend_from_slice(&(state.windows.len() as u64).to_le_bytes());
             for (start, keys) in &state.windows {
@@ -289,17 +291,15 @@ impl RowNumberLimit {
                 times.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
             }
         }
-        out
+        Ok(out)
     }
 
-    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+    fn restore_units(&mut self, bytes: &[u8]) -> Result<()> {
         let mut r = Cursor::new(bytes);
-        self.seed = r.u64()?;
-        self.late_rows = r.u64()?;
-        self.partitions.clear();
         for _ in 0..r.u64()? {
             let pid = r.i64()?;
-            let mut state = PartitionState::new();
+            let mut state = PartitionState::new(pid);
+            state.seed = r.u64()?;
             state.watermark = r.i64()?;
             state.swept_at = state.watermark;
             for _ in 0..r.u64()? {
@@ -326,6 +326,12 @@ impl RowNumberLimit {
             return Err(DataFusionError::Internal("operator state has trailing bytes".into()));
         }
         Ok(())
+    }
+
+    fn drop_units(&mut self, units: &[Unit]) {
+        for (source, partition) in units {
+            self.partitions.remove(&partition_id(*source, *partition));
+        }
     }
 }
 
@@ -472,14 +478,30 @@ mod tests {
         for kind in [WindowKind::Tumbling, WindowKind::Sliding] {
             let mut first = op(kind, 5 * MIN, 1);
             first.process_batch(&batch(&[("a", MIN, 0), ("b", 2 * MIN, 1)])).unwrap();
-            let snapshot = first.snapshot();
+            let all = [(0, 0), (0, 1)];
+            let snapshot = first.snapshot_units(&all).unwrap();
             let mut restored = op(kind, 5 * MIN, 1);
-            restored.restore(&snapshot).unwrap();
+            restored.restore_units(&snapshot).unwrap();
             let next = batch(&[("a", 3 * MIN, 0), ("c", 3 * MIN, 0), ("d", -MIN, 0)]);
             assert_eq!(passed(&restored.process_batch(&next).unwrap()), passed(&first.process_batch(&next).unwrap()));
             assert_eq!(restored.late_rows(), 1, "the watermark came back too");
-            assert_eq!(restored.snapshot(), first.snapshot());
-            assert!(restored.restore(&snapshot[..snapshot.len() - 1]).is_err());
+            assert_eq!(restored.snapshot_units(&all).unwrap(), first.snapshot_units(&all).unwrap());
+            assert!(restored.restore_units(&snapshot[..snapshot.len() - 1]).is_err());
         }
+    }
+
+    #[test]
+    fn one_partition_moves_to_another_operator() {
+        let mut first = op(WindowKind::Tumbling, 5 * MIN, 1);
+        first.process_batch(&batch(&[("a", MIN, 0), ("a", MIN, 1)])).unwrap();
+        let moved = first.snapshot_units(&[(0, 1)]).unwrap();
+        first.drop_units(&[(0, 1)]);
+        let mut second = op(WindowKind::Tumbling, 5 * MIN, 1);
+        second.restore_units(&moved).unwrap();
+        // Partition 1's "a" is known where it moved, and forgotten where it left.
+        assert!(passed(&second.process_batch(&batch(&[("a", 2 * MIN, 1)])).unwrap()).is_empty());
+        assert_eq!(passed(&first.process_batch(&batch(&[("a", 2 * MIN, 1)])).unwrap()).len(), 1);
+        assert!(passed(&first.process_batch(&batch(&[("a", 2 * MIN, 0)])).unwrap()).is_empty(), "partition 0 stayed");
+        assert_eq!(second.snapshot_units(&[(0, 0)]).unwrap(), 0u64.to_le_bytes(), "nothing of partition 0 there");
     }
 }

@@ -2,7 +2,7 @@
 //! deterministic output ids and suppression of outputs replayed after a crash
 //! (docs/exactly-once.md).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,15 +10,17 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit};
 use datafusion::physical_plan::collect;
-use notiflow_connector::{Header, LogReader, Offsets, OutRecord, Positions, Record};
+use notiflow_connector::{AssignmentChange, Header, LogReader, Offsets, OutRecord, Positions, Record};
 use sha2::{Digest, Sha256};
 
-use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::checkpoint::{PartitionCheckpoint, StateTopic};
+use super::state_bytes::Unit;
 use super::codec::{OFFSET_COLUMN, PARTITION_COLUMN, SOURCE_COLUMN, WATERMARK_COLUMN};
 use super::plan::{Pipeline, Stage};
 use crate::config::TopicsConfig;
 use crate::dlq::{self, Rejected};
-use crate::job::{BatchProcessor, RunTotals};
+use crate::job::{BatchProcessor, Commit, RunTotals};
+use crate::logs::Logs;
 use crate::sql::BadData;
 
 /// Header carrying each output record's deterministic id.
@@ -28,7 +30,8 @@ type OutputId = [u8; 16];
 
 /// Checkpointing settings of a run.
 pub struct Checkpointing {
-    pub store: CheckpointStore,
+    /// The compacted topic checkpoints go to (one per consumer group).
+    pub state: StateTopic,
     pub interval: Duration,
 }
 
@@ -40,6 +43,12 @@ pub struct PipelineRun {
     dlq_topics: Vec<Arc<str>>,
     sink_topics: Vec<Arc<str>>,
     checkpointing: Option<Checkpointing>,
+    /// Where checkpoints and outputs are read back from on assignment.
+    logs: Option<Logs>,
+    /// Source partitions this instance owns (state and offsets it keeps).
+    owned: BTreeSet<(Arc<str>, i32)>,
+    /// Next checkpoint slot per owned partition (see `checkpoint.rs`).
+    slots: HashMap<(Arc<str>, i32), u8>,
     epoch: u64,
     last_checkpoint: Instant,
     /// Every offset processed so far (what a checkpoint records).
@@ -57,6 +66,8 @@ pub struct PipelineRun {
     expected: HashMap<(Arc<str>, i32), i64>,
     /// Offsets skipped over by the broker (see `note_gaps`).
     pub gap_records: u64,
+    /// Partitions whose state came back from a checkpoint.
+    pub restored_partitions: u64,
 }
 
 impl PipelineRun {
@@ -82,6 +93,9 @@ impl PipelineRun {
             dlq_topics,
             sink_topics,
             checkpointing: None,
+            logs: None,
+            owned: BTreeSet::new(),
+            slots: HashMap::new(),
             epoch: 0,
             last_checkpoint: Instant::now(),
             processed: Offsets::default(),
@@ -92,6 +106,7 @@ impl PipelineRun {
             skipped: 0,
             expected: HashMap::new(),
             gap_records: 0,
+            restored_partitions: 0,
         }
     }
 
@@ -113,10 +128,9 @@ impl PipelineRun {
         topics
     }
 
-    /// Tells windowed operators which partitions their sources have (a window
-    /// closes only when all of them have passed it). Call before the first batch.
+    /// Loads the lookup tables from their whole compacted topics. Call
+    /// before the first batch.
     pub async fn prepare<R: LogReader>(&mut self, reader: &R) -> anyhow::Result<()> {
-        // Lookup tables start from the whole compacted topic.
         for lookup in &self.pipeline.lookups {
             for (partition, _) in reader.end_offsets(&lookup.kafka.topic).await? {
                 let records = reader.read_from(&lookup.kafka.topic, partition, 0).await?;
@@ -126,126 +140,160 @@ impl PipelineRun {
                 }
             }
         }
-        let mut partitions = Vec::new();
-        for source in &self.pipeline.sources {
-            let list: Vec<i32> = reader.end_offsets(&source.kafka.topic).await?.into_iter().map(|(p, _)| p).collect();
-            partitions.push(list);
-        }
-        for flow in &mut self.pipeline.flows {
-            for stage in &mut flow.stages {
-                match stage {
-                    Stage::WindowAggregate { op, .. } => {
-                        for &s in &flow.sources {
-                            op.expect_partitions(s as i32, &partitions[s]);
-                        }
-                    }
-                    // Each side waits for the partitions of the sources it reads.
-                    Stage::IntervalJoin { op, left_sources, right_sources, .. } => {
-                        for &s in left_sources.iter() {
-                            op.expect_partitions(true, s as i32, &partitions[s]);
-                        }
-                        for &s in right_sources.iter() {
-                            op.expect_partitions(false, s as i32, &partitions[s]);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
         Ok(())
     }
 
-    /// Restores the newest checkpoint (if any) and collects the ids of
-    /// outputs written after it, so the replay does not write them again.
-    /// Returns the restored epoch.
-    pub async fn recover<R: LogReader>(&mut self, checkpointing: Checkpointing, reader: &R) -> anyhow::Result<Option<u64>> {
-        let mut current_end = BTreeMap::new();
+    /// Turns checkpointing on. Partitions assigned from now on are restored
+    /// from their newest checkpoint in `checkpointing.state`, and outputs
+    /// written after it are not written again (read back through `logs`).
+    pub async fn enable_checkpoints(&mut self, checkpointing: Checkpointing, logs: Logs) -> anyhow::Result<()> {
         for topic in self.output_topics() {
-            for (partition, end) in reader.end_offsets(&topic).await? {
-                current_end.insert((topic.clone(), partition), end);
+            for (partition, end) in logs.end_offsets(&topic).await? {
+                self.emitted_end.entry((topic.clone(), partition)).or_insert(end);
             }
         }
-        let restored = checkpointing.store.load_latest()?;
         self.checkpointing = Some(checkpointing);
-        let Some(checkpoint) = restored else {
-            self.emitted_end = current_end;
-            self.prepare(reader).await?;
-            return Ok(None);
-        };
-        self.restore_state(&checkpoint)?;
-        self.prepare(reader).await?;
-        for ((topic, partition), end) in current_end.iter_mut() {
-            let from = match checkpoint.emitted_end.get(&(topic.clone(), *partition)) {
-                Some(from) => *from,
-                None => {
-                    tracing::warn!(%topic, partition, "output partition unknown to the checkpoint: not scanned for replays");
-                    continue;
+        self.logs = Some(logs);
+        Ok(())
+    }
+
+    fn is_stream_topic(&self, topic: &str) -> bool {
+        self.pipeline.sources.iter().any(|s| s.kafka.topic == topic)
+    }
+
+    /// The operator state units of a source topic partition: one per source
+    /// table reading the topic.
+    fn units_of(&self, topic: &str, partition: i32) -> Vec<Unit> {
+        self.pipeline.sources.iter().enumerate().filter(|(_, s)| s.kafka.topic == topic).map(|(i, _)| (i as i32, partition)).collect()
+    }
+
+    /// Partitions assigned to this instance: windowed operators wait for
+    /// them, and their state comes back from their newest checkpoint.
+    async fn assign(&mut self, partitions: &[(Arc<str>, i32)]) -> anyhow::Result<()> {
+        let mine: Vec<(Arc<str>, i32)> = partitions.iter().filter(|(t, _)| self.is_stream_topic(t)).cloned().collect();
+        for (topic, partition) in &mine {
+            for flow in &mut self.pipeline.flows {
+                for stage in &mut flow.stages {
+                    let sources = &self.pipeline.sources;
+                    let of_topic = |list: &[usize]| -> Vec<i32> { list.iter().filter(|s| sources[**s].kafka.topic == **topic).map(|s| *s as i32).collect() };
+                    match stage {
+                        Stage::WindowAggregate { op, .. } => of_topic(&flow.sources).into_iter().for_each(|s| op.expect_partitions(s, &[*partition])),
+                        // Each side waits for the partitions of the sources it reads.
+                        Stage::IntervalJoin { op, left_sources, right_sources, .. } => {
+                            of_topic(left_sources).into_iter().for_each(|s| op.expect_partitions(true, s, &[*partition]));
+                            of_topic(right_sources).into_iter().for_each(|s| op.expect_partitions(false, s, &[*partition]));
+                        }
+                        _ => {}
+                    }
                 }
-            };
-            for record in reader.read_from(topic, *partition, from).await? {
+            }
+        }
+        self.owned.extend(mine.iter().cloned());
+        let (Some(checkpointing), Some(logs)) = (&self.checkpointing, &self.logs) else { return Ok(()) };
+        let loaded = checkpointing.state.load(logs, &mine).await?;
+        // Outputs written after each checkpoint are not written again: collect their ids.
+        let mut scan_from: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (checkpoint, slot) in &loaded {
+            self.restore_partition(checkpoint)?;
+            self.slots.insert((Arc::from(checkpoint.topic.as_str()), checkpoint.partition), 1 - slot);
+            for (output, from) in &checkpoint.emitted_end {
+                let slot = scan_from.entry(output.clone()).or_insert(*from);
+                *slot = (*slot).min(*from);
+            }
+        }
+        let logs = self.logs.as_ref().expect("checked");
+        let before = self.suppress.len();
+        for ((topic, partition), from) in scan_from {
+            for record in logs.read_from(&topic, partition, from).await? {
+                let end = self.emitted_end.entry((topic.clone(), partition)).or_insert(record.offset + 1);
                 *end = (*end).max(record.offset + 1);
                 if let Some(id) = record.headers.iter().find(|h| h.name == ID_HEADER).and_then(|h| parse_id(&h.value)) {
                     self.suppress.insert(id);
                 }
             }
         }
-        tracing::info!(epoch = checkpoint.epoch, replayed_outputs = self.suppress.len(), offsets = ?checkpoint.offsets, "restored checkpoint");
-        self.emitted_end = current_end;
-        Ok(Some(checkpoint.epoch))
-    }
-
-    fn restore_state(&mut self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
-        self.epoch = checkpoint.epoch;
-        for ((flow, stage), state) in &checkpoint.operators {
-            match self.pipeline.flows.get_mut(*flow as usize).and_then(|f| f.stages.get_mut(*stage as usize)) {
-                Some(Stage::RowNumber { op, .. }) => op.restore(state)?,
-                Some(Stage::WindowAggregate { op, .. }) => op.restore(state)?,
-                Some(Stage::IntervalJoin { op, .. }) => op.restore(state)?,
-                _ => anyhow::bail!("checkpoint has state for flow {flow} stage {stage}, which the SQL no longer has"),
-            }
-        }
-        for ((topic, partition), next) in &checkpoint.offsets {
-            let topic: Arc<str> = Arc::from(topic.as_str());
-            self.skip_below.insert((topic.clone(), *partition), *next);
-            self.expected.insert((topic.clone(), *partition), *next);
-            self.processed.insert(topic, *partition, *next);
-        }
+        self.restored_partitions += loaded.len() as u64;
+        let restored: Vec<String> = loaded.iter().map(|(c, _)| format!("{}/{}@{}", c.topic, c.partition, c.next_offset)).collect();
+        tracing::info!(assigned = mine.len(), ?restored, replayed_outputs = self.suppress.len() - before, "partitions assigned");
         Ok(())
     }
 
-    fn checkpoint(&mut self) -> anyhow::Result<()> {
-        if self.checkpointing.is_none() {
-            return Ok(());
-        }
-        self.epoch += 1;
-        let mut operators = BTreeMap::new();
-        for (f, flow) in self.pipeline.flows.iter_mut().enumerate() {
-            for (s, stage) in flow.stages.iter_mut().enumerate() {
-                match stage {
-                    Stage::RowNumber { op, .. } => {
-                        operators.insert((f as u32, s as u32), op.snapshot());
+    /// Partitions revoked: their state and offsets are their new owner's.
+    fn revoke(&mut self, partitions: &[(Arc<str>, i32)]) {
+        for (topic, partition) in partitions {
+            if !self.owned.remove(&(topic.clone(), *partition)) {
+                continue;
+            }
+            let units = self.units_of(topic, *partition);
+            for flow in &mut self.pipeline.flows {
+                for stage in &mut flow.stages {
+                    if let Some(state) = stage.unit_state() {
+                        state.drop_units(&units);
                     }
-                    Stage::WindowAggregate { op, .. } => {
-                        operators.insert((f as u32, s as u32), op.snapshot()?);
-                    }
-                    Stage::IntervalJoin { op, .. } => {
-                        operators.insert((f as u32, s as u32), op.snapshot()?);
-                    }
-                    Stage::Segment { .. } | Stage::LookupJoin { .. } => {}
                 }
             }
+            let key = (topic.clone(), *partition);
+            self.skip_below.remove(&key);
+            self.expected.remove(&key);
+            self.slots.remove(&key);
+            self.processed.remove(topic, *partition);
         }
-        let Some(checkpointing) = &self.checkpointing else { return Ok(()) };
-        let checkpoint = Checkpoint {
-            epoch: self.epoch,
-            offsets: self.processed.iter().map(|(t, p, o)| ((t.to_string(), p), o)).collect(),
-            operators,
-            emitted_end: self.emitted_end.clone(),
-        };
-        checkpointing.store.write(&checkpoint)?;
+    }
+
+    fn restore_partition(&mut self, checkpoint: &PartitionCheckpoint) -> anyhow::Result<()> {
+        self.epoch = self.epoch.max(checkpoint.epoch);
+        for ((flow, stage), state) in &checkpoint.operators {
+            match self.pipeline.flows.get_mut(*flow as usize).and_then(|f| f.stages.get_mut(*stage as usize)).and_then(Stage::unit_state) {
+                Some(op) => op.restore_units(state)?,
+                None => anyhow::bail!(
+                    "the checkpoint of {}/{} has state for flow {flow} stage {stage}, which the SQL no longer has",
+                    checkpoint.topic,
+                    checkpoint.partition
+                ),
+            }
+        }
+        let topic: Arc<str> = Arc::from(checkpoint.topic.as_str());
+        let next = checkpoint.next_offset;
+        self.skip_below.insert((topic.clone(), checkpoint.partition), next);
+        self.expected.insert((topic.clone(), checkpoint.partition), next);
+        self.processed.insert(topic, checkpoint.partition, next);
+        Ok(())
+    }
+
+    /// Checkpoint records of every owned partition that has an offset.
+    fn checkpoint(&mut self) -> anyhow::Result<Vec<OutRecord>> {
+        if self.checkpointing.is_none() {
+            return Ok(Vec::new());
+        }
+        self.epoch += 1;
+        let mut records = Vec::new();
+        for (topic, partition) in self.owned.clone() {
+            let Some(next_offset) = self.processed.get(&topic, partition) else { continue };
+            let units = self.units_of(&topic, partition);
+            let mut operators = BTreeMap::new();
+            for (f, flow) in self.pipeline.flows.iter_mut().enumerate() {
+                for (s, stage) in flow.stages.iter_mut().enumerate() {
+                    if let Some(state) = stage.unit_state() {
+                        operators.insert((f as u32, s as u32), state.snapshot_units(&units)?);
+                    }
+                }
+            }
+            let checkpoint = PartitionCheckpoint {
+                epoch: self.epoch,
+                topic: topic.to_string(),
+                partition,
+                next_offset,
+                operators,
+                emitted_end: self.emitted_end.clone(),
+            };
+            let slot = self.slots.entry((topic, partition)).or_insert(0);
+            let state = &self.checkpointing.as_ref().expect("checked").state;
+            records.extend(state.records(&checkpoint, *slot));
+            *slot = 1 - *slot;
+        }
         self.last_checkpoint = Instant::now();
         metrics::counter!("notiflow_checkpoints_total").increment(1);
-        Ok(())
+        Ok(records)
     }
 
     fn reject(&mut self, source: usize, record: &Record, rejected: Rejected<'_>, out: &mut Vec<OutRecord>) {
@@ -567,7 +615,7 @@ impl BatchProcessor for PipelineRun {
         Ok(())
     }
 
-    fn durable(&mut self, written: &Positions, consumed: &Offsets) -> anyhow::Result<Option<Offsets>> {
+    fn durable(&mut self, written: &Positions, consumed: &Offsets) -> anyhow::Result<Option<Commit>> {
         for ((topic, partition), offset) in written {
             let end = self.emitted_end.entry((topic.to_string(), *partition)).or_insert(offset + 1);
             *end = (*end).max(offset + 1);
@@ -575,21 +623,31 @@ impl BatchProcessor for PipelineRun {
         self.processed.merge(consumed);
         match &self.checkpointing {
             // Nothing to keep consistent with: commit every batch.
-            None => Ok(Some(consumed.clone())),
+            None => Ok(Some(Commit::offsets(consumed.clone()))),
             Some(c) if self.last_checkpoint.elapsed() >= c.interval => {
-                self.checkpoint()?;
-                Ok(Some(self.processed.clone()))
+                let state = self.checkpoint()?;
+                Ok(Some(Commit { state, offsets: self.processed.clone() }))
             }
             Some(_) => Ok(None),
         }
     }
 
-    fn finish(&mut self) -> anyhow::Result<Option<Offsets>> {
+    fn finish(&mut self) -> anyhow::Result<Option<Commit>> {
         if self.checkpointing.is_none() || self.processed.is_empty() {
             return Ok(None);
         }
-        self.checkpoint()?;
-        Ok(Some(self.processed.clone()))
+        let state = self.checkpoint()?;
+        Ok(Some(Commit { state, offsets: self.processed.clone() }))
+    }
+
+    async fn rebalance(&mut self, changes: Vec<AssignmentChange>) -> anyhow::Result<()> {
+        for change in changes {
+            match change {
+                AssignmentChange::Assigned(partitions) => self.assign(&partitions).await?,
+                AssignmentChange::Revoked(partitions) => self.revoke(&partitions),
+            }
+        }
+        Ok(())
     }
 }
 

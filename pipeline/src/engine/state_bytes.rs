@@ -4,6 +4,22 @@ use std::collections::HashMap;
 
 use datafusion::common::{DataFusionError, Result};
 
+/// The unit operator state moves in between instances: one input partition
+/// of one source table, `(source index, partition)`. Kafka partitions state
+/// by record key, so each unit's state depends only on its own records.
+pub type Unit = (i32, i32);
+
+/// An operator whose state is kept per [`Unit`], so that units can be
+/// checkpointed, restored and dropped one by one as partitions move.
+pub trait UnitState {
+    /// The state of `units` (those it has; others are left out).
+    fn snapshot_units(&mut self, units: &[Unit]) -> Result<Vec<u8>>;
+    /// Adds the units in `bytes` (written by `snapshot_units`), replacing them if held.
+    fn restore_units(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Forgets `units` (their partitions were revoked).
+    fn drop_units(&mut self, units: &[Unit]);
+}
+
 pub struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,

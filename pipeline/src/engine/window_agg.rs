@@ -11,6 +11,12 @@
 //! declares the partitions at start: an idle partition holds windows open).
 //! The emitted rows therefore depend only on the input, not on batch
 //! boundaries or partition interleaving; their order may.
+//!
+//! Accumulators are kept per input partition ([`Unit`]) and merged when the
+//! window closes, so each partition's share can move to another instance
+//! with the partition. With several instances, each emits its partitions'
+//! share of a (window, key): partial aggregates, unless the GROUP BY keys
+//! follow the record key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,7 +30,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::state_bytes::{Cursor, batch_to_ipc, batches_from_ipc, put_watermarks};
+use super::state_bytes::{Cursor, Unit, UnitState, batch_to_ipc, batches_from_ipc, put_watermarks};
 
 /// Positions of the lineage columns the operator reads.
 #[derive(Debug, Clone, Copy)]
@@ -54,8 +60,8 @@ pub struct WindowAggregate {
     slide: i64,
     output_schema: SchemaRef,
     converter: RowConverter,
-    /// window start -> key row -> accumulators
-    windows: BTreeMap<i64, HashMap<Vec<u8>, Group>>,
+    /// window start -> (input partition, key row) -> accumulators
+    windows: BTreeMap<i64, HashMap<(Unit, Vec<u8>), Group>>,
     /// (source, partition) -> watermark after the rows seen so far.
     watermarks: HashMap<(i32, i32), i64>,
     /// Windows starting before this were emitted.
@@ -128,11 +134,12 @@ impl WindowAggregate {
         let sources = batch.column(self.lineage.source).as_primitive::<Int32Type>();
         let partitions = batch.column(self.lineage.partition).as_primitive::<Int32Type>();
 
-        // (window start, key row) -> row indexes, in first-seen order.
-        let mut groups: HashMap<(i64, Vec<u8>), Vec<u32>> = HashMap::new();
+        // (window start, (unit, key row)) -> row indexes, in first-seen order.
+        let mut groups: HashMap<(i64, (Unit, Vec<u8>)), Vec<u32>> = HashMap::new();
         let mut order = Vec::new();
         for i in 0..n {
-            let watermark = self.watermarks.entry((sources.value(i), partitions.value(i))).or_insert(i64::MIN);
+            let unit = (sources.value(i), partitions.value(i));
+            let watermark = self.watermarks.entry(unit).or_insert(i64::MIN);
             let before = *watermark;
             if !row_watermarks.is_null(i) {
                 *watermark = (*watermark).max(row_watermarks.value(i));
@@ -148,7 +155,7 @@ impl WindowAggregate {
             let mut any = false;
             while start <= last_start {
                 if start >= self.emitted_before {
-                    let key = (start, rows.row(i).as_ref().to_vec());
+                    let key = (start, (unit, rows.row(i).as_ref().to_vec()));
                     let slot = groups.entry(key.clone()).or_default();
                     if slot.is_empty() {
                         order.push(key);
@@ -210,9 +217,22 @@ impl WindowAggregate {
             }
             let (start, groups) = self.windows.pop_first().expect("checked");
             self.emitted_before = self.emitted_before.max(start + self.slide);
-            let mut groups: Vec<(Vec<u8>, Group)> = groups.into_iter().collect();
-            groups.sort_by(|a, b| a.0.cmp(&b.0));
-            for (key, mut group) in groups {
+            // By key, then partition: each key's partition shares merge into the first.
+            let mut groups: Vec<((Unit, Vec<u8>), Group)> = groups.into_iter().collect();
+            groups.sort_by(|a, b| (&a.0.1, a.0.0).cmp(&(&b.0.1, b.0.0)));
+            let mut merged: Vec<(Vec<u8>, Group)> = Vec::new();
+            for ((_, key), mut group) in groups {
+                match merged.last_mut() {
+                    Some((last, into)) if *last == key => {
+                        for (target, share) in into.accumulators.iter_mut().zip(group.accumulators.iter_mut()) {
+                            let state = share.state()?.iter().map(|v| v.to_array()).collect::<Result<Vec<_>>>()?;
+                            target.merge_batch(&state)?;
+                        }
+                    }
+                    _ => merged.push((key, group)),
+                }
+            }
+            for (key, mut group) in merged {
                 for (a, accumulator) in group.accumulators.iter_mut().enumerate() {
                     values[a].push(accumulator.evaluate()?);
                 }
@@ -239,21 +259,24 @@ impl WindowAggregate {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
     }
+}
 
-    /// Watermarks, open windows and accumulator states (Arrow IPC inside).
-    /// `&mut`: DataFusion's `Accumulator::state` may hand over its buffers, so
-    /// each accumulator is rebuilt from the state it returns.
-    pub fn snapshot(&mut self) -> Result<Vec<u8>> {
+impl UnitState for WindowAggregate {
+    /// Watermarks, open windows and accumulator states of `units` (Arrow IPC
+    /// inside). `&mut`: DataFusion's `Accumulator::state` may hand over its
+    /// buffers, so each accumulator is rebuilt from the state it returns.
+    fn snapshot_units(&mut self, units: &[Unit]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        out.extend_from_slice(&self.emitted_before.to_le_bytes());
-        out.extend_from_slice(&self.late_rows.to_le_bytes());
-        put_watermarks(&mut out, &self.watermarks);
-        // One row per (window, key): start, key, then every accumulator's state fields.
-        let mut starts = Vec::new();
+        let watermarks: HashMap<Unit, i64> = self.watermarks.iter().filter(|(u, _)| units.contains(u)).map(|(u, w)| (*u, *w)).collect();
+        put_watermarks(&mut out, &watermarks);
+        // One row per (window, unit, key): start, source, partition, key, then every accumulator's state fields.
+        let (mut starts, mut sources, mut partitions) = (Vec::new(), Vec::new(), Vec::new());
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut states: Vec<Vec<Vec<ScalarValue>>> = Vec::new();
         let mut fields = vec![
             Field::new("start", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+            Field::new("source", DataType::Int32, false),
+            Field::new("partition", DataType::Int32, false),
             Field::new("key", DataType::Binary, false),
         ];
         let state_fields: Vec<Vec<arrow::datatypes::FieldRef>> =
@@ -265,10 +288,12 @@ impl WindowAggregate {
         }
         let aggregates = &self.aggregates;
         for (start, groups) in self.windows.iter_mut() {
-            let mut groups: Vec<_> = groups.iter_mut().collect();
+            let mut groups: Vec<_> = groups.iter_mut().filter(|((unit, _), _)| units.contains(unit)).collect();
             groups.sort_by(|a, b| a.0.cmp(b.0));
-            for (key, group) in groups {
+            for ((unit, key), group) in groups {
                 starts.push(*start);
+                sources.push(unit.0);
+                partitions.push(unit.1);
                 keys.push(key.clone());
                 let mut row = Vec::new();
                 for (a, accumulator) in group.accumulators.iter_mut().enumerate() {
@@ -284,6 +309,8 @@ impl WindowAggregate {
         }
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(TimestampNanosecondArray::from(starts)),
+            Arc::new(arrow::array::Int32Array::from(sources)),
+            Arc::new(arrow::array::Int32Array::from(partitions)),
             Arc::new(BinaryArray::from_iter_values(keys.iter())),
         ];
         for (a, f) in state_fields.iter().enumerate() {
@@ -306,28 +333,40 @@ impl WindowAggregate {
         Ok(out)
     }
 
-    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+    fn restore_units(&mut self, bytes: &[u8]) -> Result<()> {
         let mut r = Cursor::new(bytes);
-        self.emitted_before = r.i64()?;
-        self.late_rows = r.u64()?;
-        self.watermarks = r.watermarks()?;
-        self.windows.clear();
+        let watermarks = r.watermarks()?;
+        let units: Vec<Unit> = watermarks.keys().copied().collect();
+        self.drop_units(&units);
+        self.watermarks.extend(watermarks);
         for batch in batches_from_ipc(r.rest())? {
             let starts = batch.column(0).as_primitive::<TimestampNanosecondType>().clone();
-            let keys = batch.column(1).as_binary::<i32>().clone();
+            let sources = batch.column(1).as_primitive::<Int32Type>().clone();
+            let partitions = batch.column(2).as_primitive::<Int32Type>().clone();
+            let keys = batch.column(3).as_binary::<i32>().clone();
             for row in 0..batch.num_rows() {
                 let mut group = self.new_group()?;
-                let mut column = 2;
+                let mut column = 4;
                 for (a, accumulator) in group.accumulators.iter_mut().enumerate() {
                     let width = self.aggregates[a].function.state_fields()?.len();
                     let states: Vec<ArrayRef> = (column..column + width).map(|c| batch.column(c).slice(row, 1)).collect();
                     accumulator.merge_batch(&states)?;
                     column += width;
                 }
-                self.windows.entry(starts.value(row)).or_default().insert(keys.value(row).to_vec(), group);
+                let unit = (sources.value(row), partitions.value(row));
+                self.windows.entry(starts.value(row)).or_default().insert((unit, keys.value(row).to_vec()), group);
             }
         }
         Ok(())
     }
-}
 
+    fn drop_units(&mut self, units: &[Unit]) {
+        for unit in units {
+            self.watermarks.remove(unit);
+        }
+        for groups in self.windows.values_mut() {
+            groups.retain(|(unit, _), _| !units.contains(unit));
+        }
+        self.windows.retain(|_, groups| !groups.is_empty());
+    }
+}

@@ -39,113 +39,164 @@ fn ids(records: &[notiflow_connector::Record]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let sql_dir = dir.path().join("sql");
-    std::fs::create_dir_all(&sql_dir).unwrap();
-    std::fs::write(sql_dir.join("10_dedupe.sql"), SQL).unwrap();
+/// Topics, input and config of one run of the dedupe + copy pipeline.
+struct Setup {
+    _dir: tempfile::TempDir,
+    sql_dir: std::path::PathBuf,
+    config: notiflow::config::Config,
+    kafka: notiflow_kafka::KafkaConfig,
+    prefix: String,
+    pairs: usize,
+    first_of_pair: HashSet<String>,
+}
 
-    let mut config = support::kafka_config(3);
-    let prefix = support::unique("x");
-    config.topics.rename = ["sends", "deduped", "copied", "dlq", "events"]
-        .iter()
-        .map(|t| (if *t == "dlq" || *t == "events" { format!("notify.{t}") } else { format!("x.{t}") }, format!("{prefix}.{t}")))
-        .collect();
-    // Static membership: the restarted instance takes over its partitions at
-    // once instead of waiting for the killed member's session to expire.
-    config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), format!("{prefix}-instance"));
-    let kafka = config.kafka.clone().unwrap();
-    let topic = |t: &str| format!("{prefix}.{t}");
-    let admin = KafkaAdmin::new(&kafka).unwrap();
-    admin
-        .ensure_topics(&["sends", "deduped", "copied", "dlq", "events"].map(|t| TopicSpec::new(topic(t), 3)))
-        .await
-        .unwrap();
-
-    // Each (recipient, content) pair three times within a minute; the record
-    // key is the recipient, so a pair's copies share a partition, in order.
-    let sends: Arc<str> = Arc::from(topic("sends").as_str());
-    let mut records = Vec::with_capacity(PAIRS * COPIES);
-    let mut first_of_pair = HashSet::new();
-    for copy in 0..COPIES {
-        for pair in 0..PAIRS {
-            let id = format!("{pair}-{copy}");
-            if copy == 0 {
-                first_of_pair.insert(id.clone());
+impl Setup {
+    /// Each (recipient, content) pair `COPIES` times within a minute; the
+    /// record key is the recipient, so a pair's copies share a partition.
+    async fn new(pairs: usize, partitions: i32) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let sql_dir = dir.path().join("sql");
+        std::fs::create_dir_all(&sql_dir).unwrap();
+        std::fs::write(sql_dir.join("10_dedupe.sql"), SQL).unwrap();
+        let mut config = support::kafka_config(partitions);
+        let prefix = support::unique("x");
+        config.topics.rename = ["sends", "deduped", "copied", "dlq", "events"]
+            .iter()
+            .map(|t| (if *t == "dlq" || *t == "events" { format!("notify.{t}") } else { format!("x.{t}") }, format!("{prefix}.{t}")))
+            .collect();
+        let kafka = config.kafka.clone().unwrap();
+        let admin = KafkaAdmin::new(&kafka).unwrap();
+        admin
+            .ensure_topics(&["sends", "deduped", "copied", "dlq", "events"].map(|t| TopicSpec::new(format!("{prefix}.{t}"), partitions)))
+            .await
+            .unwrap();
+        let sends: Arc<str> = Arc::from(format!("{prefix}.sends").as_str());
+        let mut records = Vec::with_capacity(pairs * COPIES);
+        let mut first_of_pair = HashSet::new();
+        for copy in 0..COPIES {
+            for pair in 0..pairs {
+                let id = format!("{pair}-{copy}");
+                if copy == 0 {
+                    first_of_pair.insert(id.clone());
+                }
+                let recipient = format!("r{}", pair % 5000);
+                let body = serde_json::json!({
+                    "id": id, "recipient": recipient, "content": format!("c{}", pair / 5000),
+                    "ts": format!("2026-11-23T10:00:{:02}", copy * 10),
+                });
+                records.push(OutRecord { topic: sends.clone(), key: Some(recipient.into_bytes()), payload: body.to_string().into_bytes(), headers: vec![] });
             }
-            let recipient = format!("r{}", pair % 5000);
-            let body = serde_json::json!({
-                "id": id, "recipient": recipient, "content": format!("c{}", pair / 5000),
-                "ts": format!("2026-11-23T10:00:{:02}", copy * 10),
-            });
-            records.push(OutRecord { topic: sends.clone(), key: Some(recipient.into_bytes()), payload: body.to_string().into_bytes(), headers: vec![] });
         }
+        // One record per producer batch: tansu 0.6 serves a fetch that starts
+        // inside a record batch from the *next* batch on, silently skipping the
+        // rest of the batch (real Kafka returns the whole batch and the client
+        // drops what precedes the offset). A consumer resuming mid-batch on tansu
+        // therefore loses records; with one-record batches every offset is a
+        // batch start. See docs/exactly-once.md.
+        let mut unbatched = kafka.clone();
+        unbatched.properties.insert("batch.num.messages".into(), "1".into());
+        unbatched.properties.insert("linger.ms".into(), "0".into());
+        KafkaSink::new(&unbatched).unwrap().send_all(records).await.unwrap();
+        Setup { _dir: dir, sql_dir, config, kafka, prefix, pairs, first_of_pair }
     }
-    // One record per producer batch: tansu 0.6 serves a fetch that starts
-    // inside a record batch from the *next* batch on, silently skipping the
-    // rest of the batch (real Kafka returns the whole batch and the client
-    // drops what precedes the offset). A consumer resuming mid-batch on tansu
-    // therefore loses records; with one-record batches every offset is a
-    // batch start. See docs/exactly-once.md.
-    let mut unbatched = kafka.clone();
-    unbatched.properties.insert("batch.num.messages".into(), "1".into());
-    unbatched.properties.insert("linger.ms".into(), "0".into());
-    unbatched.properties.remove("group.instance.id");
-    KafkaSink::new(&unbatched).unwrap().send_all(records).await.unwrap();
 
-    let toml = support::write_toml_with(
-        &config,
-        dir.path(),
-        &format!("batch_max_records = 500\ncheckpoint_interval_ms = 150\nstate_dir = \"{}\"", dir.path().join("state").display()),
-    );
-    let run = |idle_ms: &str| {
+    fn topic(&self, t: &str) -> String {
+        format!("{}.{t}", self.prefix)
+    }
+
+    /// Starts `notiflow run` as instance `instance` (static group membership:
+    /// a restarted instance takes its partitions back at once).
+    fn spawn(&self, instance: &str, idle_ms: &str) -> std::process::Child {
+        let mut config = self.config.clone();
+        config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), format!("{}-{instance}", self.prefix));
+        let dir = self._dir.path().join(instance);
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = support::write_toml_with(&config, &dir, "batch_max_records = 500\ncheckpoint_interval_ms = 150");
         std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
             .arg("run")
-            .arg(&sql_dir)
+            .arg(&self.sql_dir)
             .args(["--config", toml.to_str().unwrap(), "--exit-when-idle-ms", idle_ms])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
-    };
-
-    // Kill -9 once part of the input has been copied, mid-stream.
-    let reader = KafkaReader::new(&kafka);
-    let mut child = run("60000");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let copied = end_total(&reader, &topic("copied")).await;
-        if copied >= (PAIRS * COPIES / 3) as i64 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the pipeline exited early");
-        assert!(Instant::now() < deadline, "no progress: {copied} copied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let at_kill = end_total(&reader, &topic("copied")).await;
-    assert!(at_kill < (PAIRS * COPIES) as i64, "killed too late to test anything: {at_kill}");
 
-    // The killed member holds its partitions until its session (10 s) expires.
-    let output = run("20000").wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    eprintln!("killed after {at_kill} copies; restart said:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    /// Waits until `at_least` copies are out, the pipeline still running.
+    async fn wait_for_copies(&self, child: &mut std::process::Child, at_least: usize) {
+        let reader = KafkaReader::new(&self.kafka);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let copied = end_total(&reader, &self.topic("copied")).await;
+            if copied >= at_least as i64 {
+                return;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "the pipeline exited early");
+            assert!(Instant::now() < deadline, "no progress: {copied} copied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
-    let copied_records = read_topic_to_end(&kafka, &topic("copied")).await.unwrap();
-    let copied = ids(&copied_records);
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    copied.iter().for_each(|id| *counts.entry(id).or_default() += 1);
-    let twice = counts.values().filter(|n| **n > 1).count();
-    eprintln!("copied: {} records, {} distinct, {twice} written more than once", copied.len(), counts.len());
-    assert_eq!(counts.len(), PAIRS * COPIES, "every input copied");
-    assert!(counts.values().all(|n| *n == 1), "a copy was written twice");
-    assert_eq!(copied.len(), PAIRS * COPIES);
+    /// Every input copied exactly once; the dedupe output is exactly the
+    /// first copy of each pair.
+    async fn check_outputs(&self) {
+        let copied = ids(&read_topic_to_end(&self.kafka, &self.topic("copied")).await.unwrap());
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        copied.iter().for_each(|id| *counts.entry(id).or_default() += 1);
+        let twice = counts.values().filter(|n| **n > 1).count();
+        eprintln!("copied: {} records, {} distinct, {twice} written more than once", copied.len(), counts.len());
+        assert_eq!(counts.len(), self.pairs * COPIES, "every input copied");
+        assert!(counts.values().all(|n| *n == 1), "a copy was written twice");
+        assert_eq!(copied.len(), self.pairs * COPIES);
 
-    let deduped = ids(&read_topic_to_end(&kafka, &topic("deduped")).await.unwrap());
-    assert_eq!(deduped.len(), PAIRS, "one per pair, none twice");
-    assert_eq!(deduped.iter().cloned().collect::<HashSet<_>>(), first_of_pair, "the first copy of each pair passed");
+        let deduped = ids(&read_topic_to_end(&self.kafka, &self.topic("deduped")).await.unwrap());
+        assert_eq!(deduped.len(), self.pairs, "one per pair, none twice");
+        assert_eq!(deduped.iter().cloned().collect::<HashSet<_>>(), self.first_of_pair, "the first copy of each pair passed");
+    }
 }
 
+fn finished(child: std::process::Child) -> String {
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    format!("{stdout}\n{stderr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let setup = Setup::new(PAIRS, 3).await;
+    // Kill -9 once part of the input has been copied, mid-stream.
+    let mut child = setup.spawn("a", "60000");
+    setup.wait_for_copies(&mut child, PAIRS * COPIES / 3).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at_kill = end_total(&KafkaReader::new(&setup.kafka), &setup.topic("copied")).await;
+    assert!(at_kill < (PAIRS * COPIES) as i64, "killed too late to test anything: {at_kill}");
+
+    let said = finished(setup.spawn("a", "20000"));
+    eprintln!("killed after {at_kill} copies; restart said:\n{said}");
+    assert!(said.contains("restored state of 3 partitions"), "the restart resumed from the checkpoints");
+    setup.check_outputs().await;
+}
+
+/// Two instances in one consumer group: the second joins mid-stream, takes
+/// half the partitions and their dedupe state (from the state topic), and
+/// the output is as if one instance had done it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_takes_over_partitions_with_their_state() {
+    let setup = Setup::new(PAIRS / 2, 4).await;
+    let mut first = setup.spawn("a", "15000");
+    // Past every pair's first copy: what follows are repeats that only the
+    // moved state can recognise.
+    setup.wait_for_copies(&mut first, PAIRS / 2 + PAIRS / 8).await;
+    let second = setup.spawn("b", "15000");
+    let (said_first, said_second) = (finished(first), finished(second));
+    eprintln!("first instance:\n{said_first}\nsecond instance:\n{said_second}");
+    let records_in = |said: &str| -> u64 {
+        said.lines().find_map(|l| l.strip_prefix("records in: ")?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    };
+    assert!(records_in(&said_second) > 0, "the second instance got partitions and read from them");
+    assert!(said_second.contains("restored state of"), "the second instance restored its partitions' state");
+    setup.check_outputs().await;
+}

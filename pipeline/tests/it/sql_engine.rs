@@ -254,7 +254,8 @@ async fn tumbling_and_hopping_aggregates_emit_at_window_close() {
 #[tokio::test]
 async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
     use notiflow::engine::Checkpointing;
-    use notiflow::engine::checkpoint::CheckpointStore;
+    use notiflow::engine::checkpoint::StateTopic;
+    use notiflow::logs::Logs;
     use notiflow::job::{StopWhen, run_job};
     use notiflow_connector::memory::MemoryBroker;
     use notiflow_connector::{OutRecord, TopicAdmin};
@@ -337,7 +338,11 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
             .await
             .unwrap();
     }
-    let checkpointing = |path: &std::path::Path| Checkpointing { store: CheckpointStore::new(path), interval: Duration::from_secs(3600) };
+    async fn checkpointed(run: &mut notiflow::engine::PipelineRun, broker: &MemoryBroker, config: &Config) {
+        let checkpointing = Checkpointing { state: StateTopic::new(notiflow::state_topic(run, config)), interval: Duration::from_secs(3600) };
+        run.prepare(broker).await.unwrap();
+        run.enable_checkpoints(checkpointing, Logs::Memory(broker.clone())).await.unwrap();
+    }
 
     // Uninterrupted.
     let whole = MemoryBroker::new();
@@ -351,14 +356,13 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
 
     // Interrupted: checkpoint after a third, crash after two thirds, recover, finish.
     let broker = MemoryBroker::new();
-    let state = dir.path().join("state");
     let mut first = notiflow::load_pipeline(dir.path(), &config).await.unwrap();
     broker.ensure_topics(&notiflow::topic_specs(&first, &config)).await.unwrap();
-    first.recover(checkpointing(&state), &broker).await.unwrap();
+    checkpointed(&mut first, &broker, &config).await;
     broker.append(records(0..200)).unwrap();
     drain(&mut first, &broker, &config).await; // stops idle: finish() checkpoints and commits
     let mut crashing = notiflow::load_pipeline(dir.path(), &config).await.unwrap();
-    assert_eq!(crashing.recover(checkpointing(&state), &broker).await.unwrap(), Some(1));
+    checkpointed(&mut crashing, &broker, &config).await;
     broker.append(records(200..400)).unwrap();
     {
         // Process without ever checkpointing or committing, then vanish.
@@ -369,10 +373,12 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
             .await
             .unwrap();
     }
+    assert_eq!(crashing.restored_partitions, 12, "3 partitions of 4 topics came back from the checkpoint");
     broker.append(records(400..600)).unwrap();
     let mut recovered = notiflow::load_pipeline(dir.path(), &config).await.unwrap();
-    assert_eq!(recovered.recover(checkpointing(&state), &broker).await.unwrap(), Some(1));
+    checkpointed(&mut recovered, &broker, &config).await;
     drain(&mut recovered, &broker, &config).await;
+    assert_eq!(recovered.restored_partitions, 12);
     assert!(recovered.suppressed > 0, "the replay met outputs already written");
     let got = outputs(&broker);
     for (topic, rows) in &expected {
@@ -390,11 +396,14 @@ impl notiflow::job::BatchProcessor for NoFinish<'_> {
     async fn process(&mut self, records: &[notiflow_connector::Record], out: &mut Vec<notiflow_connector::OutRecord>) -> anyhow::Result<()> {
         self.0.process(records, out).await
     }
-    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &notiflow_connector::Offsets) -> anyhow::Result<Option<notiflow_connector::Offsets>> {
+    fn durable(&mut self, written: &notiflow_connector::Positions, consumed: &notiflow_connector::Offsets) -> anyhow::Result<Option<notiflow::job::Commit>> {
         self.0.durable(written, consumed).map(|_| None)
     }
-    fn finish(&mut self) -> anyhow::Result<Option<notiflow_connector::Offsets>> {
+    fn finish(&mut self) -> anyhow::Result<Option<notiflow::job::Commit>> {
         Ok(None)
+    }
+    async fn rebalance(&mut self, changes: Vec<notiflow_connector::AssignmentChange>) -> anyhow::Result<()> {
+        self.0.rebalance(changes).await
     }
 }
 
