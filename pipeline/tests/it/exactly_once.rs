@@ -70,15 +70,17 @@ impl Setup {
             .ensure_topics(&["sends", "deduped", "copied", "dlq", "events"].map(|t| TopicSpec::new(format!("{prefix}.{t}"), partitions)))
             .await
             .unwrap();
-        let sends: Arc<str> = Arc::from(format!("{prefix}.sends").as_str());
-        let mut records = Vec::with_capacity(pairs * COPIES);
-        let mut first_of_pair = HashSet::new();
-        for copy in 0..COPIES {
-            for pair in 0..pairs {
+        let first_of_pair = (0..pairs).map(|pair| format!("{pair}-0")).collect();
+        Setup { _dir: dir, sql_dir, config, kafka, prefix, pairs, first_of_pair }
+    }
+
+    /// Produces copies `copies` of every pair, in copy order.
+    async fn produce(&self, copies: std::ops::Range<usize>) {
+        let sends: Arc<str> = Arc::from(self.topic("sends").as_str());
+        let mut records = Vec::with_capacity(self.pairs * copies.len());
+        for copy in copies {
+            for pair in 0..self.pairs {
                 let id = format!("{pair}-{copy}");
-                if copy == 0 {
-                    first_of_pair.insert(id.clone());
-                }
                 let recipient = format!("r{}", pair % 5000);
                 let body = serde_json::json!({
                     "id": id, "recipient": recipient, "content": format!("c{}", pair / 5000),
@@ -93,11 +95,10 @@ impl Setup {
         // drops what precedes the offset). A consumer resuming mid-batch on tansu
         // therefore loses records; with one-record batches every offset is a
         // batch start. See docs/exactly-once.md.
-        let mut unbatched = kafka.clone();
+        let mut unbatched = self.kafka.clone();
         unbatched.properties.insert("batch.num.messages".into(), "1".into());
         unbatched.properties.insert("linger.ms".into(), "0".into());
         KafkaSink::new(&unbatched).unwrap().send_all(records).await.unwrap();
-        Setup { _dir: dir, sql_dir, config, kafka, prefix, pairs, first_of_pair }
     }
 
     fn topic(&self, t: &str) -> String {
@@ -105,7 +106,8 @@ impl Setup {
     }
 
     /// Starts `notiflow run` as instance `instance` (static group membership:
-    /// a restarted instance takes its partitions back at once).
+    /// a restarted instance takes its partitions back at once); its log goes
+    /// to `<instance>/log.txt`.
     fn spawn(&self, instance: &str, idle_ms: &str) -> std::process::Child {
         let mut config = self.config.clone();
         config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), format!("{}-{instance}", self.prefix));
@@ -117,23 +119,40 @@ impl Setup {
             .arg(&self.sql_dir)
             .args(["--config", toml.to_str().unwrap(), "--exit-when-idle-ms", idle_ms])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("log.txt")).unwrap())
             .spawn()
             .unwrap()
     }
 
+    /// Waits until `instance`'s log has a line containing `needle`.
+    async fn wait_for_log(&self, instance: &str, needle: &str) {
+        let path = self._dir.path().join(instance).join("log.txt");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&path).unwrap_or_default().contains(needle) {
+            assert!(Instant::now() < deadline, "{instance} never logged {needle:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self, instance: &str) -> String {
+        std::fs::read_to_string(self._dir.path().join(instance).join("log.txt")).unwrap_or_default()
+    }
+
     /// Waits until `at_least` copies are out, the pipeline still running.
-    async fn wait_for_copies(&self, child: &mut std::process::Child, at_least: usize) {
-        let reader = KafkaReader::new(&self.kafka);
+    /// Counted by reading to partition EOF: tansu's end offsets lag the last batch.
+    async fn wait_for_copies(&self, instance: &str, child: &mut std::process::Child, at_least: usize) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let copied = end_total(&reader, &self.topic("copied")).await;
-            if copied >= at_least as i64 {
+            let copied = read_topic_to_end(&self.kafka, &self.topic("copied")).await.unwrap().len();
+            if copied >= at_least {
                 return;
             }
-            assert!(child.try_wait().unwrap().is_none(), "the pipeline exited early");
+            if child.try_wait().unwrap().is_some() {
+                let stdout = std::io::read_to_string(child.stdout.take().unwrap()).unwrap_or_default();
+                panic!("the pipeline exited early ({copied} copies seen):\n{stdout}\n{}", self.log(instance));
+            }
             assert!(Instant::now() < deadline, "no progress: {copied} copied");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -155,48 +174,53 @@ impl Setup {
     }
 }
 
+/// The instance's stdout once it exits (successfully).
 fn finished(child: std::process::Child) -> String {
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    format!("{stdout}\n{stderr}")
+    assert!(output.status.success(), "{stdout}");
+    stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let _turn = support::one_at_a_time().await;
     let setup = Setup::new(PAIRS, 3).await;
+    setup.produce(0..COPIES).await;
     // Kill -9 once part of the input has been copied, mid-stream.
     let mut child = setup.spawn("a", "60000");
-    setup.wait_for_copies(&mut child, PAIRS * COPIES / 3).await;
+    setup.wait_for_copies("a", &mut child, PAIRS * COPIES / 3).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at_kill = end_total(&KafkaReader::new(&setup.kafka), &setup.topic("copied")).await;
     assert!(at_kill < (PAIRS * COPIES) as i64, "killed too late to test anything: {at_kill}");
 
     let said = finished(setup.spawn("a", "20000"));
-    eprintln!("killed after {at_kill} copies; restart said:\n{said}");
-    assert!(said.contains("restored state of 3 partitions"), "the restart resumed from the checkpoints");
+    eprintln!("killed after {at_kill} copies; restart said:\n{said}\n{}", setup.log("a"));
+    assert!(said.contains("restored state of"), "the restart resumed from the checkpoints");
     setup.check_outputs().await;
 }
 
-/// Two instances in one consumer group: the second joins mid-stream, takes
-/// half the partitions and their dedupe state (from the state topic), and
-/// the output is as if one instance had done it all.
+/// Two instances in one consumer group. The first sees every pair's first
+/// copy; the second joins, takes half the partitions and their dedupe state
+/// (from the state topic); then the repeats arrive, which only the moved
+/// state can recognise. The output is as if one instance had done it all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_takes_over_partitions_with_their_state() {
+    let _turn = support::one_at_a_time().await;
     let setup = Setup::new(PAIRS / 2, 4).await;
+    setup.produce(0..1).await;
     let mut first = setup.spawn("a", "15000");
-    // Past every pair's first copy: what follows are repeats that only the
-    // moved state can recognise.
-    setup.wait_for_copies(&mut first, PAIRS / 2 + PAIRS / 8).await;
+    setup.wait_for_copies("a", &mut first, PAIRS / 2).await;
     let second = setup.spawn("b", "15000");
+    setup.wait_for_log("b", "replayed_outputs").await;
+    setup.produce(1..COPIES).await;
     let (said_first, said_second) = (finished(first), finished(second));
-    eprintln!("first instance:\n{said_first}\nsecond instance:\n{said_second}");
+    eprintln!("first instance:\n{said_first}\n{}\nsecond instance:\n{said_second}\n{}", setup.log("a"), setup.log("b"));
     let records_in = |said: &str| -> u64 {
         said.lines().find_map(|l| l.strip_prefix("records in: ")?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
     };
-    assert!(records_in(&said_second) > 0, "the second instance got partitions and read from them");
+    assert!(records_in(&said_second) > 0 && records_in(&said_first) > 0, "both instances read records");
     assert!(said_second.contains("restored state of"), "the second instance restored its partitions' state");
     setup.check_outputs().await;
 }

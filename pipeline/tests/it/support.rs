@@ -69,3 +69,10 @@ pub fn write_toml_with(config: &Config, dir: &std::path::Path, pipeline_extra: &
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Tests that run several pipeline processes against the broker take turns:
+/// on 2 cores, two of them at once starve the broker (producer timeouts).
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
