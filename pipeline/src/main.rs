@@ -215,12 +215,12 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
         tracing::info!(%addr, "metrics at /metrics");
     }
     KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&run, config)).await?;
-    let topics = run.source_topics();
+    let topics = run.stream_topics();
     let group = notiflow::group_id(&run, config);
-    run.prepare(&KafkaReader::new(kafka)).await?;
+    let lookups = run.prepare(&KafkaReader::new(kafka)).await?;
     notiflow::checkpoint_on_kafka(&mut run, config, kafka).await?;
     let start = run.pipeline.sources.first().map(|s| s.kafka.start_offset.as_str()).unwrap_or("earliest");
-    let mut source = KafkaSource::new(kafka, &group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), start)?;
+    let mut source = KafkaSource::new(kafka, &group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), start)?.follow(kafka, &lookups)?;
     let sink = KafkaSink::new(kafka)?;
     let (stop_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {

@@ -63,8 +63,14 @@ impl ConsumerContext for LagContext {
 
 /// A consumer-group member. Auto-commit is off: offsets move only through
 /// [`Source::commit`], which the job calls after the outputs are durable.
+///
+/// It can also *follow* topics outside the group: every partition, from
+/// given offsets, on every instance (lookup tables: each instance needs all
+/// of their updates, not its share). Followed topics are never committed.
 pub struct KafkaSource {
     consumer: StreamConsumer<LagContext>,
+    follower: Option<StreamConsumer<LagContext>>,
+    followed: HashSet<String>,
 }
 
 impl KafkaSource {
@@ -72,7 +78,24 @@ impl KafkaSource {
     pub fn new(config: &KafkaConfig, group_id: &str, topics: &[&str], start_from: &str) -> Result<Self, ConnectorError> {
         let consumer = Self::consumer(config, group_id, start_from)?;
         consumer.subscribe(topics).map_err(classify)?;
-        Ok(KafkaSource { consumer })
+        Ok(KafkaSource { consumer, follower: None, followed: HashSet::new() })
+    }
+
+    /// Also reads these (topic, partition, from offset) outside the group.
+    pub fn follow(mut self, config: &KafkaConfig, starts: &[(String, i32, i64)]) -> Result<Self, ConnectorError> {
+        if starts.is_empty() {
+            return Ok(self);
+        }
+        // Assigned, never subscribed: the group id only names the client.
+        let follower = Self::consumer(config, "notiflow-follower", "earliest")?;
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, from) in starts {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*from)).map_err(classify)?;
+            self.followed.insert(topic.clone());
+        }
+        follower.assign(&list).map_err(classify)?;
+        self.follower = Some(follower);
+        Ok(self)
     }
 
     fn consumer(config: &KafkaConfig, group_id: &str, start_from: &str) -> Result<StreamConsumer<LagContext>, ConnectorError> {
@@ -98,11 +121,29 @@ impl Source for KafkaSource {
         let deadline = tokio::time::Instant::now() + limits.max_wait;
         let mut batch = Vec::new();
         let mut topics: Vec<Arc<str>> = Vec::new();
+        let intern = |topics: &mut Vec<Arc<str>>, name: &str| match topics.iter().find(|t| t.as_ref() == name) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(name);
+                topics.push(t.clone());
+                t
+            }
+        };
         while batch.len() < limits.max_records {
-            let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Err(_elapsed) => break,
-                Ok(Ok(message)) => message,
-                Ok(Err(err)) => {
+            let follower = async {
+                match &self.follower {
+                    Some(follower) => follower.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let received = tokio::select! {
+                message = self.consumer.recv() => message.map(|m| to_record(intern(&mut topics, m.topic()), &m)),
+                message = follower => message.map(|m| to_record(intern(&mut topics, m.topic()), &m)),
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match received {
+                Ok(record) => batch.push(record),
+                Err(err) => {
                     let err = classify(err);
                     if batch.is_empty() {
                         return Err(err);
@@ -111,21 +152,12 @@ impl Source for KafkaSource {
                     tracing::warn!(%err, "kafka consume error after a partial batch");
                     break;
                 }
-            };
-            let topic = match topics.iter().find(|t| t.as_ref() == message.topic()) {
-                Some(t) => t.clone(),
-                None => {
-                    let t: Arc<str> = Arc::from(message.topic());
-                    topics.push(t.clone());
-                    t
-                }
-            };
-            batch.push(to_record(topic, &message));
+            }
         }
         // A rebalance inside this call may have revoked partitions whose
         // records were already taken: they belong to the new owner now.
         let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());
-        batch.retain(|r| assigned.contains(&(r.topic.to_string(), r.partition)));
+        batch.retain(|r| self.followed.contains(r.topic.as_ref()) || assigned.contains(&(r.topic.to_string(), r.partition)));
         Ok(batch)
     }
 
@@ -138,8 +170,11 @@ impl Source for KafkaSource {
             return Ok(());
         }
         let mut list = TopicPartitionList::new();
-        for (topic, partition, next) in offsets.iter() {
+        for (topic, partition, next) in offsets.iter().filter(|(t, _, _)| !self.followed.contains(*t)) {
             list.add_partition_offset(topic, partition, Offset::Offset(next)).map_err(classify)?;
+        }
+        if list.count() == 0 {
+            return Ok(());
         }
         // A synchronous commit: the job must know the offsets are stored
         // before it reports the batch done.

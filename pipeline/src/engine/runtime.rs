@@ -110,6 +110,14 @@ impl PipelineRun {
         }
     }
 
+    /// The stream topics (sources), read in the consumer group.
+    pub fn stream_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.pipeline.sources.iter().map(|s| s.kafka.topic.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
     /// Every topic the pipeline reads (sources and lookup tables).
     pub fn source_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.pipeline.sources.iter().map(|s| s.kafka.topic.clone()).collect();
@@ -129,18 +137,23 @@ impl PipelineRun {
     }
 
     /// Loads the lookup tables from their whole compacted topics. Call
-    /// before the first batch.
-    pub async fn prepare<R: LogReader>(&mut self, reader: &R) -> anyhow::Result<()> {
+    /// before the first batch. Returns where each lookup partition's updates
+    /// continue (topic, partition, next offset): every instance follows them
+    /// all, outside the consumer group.
+    pub async fn prepare<R: LogReader>(&mut self, reader: &R) -> anyhow::Result<Vec<(String, i32, i64)>> {
+        let mut follow = Vec::new();
         for lookup in &self.pipeline.lookups {
             for (partition, _) in reader.end_offsets(&lookup.kafka.topic).await? {
                 let records = reader.read_from(&lookup.kafka.topic, partition, 0).await?;
+                let next = records.iter().map(|r| r.offset + 1).max().unwrap_or(0);
+                follow.push((lookup.kafka.topic.clone(), partition, next));
                 let bad = lookup.apply(&records.iter().collect::<Vec<_>>());
                 if bad > 0 {
                     tracing::warn!(table = %lookup.name, bad, "lookup records that could not be decoded were skipped");
                 }
             }
         }
-        Ok(())
+        Ok(follow)
     }
 
     /// Turns checkpointing on. Partitions assigned from now on are restored
