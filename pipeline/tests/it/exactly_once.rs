@@ -105,37 +105,16 @@ impl Setup {
         format!("{}.{t}", self.prefix)
     }
 
-    /// Starts `notiflow run` as instance `instance` (static group membership:
-    /// a restarted instance takes its partitions back at once); its log goes
-    /// to `<instance>/log.txt`.
     fn spawn(&self, instance: &str, idle_ms: &str) -> std::process::Child {
-        let mut config = self.config.clone();
-        config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), format!("{}-{instance}", self.prefix));
-        let dir = self._dir.path().join(instance);
-        std::fs::create_dir_all(&dir).unwrap();
-        let toml = support::write_toml_with(&config, &dir, "batch_max_records = 500\ncheckpoint_interval_ms = 150");
-        std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
-            .arg("run")
-            .arg(&self.sql_dir)
-            .args(["--config", toml.to_str().unwrap(), "--exit-when-idle-ms", idle_ms])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("log.txt")).unwrap())
-            .spawn()
-            .unwrap()
+        spawn_instance(self._dir.path(), &self.sql_dir, &self.config, instance, idle_ms)
     }
 
-    /// Waits until `instance`'s log has a line containing `needle`.
     async fn wait_for_log(&self, instance: &str, needle: &str) {
-        let path = self._dir.path().join(instance).join("log.txt");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(&path).unwrap_or_default().contains(needle) {
-            assert!(Instant::now() < deadline, "{instance} never logged {needle:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_log(self._dir.path(), instance, needle).await
     }
 
     fn log(&self, instance: &str) -> String {
-        std::fs::read_to_string(self._dir.path().join(instance).join("log.txt")).unwrap_or_default()
+        instance_log(self._dir.path(), instance)
     }
 
     /// Waits until `at_least` copies are out, the pipeline still running.
@@ -174,8 +153,41 @@ impl Setup {
     }
 }
 
+/// Starts `notiflow run` as instance `instance` of the group (static group
+/// membership: a restarted instance takes its partitions back at once); its
+/// log goes to `<base>/<instance>/log.txt`.
+pub fn spawn_instance(base: &std::path::Path, sql_dir: &std::path::Path, config: &notiflow::config::Config, instance: &str, idle_ms: &str) -> std::process::Child {
+    let mut config = config.clone();
+    let id = format!("{}-{instance}", config.pipeline.group_id);
+    config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), id);
+    let dir = base.join(instance);
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = support::write_toml_with(&config, &dir, "batch_max_records = 500\ncheckpoint_interval_ms = 150");
+    std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
+        .arg("run")
+        .arg(sql_dir)
+        .args(["--config", toml.to_str().unwrap(), "--exit-when-idle-ms", idle_ms])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("log.txt")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the instance's log has a line containing `needle`.
+pub async fn wait_for_log(base: &std::path::Path, instance: &str, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !instance_log(base, instance).contains(needle) {
+        assert!(Instant::now() < deadline, "{instance} never logged {needle:?}:\n{}", instance_log(base, instance));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn instance_log(base: &std::path::Path, instance: &str) -> String {
+    std::fs::read_to_string(base.join(instance).join("log.txt")).unwrap_or_default()
+}
+
 /// The instance's stdout once it exits (successfully).
-fn finished(child: std::process::Child) -> String {
+pub fn finished(child: std::process::Child) -> String {
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "{stdout}");
@@ -223,4 +235,74 @@ async fn a_second_instance_takes_over_partitions_with_their_state() {
     assert!(records_in(&said_second) > 0 && records_in(&said_first) > 0, "both instances read records");
     assert!(said_second.contains("restored state of"), "the second instance restored its partitions' state");
     setup.check_outputs().await;
+}
+
+/// Lookup tables are not split by the group: an update to a template reaches
+/// both instances, whichever owns the template's partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_follows_lookup_updates() {
+    let _turn = support::one_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::kafka_config(2);
+    let prefix = support::unique("l");
+    let topic = |t: &str| format!("{prefix}.{t}");
+    let sql_dir = dir.path().join("sql");
+    std::fs::create_dir_all(&sql_dir).unwrap();
+    std::fs::write(
+        sql_dir.join("10_lookup.sql"),
+        format!(
+            "CREATE TABLE sends (id TEXT, template TEXT) WITH (connector = 'kafka', type = 'source', topic = '{}');
+             CREATE TABLE templates (id TEXT, body TEXT) WITH (connector = 'kafka', type = 'lookup', topic = '{}', 'lookup.key_field' = 'id');
+             CREATE TABLE out (id TEXT, body TEXT) WITH (connector = 'kafka', type = 'sink', topic = '{}');
+             INSERT INTO out SELECT s.id, t.body FROM sends s JOIN templates t ON s.template = t.id;",
+            topic("sends"),
+            topic("templates"),
+            topic("out")
+        ),
+    )
+    .unwrap();
+    let kafka = config.kafka.clone().unwrap();
+    KafkaAdmin::new(&kafka)
+        .unwrap()
+        .ensure_topics(&[TopicSpec::new(topic("sends"), 2), TopicSpec { name: topic("templates"), partitions: 2, compacted: true }, TopicSpec::new(topic("out"), 2)])
+        .await
+        .unwrap();
+    let sink = KafkaSink::new(&kafka).unwrap();
+    let template = |body: &str| OutRecord {
+        topic: Arc::from(topic("templates").as_str()),
+        key: Some(b"t1".to_vec()),
+        payload: format!(r#"{{"id":"t1","body":"{body}"}}"#).into_bytes(),
+        headers: vec![],
+    };
+    sink.send_all(vec![template("v1")]).await.unwrap();
+    let (a, b) = (spawn_instance(dir.path(), &sql_dir, &config, "a", "8000"), spawn_instance(dir.path(), &sql_dir, &config, "b", "8000"));
+    // The group settles with one sends partition per member (logged once its state is restored).
+    let settled = async {
+        wait_for_log(dir.path(), "a", "assigned=1").await;
+        wait_for_log(dir.path(), "b", "assigned=1").await;
+    };
+    if tokio::time::timeout(Duration::from_secs(50), settled).await.is_err() {
+        panic!("the group did not settle:\na:\n{}\nb:\n{}", instance_log(dir.path(), "a"), instance_log(dir.path(), "b"));
+    }
+    sink.send_all(vec![template("v2")]).await.unwrap();
+    // The update is followed within milliseconds; give it ample time before the stream needs it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sends: Vec<OutRecord> = (0..200)
+        .map(|i| OutRecord {
+            topic: Arc::from(topic("sends").as_str()),
+            key: Some(format!("k{i}").into_bytes()),
+            payload: format!(r#"{{"id":"{i}","template":"t1"}}"#).into_bytes(),
+            headers: vec![],
+        })
+        .collect();
+    sink.send_all(sends).await.unwrap();
+    let (said_a, said_b) = (finished(a), finished(b));
+    let out = read_topic_to_end(&kafka, &topic("out")).await.unwrap();
+    let bodies: HashMap<String, usize> = out.iter().fold(HashMap::new(), |mut m, r| {
+        let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+        *m.entry(v["body"].as_str().unwrap().to_string()).or_default() += 1;
+        m
+    });
+    assert_eq!(bodies, HashMap::from([("v2".to_string(), 200)]), "a:\n{said_a}\nb:\n{said_b}");
+    assert!(!said_a.contains("records in: 0 ") && !said_b.contains("records in: 0 "), "both instances joined sends:\n{said_a}\n{said_b}");
 }
