@@ -17,8 +17,9 @@ pub struct KafkaConfig {
     /// for the full wait, which would add that much latency to each batch.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_max_ms: u32,
-    /// How long the producer waits to fill a batch (librdkafka `linger.ms`):
-    /// throughput against latency.
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`).
+    /// Short by default: the pipeline hands each micro-batch's outputs to the
+    /// producer at once, so a long linger only delays them.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u32,
     /// How long the group waits for a silent member before moving its
@@ -41,7 +42,7 @@ fn default_fetch_wait_ms() -> u32 {
 }
 
 fn default_linger_ms() -> u32 {
-    5
+    1
 }
 
 fn default_session_timeout_ms() -> u32 {

@@ -61,6 +61,9 @@ impl ConsumerContext for LagContext {
     }
 }
 
+/// How long a non-empty batch waits for one more record before it closes.
+const DRAINED_AFTER: Duration = Duration::from_millis(1);
+
 /// A consumer-group member. Auto-commit is off: offsets move only through
 /// [`Source::commit`], which the job calls after the outputs are durable.
 ///
@@ -130,6 +133,9 @@ impl Source for KafkaSource {
             }
         };
         while batch.len() < limits.max_records {
+            // Once the batch has records, it closes as soon as the fetched
+            // data is drained: waiting for the next fetch would only add latency.
+            let close_at = if batch.is_empty() { deadline } else { deadline.min(tokio::time::Instant::now() + DRAINED_AFTER) };
             let follower = async {
                 match &self.follower {
                     Some(follower) => follower.recv().await,
@@ -139,7 +145,7 @@ impl Source for KafkaSource {
             let received = tokio::select! {
                 message = self.consumer.recv() => message.map(|m| to_record(intern(&mut topics, m.topic()), &m)),
                 message = follower => message.map(|m| to_record(intern(&mut topics, m.topic()), &m)),
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(close_at) => break,
             };
             match received {
                 Ok(record) => batch.push(record),
