@@ -203,7 +203,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
     if wanted("whole request pipeline, in-process") {
         results.push(in_process_pipeline(options).await?);
     }
-    if wanted("in-process source and sink (engine latency)") {
+    if wanted(&format!("whole request pipeline at {} requests/s, in-process source and sink (engine latency)", options.rate)) {
         results.push(in_process_latency(options).await?);
     }
     if wanted("interval join") {
@@ -269,7 +269,7 @@ async fn latency_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions) -
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
         peak_rss_mb: peak_rss_mb(),
-        note: "default client settings (linger.ms 1, fetch.wait.max.ms 10); producer paced in 10 ms ticks; latency = producer timestamp (ms resolution) -> outputs acknowledged by the broker".into(),
+        note: "default client settings (linger.ms 5, fetch.wait.max.ms 10); producer paced in 10 ms ticks; latency = producer timestamp (ms resolution) -> outputs acknowledged by the broker".into(),
     })
 }
 

@@ -17,9 +17,10 @@ pub struct KafkaConfig {
     /// for the full wait, which would add that much latency to each batch.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_max_ms: u32,
-    /// How long the producer waits to fill a batch (librdkafka `linger.ms`).
-    /// Short by default: the pipeline hands each micro-batch's outputs to the
-    /// producer at once, so a long linger only delays them.
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`):
+    /// throughput against latency. Measured on tansu at 20k requests/s:
+    /// 1 ms gives p50 34 / p99 190-285 ms (many small produce requests make
+    /// the broker stall), 5 ms gives p50 48 / p99 68 ms.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u32,
     /// How long the group waits for a silent member before moving its
@@ -42,7 +43,7 @@ fn default_fetch_wait_ms() -> u32 {
 }
 
 fn default_linger_ms() -> u32 {
-    1
+    5
 }
 
 fn default_session_timeout_ms() -> u32 {
