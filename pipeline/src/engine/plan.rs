@@ -409,11 +409,13 @@ struct Lowering<'a> {
     content_ids: bool,
 }
 
-/// `column <= N` seen above a window, by unqualified column name.
+/// `column <= N` (or `column > N`: `beyond`) seen above a window, by
+/// unqualified column name.
 #[derive(Debug, Clone)]
 struct LimitHint {
     column: String,
     limit: u64,
+    beyond: bool,
 }
 
 impl Lowering<'_> {
@@ -464,7 +466,7 @@ impl Lowering<'_> {
                     let hint = hint.and_then(|h| {
                         projection.expr.iter().find_map(|e| match e {
                             Expr::Alias(alias) if alias.name == h.column => match alias.expr.as_ref() {
-                                Expr::Column(c) => Some(LimitHint { column: c.name.clone(), limit: h.limit }),
+                                Expr::Column(c) => Some(LimitHint { column: c.name.clone(), ..h.clone() }),
                                 _ => None,
                             },
                             Expr::Column(c) if c.name == h.column => Some(h.clone()),
@@ -556,7 +558,7 @@ impl Lowering<'_> {
             return Err(self.err(format!("window function {}: only ROW_NUMBER() is supported", function.fun)));
         }
         let Some(hint) = hint.filter(|h| h.column == output_name || output_name.ends_with(&format!(".{}", h.column))) else {
-            return Err(self.err("ROW_NUMBER() runs as a windowed limit: filter it with WHERE rn <= N (or rn = 1)"));
+            return Err(self.err("ROW_NUMBER() runs as a windowed limit: filter it with WHERE rn <= N (or rn = 1), or rn > N for the rows beyond it"));
         };
         let params = &function.params;
         let mut keys = Vec::new();
@@ -616,11 +618,13 @@ impl Lowering<'_> {
         let feed = feed_for(&qualified);
         let op = RowNumberLimit::new(key_exprs, key_types, time, lineage, kind, width, hint.limit, feed.schema().clone())
             .map_err(|e| self.err(clean(e)))?;
+        let op = if hint.beyond { op.beyond_limit() } else { op };
         let describe = format!(
-            "RowNumberLimit: {} window {} s, keys [{}], first {} per key",
+            "RowNumberLimit: {} window {} s, keys [{}], {} {} per key",
             if kind == WindowKind::Tumbling { "tumbling" } else { "sliding" },
             width as f64 / 1e9,
             keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+            if hint.beyond { "rows beyond the first" } else { "first" },
             hint.limit
         );
         self.stages.push(Stage::RowNumber { input: input_stage, op: Box::new(op), output: feed.clone(), describe });
@@ -1046,13 +1050,15 @@ fn limit_hint(predicate: &Expr) -> Option<LimitHint> {
         (l, Expr::Column(c)) => (c, op.swap()?, literal(l)?),
         _ => return None,
     };
-    let limit = match op {
-        Operator::LtEq => n,
-        Operator::Lt => n - 1,
-        Operator::Eq if n == 1 => 1,
+    let (limit, beyond) = match op {
+        Operator::LtEq => (n, false),
+        Operator::Lt => (n - 1, false),
+        Operator::Eq if n == 1 => (1, false),
+        Operator::Gt => (n, true),
+        Operator::GtEq => (n - 1, true),
         _ => return None,
     };
-    (limit >= 1).then(|| LimitHint { column: column.name.clone(), limit: limit as u64 })
+    (limit >= 1).then(|| LimitHint { column: column.name.clone(), limit: limit as u64, beyond })
 }
 
 /// DataFusion errors without their internal prefixes and backtraces.

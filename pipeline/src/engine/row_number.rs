@@ -3,6 +3,10 @@
 //!
 //! Rows are ranked in arrival order (not re-sorted): a row passes at once or
 //! never, which is what dedupe and frequency caps need.
+//!
+//! The complement, `... > N`, emits exactly the rows the limit drops (for
+//! `deduped` / `capped` / `duplicate_request` events); they carry rn = N + 1
+//! (the rank past the limit is not tracked further).
 //! - **tumbling(W)**: windows `[k*W, (k+1)*W)` of the event time `t` (UTC epoch
 //!   aligned). The first N rows of each key in each window pass.
 //! - **sliding(W)**: a row passes iff fewer than N rows of its key that already
@@ -135,6 +139,8 @@ pub struct RowNumberLimit {
     kind: WindowKind,
     width: i64,
     limit: u64,
+    /// Emit the rows beyond the limit instead of those within it.
+    beyond: bool,
     output_schema: SchemaRef,
     converter: RowConverter,
     partitions: HashMap<PartitionId, PartitionState>,
@@ -165,11 +171,18 @@ impl RowNumberLimit {
             kind,
             width: width_nanos,
             limit,
+            beyond: false,
             output_schema,
             converter,
             partitions: HashMap::new(),
             late_rows: 0,
         })
+    }
+
+    /// Emits the rows the limit drops (`rn > N`) instead of those it keeps.
+    pub fn beyond_limit(mut self) -> Self {
+        self.beyond = true;
+        self
     }
 
     pub fn late_rows(&self) -> u64 {
@@ -238,9 +251,16 @@ impl RowNumberLimit {
                     }
                 }
             };
-            if let Some(number) = passed {
-                kept.push(i as u32);
-                numbers.push(number);
+            match (passed, self.beyond) {
+                (Some(number), false) => {
+                    kept.push(i as u32);
+                    numbers.push(number);
+                }
+                (None, true) => {
+                    kept.push(i as u32);
+                    numbers.push(self.limit + 1);
+                }
+                _ => {}
             }
         }
         touched.sort_unstable();
@@ -487,6 +507,19 @@ mod tests {
             assert_eq!(restored.late_rows(), 1, "the watermark came back too");
             assert_eq!(restored.snapshot_units(&all).unwrap(), first.snapshot_units(&all).unwrap());
             assert!(restored.restore_units(&snapshot[..snapshot.len() - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn beyond_the_limit_emits_exactly_the_dropped_rows() {
+        for kind in [WindowKind::Tumbling, WindowKind::Sliding] {
+            let rows = [("a", MIN, 0), ("a", 2 * MIN, 0), ("b", 2 * MIN, 0), ("a", 3 * MIN, 0), ("a", 9 * MIN, 0), ("c", -5 * MIN, 0)];
+            let mut within = op(kind, 5 * MIN, 2);
+            let mut beyond = op(kind, 5 * MIN, 2).beyond_limit();
+            let kept = passed(&within.process_batch(&batch(&rows)).unwrap());
+            let dropped = passed(&beyond.process_batch(&batch(&rows)).unwrap());
+            assert_eq!(dropped, vec![("a".into(), 3, 3)], "{kind:?}: the third a within 5 min, with rn = N + 1");
+            assert_eq!(kept.len() + dropped.len() + 1, rows.len(), "{kind:?}: every on-time row on exactly one side; c is late");
         }
     }
 

@@ -38,6 +38,7 @@ CREATE TABLE sends (
 
 CREATE TABLE deduped (id TEXT, rn BIGINT) WITH (connector = 'kafka', type = 'sink', topic = 't.deduped');
 CREATE TABLE capped (id TEXT) WITH (connector = 'kafka', type = 'sink', topic = 't.capped');
+CREATE TABLE duplicates (id TEXT, rn BIGINT) WITH (connector = 'kafka', type = 'sink', topic = 't.duplicates');
 
 -- Content dedupe: one per recipient/channel/content within 5 minutes either way.
 INSERT INTO deduped
@@ -45,6 +46,13 @@ SELECT id, rn FROM (
     SELECT id, ROW_NUMBER() OVER (PARTITION BY recipient, channel, content, sliding(INTERVAL '5' MINUTE) ORDER BY ts) AS rn
     FROM sends
 ) WHERE rn = 1;
+
+-- Its complement: exactly the rows the dedupe drops (for `deduped` events).
+INSERT INTO duplicates
+SELECT id, rn FROM (
+    SELECT id, ROW_NUMBER() OVER (PARTITION BY recipient, channel, content, sliding(INTERVAL '5' MINUTE) ORDER BY ts) AS rn
+    FROM sends
+) WHERE rn > 1;
 
 -- Daily cap: two per recipient per UTC day.
 CREATE VIEW ranked AS
@@ -78,6 +86,8 @@ async fn windowed_row_number_limits_through_sql() {
                 "10_windows.test/expected/deduped.jsonl",
                 "{\"id\":\"1\",\"rn\":1}\n{\"id\":\"3\",\"rn\":1}\n{\"id\":\"4\",\"rn\":1}\n{\"id\":\"6\",\"rn\":1}\n{\"id\":\"7\",\"rn\":1}\n{\"id\":\"8\",\"rn\":1}\n",
             ),
+            // The rows the dedupe dropped, late 9 not among them; rn = N + 1.
+            ("10_windows.test/expected/duplicates.jsonl", "{\"id\":\"2\",\"rn\":2}\n{\"id\":\"5\",\"rn\":2}\n"),
             // a: 1 and 2 on Jan 1 (3, 4, 5 and 8 capped, 8 is the last ms of the day); 7 opens Jan 2. b: 6.
             ("10_windows.test/expected/capped.jsonl", "{\"id\":\"1\"}\n{\"id\":\"2\"}\n{\"id\":\"6\"}\n{\"id\":\"7\"}\n"),
         ],
@@ -322,7 +332,7 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
             .collect()
     };
     let outputs = |broker: &MemoryBroker| -> BTreeMap<String, Vec<String>> {
-        ["t.deduped", "t.capped", "t.per_minute", "t.per_two_minutes", "t.delivered", "t.outcomes"]
+        ["t.deduped", "t.duplicates", "t.capped", "t.per_minute", "t.per_two_minutes", "t.delivered", "t.outcomes"]
             .iter()
             .map(|t| {
                 let mut rows: Vec<String> = broker.read_all(t).iter().map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap()).collect();
