@@ -619,6 +619,8 @@ impl Lowering<'_> {
         let op = RowNumberLimit::new(key_exprs, key_types, time, lineage, kind, width, hint.limit, feed.schema().clone())
             .map_err(|e| self.err(clean(e)))?;
         let op = if hint.beyond { op.beyond_limit() } else { op };
+        let passing: Vec<i32> = self.pipeline.sources.iter().enumerate().filter(|(_, s)| s.kafka.pass_late_rows).map(|(i, _)| i as i32).collect();
+        let op = op.pass_late_rows_of(passing);
         let describe = format!(
             "RowNumberLimit: {} window {} s, keys [{}], {} {} per key",
             if kind == WindowKind::Tumbling { "tumbling" } else { "sliding" },

@@ -141,6 +141,8 @@ pub struct RowNumberLimit {
     limit: u64,
     /// Emit the rows beyond the limit instead of those within it.
     beyond: bool,
+    /// Source tables whose late rows pass (as rn = 1) instead of being dropped.
+    pass_late: Vec<i32>,
     output_schema: SchemaRef,
     converter: RowConverter,
     partitions: HashMap<PartitionId, PartitionState>,
@@ -172,11 +174,19 @@ impl RowNumberLimit {
             width: width_nanos,
             limit,
             beyond: false,
+            pass_late: Vec::new(),
             output_schema,
             converter,
             partitions: HashMap::new(),
             late_rows: 0,
         })
+    }
+
+    /// Late rows of these source tables pass as rn = 1 (`late_rows = 'pass'`):
+    /// never lost, possibly a late duplicate. They do not touch the state.
+    pub fn pass_late_rows_of(mut self, sources: Vec<i32>) -> Self {
+        self.pass_late = sources;
+        self
     }
 
     /// Emits the rows the limit drops (`rn > N`) instead of those it keeps.
@@ -222,6 +232,10 @@ impl RowNumberLimit {
             // A row without event time cannot be windowed: treat it as late.
             if times.is_null(i) || times.value(i) < watermark_before {
                 self.late_rows += 1;
+                if !self.beyond && self.pass_late.contains(&sources.value(i)) {
+                    kept.push(i as u32);
+                    numbers.push(1);
+                }
                 continue;
             }
             let t = times.value(i);
@@ -521,6 +535,19 @@ mod tests {
             assert_eq!(dropped, vec![("a".into(), 3, 3)], "{kind:?}: the third a within 5 min, with rn = N + 1");
             assert_eq!(kept.len() + dropped.len() + 1, rows.len(), "{kind:?}: every on-time row on exactly one side; c is late");
         }
+    }
+
+    #[test]
+    fn late_rows_of_a_passing_source_are_let_through_not_counted_in() {
+        let rows = [("a", 9 * MIN, 0), ("a", MIN, 0), ("a", MIN, 0)];
+        let mut dropping = op(WindowKind::Tumbling, 5 * MIN, 1);
+        assert_eq!(passed(&dropping.process_batch(&batch(&rows)).unwrap()), vec![("a".into(), 9, 1)]);
+        let mut passing = op(WindowKind::Tumbling, 5 * MIN, 1).pass_late_rows_of(vec![0]);
+        let out = passed(&passing.process_batch(&batch(&rows)).unwrap());
+        assert_eq!(out, vec![("a".into(), 9, 1), ("a".into(), 1, 1), ("a".into(), 1, 1)], "both late rows pass, unjudged");
+        assert_eq!(passing.late_rows(), 2, "and are still counted as late");
+        let mut beyond = op(WindowKind::Tumbling, 5 * MIN, 1).pass_late_rows_of(vec![0]).beyond_limit();
+        assert!(passed(&beyond.process_batch(&batch(&rows)).unwrap()).is_empty(), "a passed late row is not also a dropped one");
     }
 
     #[test]

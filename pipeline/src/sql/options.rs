@@ -67,6 +67,11 @@ pub struct KafkaTable {
     /// `lookup.key_field`: the column a lookup table is keyed by (its records'
     /// Kafka key must be the same value, so a tombstone deletes the row).
     pub lookup_key_field: Option<String>,
+    /// `late_rows`: what a windowed row-number limit does with this source's
+    /// rows that arrive behind the watermark: `drop` (default, counted) or
+    /// `pass` (let through as rn = 1: no loss, at the price of an occasional
+    /// late duplicate; for streams that must never lose a record).
+    pub pass_late_rows: bool,
 }
 
 /// A connector table definition.
@@ -97,6 +102,7 @@ const KAFKA_OPTIONS: &[&str] = &[
     "json.contract",
     "event_time_field",
     "lookup.key_field",
+    "late_rows",
 ];
 
 pub const CONTRACTS: &[&str] = &["notify.requests"];
@@ -138,13 +144,18 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
         Some("fail") => BadData::Fail,
         Some(other) => return Err(format!("option bad_data = '{other}': expected 'dlq', 'drop' or 'fail'")),
     };
+    let pass_late_rows = match get("late_rows").as_deref() {
+        None | Some("drop") => false,
+        Some("pass") => true,
+        Some(other) => return Err(format!("option late_rows = '{other}': expected 'drop' or 'pass'")),
+    };
     let contract = get("json.contract");
     if let Some(c) = &contract
         && !CONTRACTS.contains(&c.as_str())
     {
         return Err(format!("option json.contract = '{c}': known contracts: {}", CONTRACTS.join(", ")));
     }
-    let source_only = ["source.offset", "source.group_id", "bad_data", "dlq.topic", "json.contract", "event_time_field"];
+    let source_only = ["source.offset", "source.group_id", "bad_data", "dlq.topic", "json.contract", "event_time_field", "late_rows"];
     if role == TableRole::Sink
         && let Some(opt) = source_only.iter().find(|o| options.contains_key(**o))
     {
@@ -168,6 +179,7 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
         contract,
         event_time_field: get("event_time_field"),
         lookup_key_field: get("lookup.key_field"),
+        pass_late_rows,
     })
 }
 

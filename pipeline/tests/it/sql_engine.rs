@@ -102,6 +102,30 @@ async fn windowed_row_number_limits_through_sql() {
     assert_eq!(results[0].failures, vec!["capped: missing 1x {\"id\":\"3\"}".to_string()]);
 }
 
+/// `late_rows = 'pass'`: a row behind the watermark is let through (rn = 1)
+/// by every limit instead of dropped; the complement does not list it.
+#[tokio::test]
+async fn late_rows_can_pass_instead_of_being_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = WINDOWS_SQL.replace("bad_data = 'drop')", "bad_data = 'drop', late_rows = 'pass')");
+    assert_ne!(sql, WINDOWS_SQL);
+    write(
+        dir.path(),
+        &[
+            ("10_windows.sql", &sql),
+            ("10_windows.test/input/sends.jsonl", WINDOWS_INPUT),
+            (
+                "10_windows.test/expected/deduped.jsonl",
+                "{\"id\":\"1\",\"rn\":1}\n{\"id\":\"3\",\"rn\":1}\n{\"id\":\"4\",\"rn\":1}\n{\"id\":\"6\",\"rn\":1}\n{\"id\":\"7\",\"rn\":1}\n{\"id\":\"8\",\"rn\":1}\n{\"id\":\"9\",\"rn\":1}\n",
+            ),
+            ("10_windows.test/expected/duplicates.jsonl", "{\"id\":\"2\",\"rn\":2}\n{\"id\":\"5\",\"rn\":2}\n"),
+            ("10_windows.test/expected/capped.jsonl", "{\"id\":\"1\"}\n{\"id\":\"2\"}\n{\"id\":\"6\"}\n{\"id\":\"7\"}\n{\"id\":\"9\"}\n"),
+        ],
+    );
+    let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
+    assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
+}
+
 async fn plan_error(sql: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), &[("20_stage.sql", sql)]);
