@@ -34,31 +34,31 @@ pub fn explain(pipeline: &Pipeline) -> String {
     }
     for view in &pipeline.shared {
         out.push_str(&format!("\nshared view {} (computed once per batch)\n", view.name));
-        for line in displayable(view.plan.as_ref()).indent(false).to_string().lines() {
-            out.push_str(&format!("    {line}\n"));
-        }
+        describe_stages(&view.stages, &mut out);
     }
     for (f, flow) in pipeline.flows.iter().enumerate() {
         let sink = &pipeline.sinks[flow.sink].name;
         out.push_str(&format!("\nflow {f} ({}): INSERT INTO {sink}\n", flow.location));
-        for (s, stage) in flow.stages.iter().enumerate() {
-            match stage {
-                Stage::Segment { plan } => {
-                    out.push_str(&format!("  stage {s}: stateless segment\n"));
-                    for line in displayable(plan.as_ref()).indent(false).to_string().lines() {
-                        out.push_str(&format!("    {line}\n"));
-                    }
+        describe_stages(&flow.stages, &mut out);
+    }
+    out
+}
+
+fn describe_stages(stages: &[Stage], out: &mut String) {
+    for (s, stage) in stages.iter().enumerate() {
+        match stage {
+            Stage::Segment { plan } => {
+                out.push_str(&format!("  stage {s}: stateless segment\n"));
+                for line in displayable(plan.as_ref()).indent(false).to_string().lines() {
+                    out.push_str(&format!("    {line}\n"));
                 }
-                Stage::RowNumber { input, describe, .. }
-                | Stage::WindowAggregate { input, describe, .. }
-                | Stage::LookupJoin { input, describe, .. } => {
-                    out.push_str(&format!("  stage {s}: {describe} (input: stage {input})\n"));
-                }
-                Stage::IntervalJoin { left, right, describe, .. } => {
-                    out.push_str(&format!("  stage {s}: {describe} (inputs: stages {left}, {right})\n"));
-                }
+            }
+            Stage::RowNumber { input, describe, .. } | Stage::WindowAggregate { input, describe, .. } | Stage::LookupJoin { input, describe, .. } => {
+                out.push_str(&format!("  stage {s}: {describe} (input: stage {input})\n"));
+            }
+            Stage::IntervalJoin { left, right, describe, .. } => {
+                out.push_str(&format!("  stage {s}: {describe} (inputs: stages {left}, {right})\n"));
             }
         }
     }
-    out
 }

@@ -131,13 +131,28 @@ pub struct Pipeline {
     pub udf_failures: super::udf::UdfFailures,
 }
 
-/// A stateless view over sources, evaluated once per micro-batch into a feed
-/// that every INSERT reading it scans (instead of each re-computing it).
+/// A view over sources evaluated once per micro-batch into a feed that every
+/// INSERT reading it scans (instead of each re-computing it, and, for a
+/// stateful view, instead of each keeping its own copy of the state).
 pub struct SharedView {
     pub name: String,
-    pub plan: Arc<dyn ExecutionPlan>,
+    /// Operators and segments as in a flow; the last one yields the view's rows.
+    pub stages: Vec<Stage>,
     pub feed: Feed,
     pub sources: Vec<usize>,
+}
+
+/// Checkpoint ids of shared views' stage lists start here (flows use their index).
+pub const SHARED_VIEW_IDS: u32 = 1 << 20;
+
+impl Pipeline {
+    /// Every list of stages with its checkpoint id and the sources it reads:
+    /// shared views', then flows'.
+    pub fn stage_lists_mut(&mut self) -> Vec<(u32, &mut Vec<Stage>, &Vec<usize>)> {
+        let views = self.shared.iter_mut().enumerate().map(|(v, view)| (SHARED_VIEW_IDS + v as u32, &mut view.stages, &view.sources));
+        let flows = self.flows.iter_mut().enumerate().map(|(f, flow)| (f as u32, &mut flow.stages, &flow.sources));
+        views.chain(flows).collect()
+    }
 }
 
 fn session() -> SessionContext {
@@ -325,8 +340,9 @@ fn calls(definition: &Definition, name: &str) -> bool {
     })
 }
 
-/// Makes a view shared when it is stateless and reads sources; `None` keeps
-/// it an ordinary view (inlined into each query that uses it).
+/// Makes a view shared when it reads sources and its rows keep single-record
+/// lineage (no joins); `None` keeps it an ordinary view (inlined into each
+/// query that uses it).
 async fn share_view(pipeline: &Pipeline, name: &str, location: &Location) -> Result<Option<SharedView>, SqlError> {
     let provider = pipeline.ctx.table_provider(name).await.map_err(|e| SqlError::new(location, clean(e)))?;
     let Some(view) = provider.downcast_ref::<ViewTable>() else { return Ok(None) };
@@ -336,15 +352,16 @@ async fn share_view(pipeline: &Pipeline, name: &str, location: &Location) -> Res
     };
     let mut lowering = Lowering { pipeline, stages: vec![], sources: vec![], location, content_ids: false };
     let Ok(lowered) = lowering.lower(&analyzed, None).await else { return Ok(None) };
-    if !lowering.stages.is_empty() || lowering.sources.is_empty() {
+    if lowering.content_ids || lowering.sources.is_empty() {
         return Ok(None);
     }
-    let mut sources = lowering.sources;
+    let Lowering { mut stages, mut sources, .. } = lowering;
     sources.sort_unstable();
     sources.dedup();
     let plan = state.create_physical_plan(&lowered).await.map_err(|e| SqlError::new(location, clean(e)))?;
     let feed = Feed::new(plan.schema());
-    Ok(Some(SharedView { name: name.to_string(), plan, feed, sources }))
+    stages.push(Stage::Segment { plan });
+    Ok(Some(SharedView { name: name.to_string(), stages, feed, sources }))
 }
 
 async fn plan_insert(pipeline: &Pipeline, sink: &str, query: &str, location: &Location) -> Result<Flow, SqlError> {

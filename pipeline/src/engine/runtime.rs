@@ -185,12 +185,12 @@ impl PipelineRun {
     async fn assign(&mut self, partitions: &[(Arc<str>, i32)]) -> anyhow::Result<()> {
         let mine: Vec<(Arc<str>, i32)> = partitions.iter().filter(|(t, _)| self.is_stream_topic(t)).cloned().collect();
         for (topic, partition) in &mine {
-            for flow in &mut self.pipeline.flows {
-                for stage in &mut flow.stages {
-                    let sources = &self.pipeline.sources;
-                    let of_topic = |list: &[usize]| -> Vec<i32> { list.iter().filter(|s| sources[**s].kafka.topic == **topic).map(|s| *s as i32).collect() };
+            let of_topic: Vec<bool> = self.pipeline.sources.iter().map(|s| s.kafka.topic == **topic).collect();
+            for (_, stages, sources) in self.pipeline.stage_lists_mut() {
+                let of_topic = |list: &[usize]| -> Vec<i32> { list.iter().filter(|s| of_topic[**s]).map(|s| *s as i32).collect() };
+                for stage in stages.iter_mut() {
                     match stage {
-                        Stage::WindowAggregate { op, .. } => of_topic(&flow.sources).into_iter().for_each(|s| op.expect_partitions(s, &[*partition])),
+                        Stage::WindowAggregate { op, .. } => of_topic(sources).into_iter().for_each(|s| op.expect_partitions(s, &[*partition])),
                         // Each side waits for the partitions of the sources it reads.
                         Stage::IntervalJoin { op, left_sources, right_sources, .. } => {
                             of_topic(left_sources).into_iter().for_each(|s| op.expect_partitions(true, s, &[*partition]));
@@ -238,8 +238,8 @@ impl PipelineRun {
                 continue;
             }
             let units = self.units_of(topic, *partition);
-            for flow in &mut self.pipeline.flows {
-                for stage in &mut flow.stages {
+            for (_, stages, _) in self.pipeline.stage_lists_mut() {
+                for stage in stages.iter_mut() {
                     if let Some(state) = stage.unit_state() {
                         state.drop_units(&units);
                     }
@@ -256,10 +256,12 @@ impl PipelineRun {
     fn restore_partition(&mut self, checkpoint: &PartitionCheckpoint) -> anyhow::Result<()> {
         self.epoch = self.epoch.max(checkpoint.epoch);
         for ((flow, stage), state) in &checkpoint.operators {
-            match self.pipeline.flows.get_mut(*flow as usize).and_then(|f| f.stages.get_mut(*stage as usize)).and_then(Stage::unit_state) {
+            let mut lists = self.pipeline.stage_lists_mut();
+            let found = lists.iter_mut().find(|(id, _, _)| id == flow).and_then(|(_, stages, _)| stages.get_mut(*stage as usize));
+            match found.and_then(Stage::unit_state) {
                 Some(op) => op.restore_units(state)?,
                 None => anyhow::bail!(
-                    "the checkpoint of {}/{} has state for flow {flow} stage {stage}, which the SQL no longer has",
+                    "the checkpoint of {}/{} has state for stage list {flow} stage {stage}, which the SQL no longer has",
                     checkpoint.topic,
                     checkpoint.partition
                 ),
@@ -284,10 +286,10 @@ impl PipelineRun {
             let Some(next_offset) = self.processed.get(&topic, partition) else { continue };
             let units = self.units_of(&topic, partition);
             let mut operators = BTreeMap::new();
-            for (f, flow) in self.pipeline.flows.iter_mut().enumerate() {
-                for (s, stage) in flow.stages.iter_mut().enumerate() {
+            for (id, stages, _) in self.pipeline.stage_lists_mut() {
+                for (s, stage) in stages.iter_mut().enumerate() {
                     if let Some(state) = stage.unit_state() {
-                        operators.insert((f as u32, s as u32), state.snapshot_units(&units)?);
+                        operators.insert((id, s as u32), state.snapshot_units(&units)?);
                     }
                 }
             }
@@ -405,14 +407,18 @@ impl PipelineRun {
         Ok(active)
     }
 
-    /// Runs every flow that has new input; returns (flow, output batches).
+    /// Runs every shared view and flow that has new input; returns (flow,
+    /// output batches).
     async fn run_flows(&mut self, active: &[bool]) -> anyhow::Result<Vec<(usize, Vec<RecordBatch>)>> {
         let task_ctx = self.pipeline.ctx.task_ctx();
-        for shared in &self.pipeline.shared {
-            if shared.sources.iter().any(|&s| active[s]) {
-                shared.feed.set(collect(shared.plan.clone(), task_ctx.clone()).await?);
+        for v in 0..self.pipeline.shared.len() {
+            let view = &mut self.pipeline.shared[v];
+            if view.sources.iter().any(|&s| active[s]) {
+                let rows = run_stages(&mut view.stages, &task_ctx).await?;
+                view.feed.set(rows);
+                report_late(&format!("view {}", view.name), &view.stages);
             } else {
-                shared.feed.clear();
+                view.feed.clear();
             }
         }
         let mut results = Vec::new();
@@ -421,41 +427,9 @@ impl PipelineRun {
             if !flow.sources.iter().any(|&s| active[s]) {
                 continue;
             }
-            let mut outputs: Vec<Vec<RecordBatch>> = Vec::with_capacity(flow.stages.len());
-            for stage in flow.stages.iter_mut() {
-                let each = |input: usize, f: &mut dyn FnMut(&RecordBatch) -> datafusion::common::Result<RecordBatch>| {
-                    outputs[input].iter().map(f).collect::<datafusion::common::Result<Vec<_>>>()
-                };
-                let produced = match stage {
-                    Stage::Segment { plan } => collect(plan.clone(), task_ctx.clone()).await?,
-                    Stage::RowNumber { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
-                    Stage::LookupJoin { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
-                    Stage::WindowAggregate { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
-                    Stage::IntervalJoin { left, right, op, .. } => vec![op.process(&outputs[*left], &outputs[*right])?],
-                };
-                if let Some(feed) = stage.output() {
-                    feed.set(produced.clone());
-                }
-                outputs.push(produced);
-            }
-            for stage in &flow.stages {
-                if let Some(feed) = stage.output() {
-                    feed.clear();
-                }
-            }
-            for (s, stage) in flow.stages.iter().enumerate() {
-                let late = match stage {
-                    Stage::RowNumber { op, .. } => Some(op.late_rows()),
-                    Stage::WindowAggregate { op, .. } => Some(op.late_rows()),
-                    Stage::IntervalJoin { op, .. } => Some(op.late_rows()),
-                    Stage::Segment { .. } | Stage::LookupJoin { .. } => None,
-                };
-                if let Some(late) = late {
-                    let labels = [("flow", f.to_string()), ("stage", s.to_string())];
-                    metrics::gauge!("notiflow_late_rows", &labels).set(late as f64);
-                }
-            }
-            results.push((f, outputs.pop().unwrap_or_default()));
+            let rows = run_stages(&mut flow.stages, &task_ctx).await?;
+            report_late(&f.to_string(), &flow.stages);
+            results.push((f, rows));
         }
         Ok(results)
     }
@@ -516,6 +490,49 @@ impl PipelineRun {
         }
         *self.totals.dispatched.entry(self.pipeline.sinks[sink].name.clone()).or_default() += written;
         Ok(())
+    }
+}
+
+/// Runs one list of stages over the current feeds; returns the last stage's rows.
+async fn run_stages(stages: &mut [Stage], task_ctx: &Arc<datafusion::execution::TaskContext>) -> anyhow::Result<Vec<RecordBatch>> {
+    let mut outputs: Vec<Vec<RecordBatch>> = Vec::with_capacity(stages.len());
+    for stage in stages.iter_mut() {
+        let each = |input: usize, f: &mut dyn FnMut(&RecordBatch) -> datafusion::common::Result<RecordBatch>| {
+            outputs[input].iter().map(f).collect::<datafusion::common::Result<Vec<_>>>()
+        };
+        let produced = match stage {
+            Stage::Segment { plan } => collect(plan.clone(), task_ctx.clone()).await?,
+            Stage::RowNumber { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
+            Stage::LookupJoin { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
+            Stage::WindowAggregate { input, op, .. } => each(*input, &mut |b| op.process_batch(b))?,
+            Stage::IntervalJoin { left, right, op, .. } => vec![op.process(&outputs[*left], &outputs[*right])?],
+        };
+        if let Some(feed) = stage.output() {
+            feed.set(produced.clone());
+        }
+        outputs.push(produced);
+    }
+    for stage in stages.iter() {
+        if let Some(feed) = stage.output() {
+            feed.clear();
+        }
+    }
+    Ok(outputs.pop().unwrap_or_default())
+}
+
+/// Late rows per windowed stage (gauge `notiflow_late_rows{flow,stage}`).
+fn report_late(flow: &str, stages: &[Stage]) {
+    for (s, stage) in stages.iter().enumerate() {
+        let late = match stage {
+            Stage::RowNumber { op, .. } => Some(op.late_rows()),
+            Stage::WindowAggregate { op, .. } => Some(op.late_rows()),
+            Stage::IntervalJoin { op, .. } => Some(op.late_rows()),
+            Stage::Segment { .. } | Stage::LookupJoin { .. } => None,
+        };
+        if let Some(late) = late {
+            let labels = [("flow", flow.to_string()), ("stage", s.to_string())];
+            metrics::gauge!("notiflow_late_rows", &labels).set(late as f64);
+        }
     }
 }
 

@@ -58,6 +58,17 @@ SELECT id, rn FROM (
 CREATE VIEW ranked AS
 SELECT *, ROW_NUMBER() OVER (PARTITION BY recipient, tumble(INTERVAL '1' DAY) ORDER BY ts) AS rn FROM sends;
 INSERT INTO capped SELECT id FROM ranked WHERE rn <= 2;
+
+-- A stateful view read by two INSERTs: computed once, one copy of its state.
+CREATE VIEW first_sends AS
+SELECT * FROM (
+    SELECT id, recipient, ROW_NUMBER() OVER (PARTITION BY recipient, channel, content, sliding(INTERVAL '5' MINUTE) ORDER BY ts) AS rn
+    FROM sends
+) WHERE rn = 1;
+CREATE TABLE first_ids (id TEXT) WITH (connector = 'kafka', type = 'sink', topic = 't.first_ids');
+CREATE TABLE first_recipients (recipient TEXT) WITH (connector = 'kafka', type = 'sink', topic = 't.first_recipients');
+INSERT INTO first_ids SELECT id FROM first_sends;
+INSERT INTO first_recipients SELECT recipient FROM first_sends;
 ";
 
 const WINDOWS_INPUT: &str = r#"{"id":"1","recipient":"a","channel":"sms","content":"x","ts":"2026-01-01T10:00:00"}
@@ -88,6 +99,12 @@ async fn windowed_row_number_limits_through_sql() {
             ),
             // The rows the dedupe dropped, late 9 not among them; rn = N + 1.
             ("10_windows.test/expected/duplicates.jsonl", "{\"id\":\"2\",\"rn\":2}\n{\"id\":\"5\",\"rn\":2}\n"),
+            // The shared stateful view gives both of its readers the dedupe's rows.
+            ("10_windows.test/expected/first_ids.jsonl", "{\"id\":\"1\"}\n{\"id\":\"3\"}\n{\"id\":\"4\"}\n{\"id\":\"6\"}\n{\"id\":\"7\"}\n{\"id\":\"8\"}\n"),
+            (
+                "10_windows.test/expected/first_recipients.jsonl",
+                "{\"recipient\":\"a\"}\n{\"recipient\":\"a\"}\n{\"recipient\":\"a\"}\n{\"recipient\":\"b\"}\n{\"recipient\":\"a\"}\n{\"recipient\":\"a\"}\n",
+            ),
             // a: 1 and 2 on Jan 1 (3, 4, 5 and 8 capped, 8 is the last ms of the day); 7 opens Jan 2. b: 6.
             ("10_windows.test/expected/capped.jsonl", "{\"id\":\"1\"}\n{\"id\":\"2\"}\n{\"id\":\"6\"}\n{\"id\":\"7\"}\n"),
         ],
@@ -95,6 +112,10 @@ async fn windowed_row_number_limits_through_sql() {
     let results = golden::run_dir(dir.path(), &Config::embedded()).await.unwrap();
     assert_eq!(results.len(), 1);
     assert!(results[0].failures.is_empty(), "{:#?}", results[0].failures);
+    let explained = notiflow::engine::explain(&notiflow::load_pipeline(dir.path(), &Config::embedded()).await.unwrap().pipeline);
+    let view = explained.split("shared view first_sends").nth(1).expect("first_sends is shared").split("\nflow ").next().unwrap();
+    assert!(view.contains("RowNumberLimit"), "{explained}");
+    assert_eq!(explained.matches("RowNumberLimit").count(), 4, "deduped, duplicates, capped, and once for both first_* flows:\n{explained}");
 
     // The same case with a wrong expectation fails, naming the row.
     write(dir.path(), &[("10_windows.test/expected/capped.jsonl", "{\"id\":\"1\"}\n{\"id\":\"2\"}\n{\"id\":\"3\"}\n{\"id\":\"6\"}\n{\"id\":\"7\"}\n")]);
@@ -356,7 +377,7 @@ async fn recovery_from_a_checkpoint_matches_an_uninterrupted_run() {
             .collect()
     };
     let outputs = |broker: &MemoryBroker| -> BTreeMap<String, Vec<String>> {
-        ["t.deduped", "t.duplicates", "t.capped", "t.per_minute", "t.per_two_minutes", "t.delivered", "t.outcomes"]
+        ["t.deduped", "t.duplicates", "t.capped", "t.first_ids", "t.first_recipients", "t.per_minute", "t.per_two_minutes", "t.delivered", "t.outcomes"]
             .iter()
             .map(|t| {
                 let mut rows: Vec<String> = broker.read_all(t).iter().map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap()).collect();
