@@ -1,4 +1,4 @@
--- Stage 10: accept requests and route them by priority.
+-- Stage 10: accept requests, drop repeated ones, and route them by priority.
 --
 -- Records on notify.requests are checked against the producer contract
 -- (schemas/notify.requests.schema.json, the key rule and the tenant
@@ -28,8 +28,22 @@ CREATE TABLE requests (
     topic = 'notify.requests',
     'json.contract' = 'notify.requests',
     bad_data = 'dlq',
-    'dlq.topic' = 'notify.dlq'
+    'dlq.topic' = 'notify.dlq',
+    -- A request is never lost to the idempotency window for arriving late.
+    late_rows = 'pass'
 );
+
+-- Idempotency: a repeat of the same (tenant, request_id, type) within 24 hours
+-- of the first is dropped, exactly: the state is checkpointed, survives
+-- restarts and follows its partition (the record key is tenant/request_id).
+-- A recall shares its request's id but is a different type: it passes.
+-- Shared: computed once, for every INSERT below.
+CREATE VIEW first_requests AS
+SELECT * FROM (
+    SELECT *,
+        ROW_NUMBER() OVER (PARTITION BY tenant, request_id, CASE WHEN type = 'recall' THEN 'recall' ELSE 'send' END, sliding(INTERVAL '24' HOUR) ORDER BY _timestamp) AS rn
+    FROM requests
+) WHERE rn = 1;
 
 -- Defaults the contract promises: a send unless it says recall; normal
 -- priority; transactional category. A recall travels in the high lane so it
@@ -53,7 +67,7 @@ SELECT
     _key,
     _partition,
     _offset
-FROM requests;
+FROM first_requests;
 
 CREATE TABLE dispatch_high (
     type TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT,
@@ -97,3 +111,23 @@ SELECT
     concat('notify.requests/', _partition, '/', _offset) AS source,
     to_char(processing_time(), '%Y-%m-%dT%H:%M:%S%.3fZ') AS at
 FROM accepted;
+
+-- Repeats: no dispatch, a `duplicate_request` event pointing at the record.
+INSERT INTO events
+SELECT
+    'duplicate_request' AS event,
+    message_id(tenant, request_id) AS message_id,
+    tenant,
+    request_id,
+    coalesce(type, 'send') AS kind,
+    priority,
+    category,
+    'the same request_id was accepted within the last 24 hours' AS reason,
+    CAST(NULL AS TEXT) AS topic,
+    concat('notify.requests/', _partition, '/', _offset) AS source,
+    to_char(processing_time(), '%Y-%m-%dT%H:%M:%S%.3fZ') AS at
+FROM (
+    SELECT *,
+        ROW_NUMBER() OVER (PARTITION BY tenant, request_id, CASE WHEN type = 'recall' THEN 'recall' ELSE 'send' END, sliding(INTERVAL '24' HOUR) ORDER BY _timestamp) AS rn
+    FROM requests
+) WHERE rn > 1;
