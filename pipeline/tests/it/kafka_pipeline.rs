@@ -182,11 +182,20 @@ async fn the_binary_processes_new_records_after_a_restart() {
     let sink = KafkaSink::new(&kafka).unwrap();
     sink.send_all(produce(sample_requests(300, 0, 1024))).await.unwrap();
     assert!(run().contains("records in: 300 "));
-    sink.send_all(produce(sample_requests(50, 0, 1024))).await.unwrap();
-    assert!(run().contains("records in: 50 "), "only the new records");
+    // 50 new requests, and 20 producer retries of requests the first run accepted.
+    let mut second = sample_requests(350, 0, 1024).split_off(300);
+    second.extend(sample_requests(20, 0, 1024));
+    sink.send_all(produce(second)).await.unwrap();
+    assert!(run().contains("records in: 70 "), "only the new records");
     let mut dispatched = 0;
     for priority in ["high", "normal", "low"] {
         dispatched += read_topic_to_end(&kafka, &config.topics.resolve(&format!("notify.dispatch.{priority}"))).await.unwrap().len();
     }
-    assert_eq!(dispatched, 350);
+    assert_eq!(dispatched, 350, "the retries were not sent again: idempotency state survived the restart");
+    let events = read_topic_to_end(&kafka, &config.topics.resolve("notify.events")).await.unwrap();
+    let duplicates = events
+        .iter()
+        .filter(|r| serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["event"] == "duplicate_request")
+        .count();
+    assert_eq!(duplicates, 20, "one duplicate_request event per retry");
 }
