@@ -61,6 +61,10 @@ impl ConsumerContext for LagContext {
     }
 }
 
+/// After every partition reported its end, how long a read waits for records
+/// past it (a broker may report the end before its last batch is served).
+const EOF_GRACE: Duration = Duration::from_millis(100);
+
 /// How long a non-empty batch waits for one more record before it closes.
 const DRAINED_AFTER: Duration = Duration::from_millis(1);
 
@@ -273,18 +277,25 @@ impl KafkaReader {
         consumer.assign(&list).map_err(classify)?;
         // Next offset wanted per partition still being read; a record is kept once, in order.
         let mut next: HashMap<i32, i64> = starts.iter().copied().collect();
+        let mut at_end: HashSet<i32> = HashSet::new();
         let mut records = Vec::new();
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !next.is_empty() {
-            let message = match tokio::time::timeout_at(give_up, consumer.recv()).await {
+        loop {
+            // Once every partition reported its end, wait a little longer for a
+            // batch the broker's end offset did not count yet (tansu 0.6).
+            let all_done = at_end.len() == next.len();
+            let wait_until = if all_done { (tokio::time::Instant::now() + EOF_GRACE).min(give_up) } else { give_up };
+            let message = match tokio::time::timeout_at(wait_until, consumer.recv()).await {
+                Err(_) if all_done => break,
                 Err(_) => {
+                    let pending: Vec<&i32> = next.keys().filter(|p| !at_end.contains(p)).collect();
                     return Err(ConnectorError::Transient {
                         service: "kafka",
-                        message: format!("reading {topic}: partitions {:?} did not reach their end in 60 s", next.keys()),
+                        message: format!("reading {topic}: partitions {pending:?} did not reach their end in 60 s"),
                     });
                 }
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
-                    next.remove(&partition);
+                    at_end.insert(partition);
                     continue;
                 }
                 Ok(Err(err)) => return Err(classify(err)),
@@ -293,6 +304,7 @@ impl KafkaReader {
             let Some(n) = next.get_mut(&message.partition()) else { continue };
             if message.offset() >= *n {
                 *n = message.offset() + 1;
+                at_end.remove(&message.partition());
                 records.push(to_record(Arc::from(topic), &message));
             }
         }
