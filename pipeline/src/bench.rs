@@ -345,15 +345,22 @@ async fn kafka_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, sql
     })
 }
 
-/// The request pipeline with the in-process log: compute only, no broker.
-async fn in_process_pipeline(options: &BenchOptions) -> anyhow::Result<CaseResult> {
+/// The request pipeline over a fresh in-process log: (run, log, requests
+/// topic, request size limit).
+async fn in_process_setup(options: &BenchOptions) -> anyhow::Result<(crate::engine::PipelineRun, MemoryBroker, Arc<str>, usize)> {
     let config = Config::embedded();
     let mut run = crate::load_pipeline(&options.sql_dir, &config).await?;
     let broker = MemoryBroker::new();
     broker.ensure_topics(&crate::topic_specs(&run, &config)).await?;
     run.prepare(&broker).await?;
     let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
-    broker.append(request_records(&input, options.records, config.pipeline.max_request_bytes))?;
+    Ok((run, broker, input, config.pipeline.max_request_bytes))
+}
+
+/// The request pipeline with the in-process log: compute only, no broker.
+async fn in_process_pipeline(options: &BenchOptions) -> anyhow::Result<CaseResult> {
+    let (mut run, broker, input, max_request_bytes) = in_process_setup(options).await?;
+    broker.append(request_records(&input, options.records, max_request_bytes))?;
     let mut source = broker.consumer("bench", &[input.as_ref()]);
     let sink = broker.producer();
     let (_keep, shutdown) = watch::channel(false);
@@ -377,14 +384,9 @@ async fn in_process_pipeline(options: &BenchOptions) -> anyhow::Result<CaseResul
 /// arrive at a fixed rate (1 ms ticks): the engine's own share of the latency,
 /// without broker or client waits.
 async fn in_process_latency(options: &BenchOptions) -> anyhow::Result<CaseResult> {
-    let config = Config::embedded();
-    let mut run = crate::load_pipeline(&options.sql_dir, &config).await?;
-    let broker = MemoryBroker::new();
-    broker.ensure_topics(&crate::topic_specs(&run, &config)).await?;
-    run.prepare(&broker).await?;
-    let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
+    let (mut run, broker, input, max_request_bytes) = in_process_setup(options).await?;
     let seconds = 5;
-    let records = request_records(&input, options.rate * seconds, config.pipeline.max_request_bytes);
+    let records = request_records(&input, options.rate * seconds, max_request_bytes);
     let per_tick = (options.rate / 1000).max(1);
     let appender = broker.clone();
     let producing = tokio::spawn(async move {
