@@ -37,13 +37,14 @@ CREATE TABLE requests (
 -- of the first is dropped, exactly: the state is checkpointed, survives
 -- restarts and follows its partition (the record key is tenant/request_id).
 -- A recall shares its request's id but is a different type: it passes.
--- Shared: computed once, for every INSERT below.
-CREATE VIEW first_requests AS
-SELECT * FROM (
-    SELECT *,
-        ROW_NUMBER() OVER (PARTITION BY tenant, request_id, CASE WHEN type = 'recall' THEN 'recall' ELSE 'send' END, sliding(INTERVAL '24' HOUR) ORDER BY _timestamp) AS rn
-    FROM requests
-) WHERE rn = 1;
+-- `first_requests` is shared (computed once for every INSERT that reads it);
+-- the repeats' flow at the end keeps its own copy of the window.
+CREATE VIEW ranked_requests AS
+SELECT *,
+    ROW_NUMBER() OVER (PARTITION BY tenant, request_id, CASE WHEN type = 'recall' THEN 'recall' ELSE 'send' END, sliding(INTERVAL '24' HOUR) ORDER BY _timestamp) AS rn
+FROM requests;
+
+CREATE VIEW first_requests AS SELECT * FROM ranked_requests WHERE rn = 1;
 
 -- Defaults the contract promises: a send unless it says recall; normal
 -- priority; transactional category. A recall travels in the high lane so it
@@ -126,8 +127,4 @@ SELECT
     CAST(NULL AS TEXT) AS topic,
     concat('notify.requests/', _partition, '/', _offset) AS source,
     to_char(processing_time(), '%Y-%m-%dT%H:%M:%S%.3fZ') AS at
-FROM (
-    SELECT *,
-        ROW_NUMBER() OVER (PARTITION BY tenant, request_id, CASE WHEN type = 'recall' THEN 'recall' ELSE 'send' END, sliding(INTERVAL '24' HOUR) ORDER BY _timestamp) AS rn
-    FROM requests
-) WHERE rn > 1;
+FROM ranked_requests WHERE rn > 1;
