@@ -16,7 +16,7 @@ use crate::{KafkaConfig, classify};
 #[derive(Default)]
 pub struct LagContext {
     changes: Mutex<Vec<AssignmentChange>>,
-    assigned: Mutex<HashSet<(String, i32)>>,
+    assigned: Mutex<HashSet<(Arc<str>, i32)>>,
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(Arc<str>, i32)> {
@@ -44,15 +44,15 @@ impl ConsumerContext for LagContext {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
                 let list = partitions_of(tpl);
                 let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-                assigned.extend(list.iter().map(|(t, p)| (t.to_string(), *p)));
+                assigned.extend(list.iter().cloned());
                 self.changes.lock().unwrap_or_else(|e| e.into_inner()).push(AssignmentChange::Assigned(list));
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 let list = partitions_of(tpl);
                 let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-                for (t, p) in &list {
-                    assigned.remove(&(t.to_string(), *p));
+                for partition in &list {
+                    assigned.remove(partition);
                 }
                 self.changes.lock().unwrap_or_else(|e| e.into_inner()).push(AssignmentChange::Revoked(list));
             }
@@ -167,7 +167,7 @@ impl Source for KafkaSource {
         // A rebalance inside this call may have revoked partitions whose
         // records were already taken: they belong to the new owner now.
         let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());
-        batch.retain(|r| self.followed.contains(r.topic.as_ref()) || assigned.contains(&(r.topic.to_string(), r.partition)));
+        batch.retain(|r| self.followed.contains(r.topic.as_ref()) || assigned.contains(&(r.topic.clone(), r.partition)));
         Ok(batch)
     }
 
