@@ -18,6 +18,8 @@ use std::sync::Arc;
 use notiflow_connector::{LogReader, OutRecord, Record};
 use sha2::{Digest, Sha256};
 
+use super::state_bytes::Cursor;
+
 const MARKER_MAGIC: &[u8; 6] = b"NFMK1\n";
 const CHUNK_MAGIC: &[u8; 6] = b"NFCH1\n";
 const BODY_MAGIC: &[u8; 6] = b"NFCP2\n";
@@ -157,9 +159,16 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
 
 fn decode(bytes: &[u8]) -> Result<PartitionCheckpoint, String> {
     let body = bytes.strip_prefix(BODY_MAGIC.as_slice()).ok_or("not a notiflow checkpoint")?;
-    let mut r = Cursor { bytes: body, at: 0 };
+    read_body(&mut Cursor::new(body)).map_err(|e| e.to_string())
+}
+
+fn read_body(r: &mut Cursor<'_>) -> datafusion::common::Result<PartitionCheckpoint> {
+    let string = |r: &mut Cursor<'_>| -> datafusion::common::Result<String> {
+        let len = r.u32()? as usize;
+        String::from_utf8(r.take(len)?.to_vec()).map_err(|e| datafusion::common::DataFusionError::Internal(e.to_string()))
+    };
     let epoch = r.u64()?;
-    let topic = r.string()?;
+    let topic = string(r)?;
     let partition = r.i32()?;
     let next_offset = r.i64()?;
     let mut operators = BTreeMap::new();
@@ -170,43 +179,14 @@ fn decode(bytes: &[u8]) -> Result<PartitionCheckpoint, String> {
     }
     let mut emitted_end = BTreeMap::new();
     for _ in 0..r.u64()? {
-        let topic = r.string()?;
+        let topic = string(r)?;
         let partition = r.i32()?;
         emitted_end.insert((topic, partition), r.i64()?);
     }
-    if r.at != body.len() {
-        return Err("trailing bytes".into());
+    if !r.is_done() {
+        return Err(datafusion::common::DataFusionError::Internal("trailing bytes".into()));
     }
     Ok(PartitionCheckpoint { epoch, topic, partition, next_offset, operators, emitted_end })
-}
-
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let slice = self.bytes.get(self.at..self.at + n).ok_or("truncated")?;
-        self.at += n;
-        Ok(slice)
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn i32(&mut self) -> Result<i32, String> {
-        Ok(i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn string(&mut self) -> Result<String, String> {
-        let len = self.u32()? as usize;
-        String::from_utf8(self.take(len)?.to_vec()).map_err(|e| e.to_string())
-    }
 }
 
 #[cfg(test)]

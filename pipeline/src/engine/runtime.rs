@@ -472,7 +472,7 @@ impl PipelineRun {
                 let id = match &lineage {
                     Some(l) => {
                         let origin = l.origin(row);
-                        if failed.contains(&origin) {
+                        if !failed.is_empty() && failed.contains(&origin) {
                             continue;
                         }
                         let ordinal = ordinals.entry(origin).or_default();
