@@ -46,6 +46,12 @@ pub trait BatchProcessor {
     /// The job is stopping: last chance to checkpoint.
     fn finish(&mut self) -> anyhow::Result<Option<Commit>>;
 
+    /// Work is due without new input (timers): the job then processes an
+    /// empty batch.
+    fn timers_due(&self) -> bool {
+        false
+    }
+
     /// Partitions were assigned or revoked (before the next batch is processed).
     fn rebalance(&mut self, changes: Vec<AssignmentChange>) -> impl Future<Output = anyhow::Result<()>> {
         let _ = changes;
@@ -103,13 +109,15 @@ pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
         if !changes.is_empty() {
             processor.rebalance(changes).await?;
         }
-        if batch.is_empty() {
+        if batch.is_empty() && !processor.timers_due() {
             match stop {
                 StopWhen::IdleFor(idle) if idle_since.elapsed() >= idle => break,
                 _ => continue,
             }
         }
-        idle_since = Instant::now();
+        if !batch.is_empty() {
+            idle_since = Instant::now();
+        }
         let started = Instant::now();
         let mut out = Vec::with_capacity(batch.len() * 2);
         processor.process(&batch, &mut out).await?;

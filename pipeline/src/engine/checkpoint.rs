@@ -40,6 +40,9 @@ pub struct PartitionCheckpoint {
     /// write when this checkpoint was taken. Outputs of records at or after
     /// `next_offset` lie at or beyond it.
     pub emitted_end: BTreeMap<(String, i32), i64>,
+    /// Records of this partition held by a timer source (`hold.rs`); empty
+    /// when it has none.
+    pub held: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +152,8 @@ fn encode(c: &PartitionCheckpoint) -> Vec<u8> {
         body.extend_from_slice(&partition.to_le_bytes());
         body.extend_from_slice(&offset.to_le_bytes());
     }
+    body.extend_from_slice(&(c.held.len() as u64).to_le_bytes());
+    body.extend_from_slice(&c.held);
     body
 }
 
@@ -183,10 +188,17 @@ fn read_body(r: &mut Cursor<'_>) -> datafusion::common::Result<PartitionCheckpoi
         let partition = r.i32()?;
         emitted_end.insert((topic, partition), r.i64()?);
     }
+    // Checkpoints written before timers existed end here.
+    let held = if r.is_done() {
+        Vec::new()
+    } else {
+        let len = r.u64()? as usize;
+        r.take(len)?.to_vec()
+    };
     if !r.is_done() {
         return Err(datafusion::common::DataFusionError::Internal("trailing bytes".into()));
     }
-    Ok(PartitionCheckpoint { epoch, topic, partition, next_offset, operators, emitted_end })
+    Ok(PartitionCheckpoint { epoch, topic, partition, next_offset, operators, emitted_end, held })
 }
 
 #[cfg(test)]
@@ -203,6 +215,7 @@ mod tests {
             next_offset: 41 + epoch as i64,
             operators: [((0, 1), (0..state_bytes).map(|i| (i % 251) as u8).collect()), ((2, 1), vec![])].into(),
             emitted_end: [(("notify.dispatch.high".to_string(), 1), 99)].into(),
+            held: vec![7; epoch as usize % 3],
         }
     }
 

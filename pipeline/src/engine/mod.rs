@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod feed;
 pub mod functions;
+pub mod hold;
 pub mod interval_join;
 pub mod lookup;
 pub mod plan;

@@ -13,6 +13,7 @@ use datafusion::physical_plan::collect;
 use notiflow_connector::{AssignmentChange, Header, LogReader, Offsets, OutRecord, Positions, Record};
 use sha2::{Digest, Sha256};
 
+use super::hold::{self, Held};
 use super::checkpoint::{PartitionCheckpoint, StateTopic};
 use super::state_bytes::Unit;
 use super::codec::{OFFSET_COLUMN, PARTITION_COLUMN, SOURCE_COLUMN, WATERMARK_COLUMN};
@@ -68,6 +69,19 @@ pub struct PipelineRun {
     pub gap_records: u64,
     /// Partitions whose state came back from a checkpoint.
     pub restored_partitions: u64,
+    /// Timer sources (`hold.until_field`) by topic.
+    timers: HashMap<Arc<str>, Timer>,
+}
+
+/// A timer source: its table, due-time field and held records.
+struct Timer {
+    source: usize,
+    field: String,
+    held: Held,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl PipelineRun {
@@ -86,6 +100,15 @@ impl PipelineRun {
         let dlq_topics = pipeline.sources.iter().map(|s| Arc::from(s.kafka.dlq_topic.as_str())).collect();
         let sink_topics = pipeline.sinks.iter().map(|s| Arc::from(s.kafka.topic.as_str())).collect();
         let events_topic = Arc::from(topics.resolve(&topics.events).as_str());
+        let timers = pipeline
+            .sources
+            .iter()
+            .enumerate()
+            .filter_map(|(source, s)| {
+                let field = s.kafka.hold_until_field.clone()?;
+                Some((Arc::from(s.kafka.topic.as_str()), Timer { source, field, held: Held::default() }))
+            })
+            .collect();
         PipelineRun {
             pipeline,
             events_topic,
@@ -107,6 +130,7 @@ impl PipelineRun {
             expected: HashMap::new(),
             gap_records: 0,
             restored_partitions: 0,
+            timers,
         }
     }
 
@@ -245,6 +269,9 @@ impl PipelineRun {
                     }
                 }
             }
+            if let Some(timer) = self.timers.get_mut(topic) {
+                timer.held.drop_partition(*partition);
+            }
             let key = (topic.clone(), *partition);
             self.skip_below.remove(&key);
             self.expected.remove(&key);
@@ -268,6 +295,9 @@ impl PipelineRun {
             }
         }
         let topic: Arc<str> = Arc::from(checkpoint.topic.as_str());
+        if let Some(timer) = self.timers.get_mut(&topic) {
+            timer.held.restore(&topic, checkpoint.partition, &checkpoint.held)?;
+        }
         let next = checkpoint.next_offset;
         self.skip_below.insert((topic.clone(), checkpoint.partition), next);
         self.expected.insert((topic.clone(), checkpoint.partition), next);
@@ -300,6 +330,7 @@ impl PipelineRun {
                 next_offset,
                 operators,
                 emitted_end: self.emitted_end.clone(),
+                held: self.timers.get(&topic).map(|t| t.held.snapshot(partition)).unwrap_or_default(),
             };
             let slot = self.slots.entry((topic, partition)).or_insert(0);
             let state = &self.checkpointing.as_ref().expect("checked").state;
@@ -434,8 +465,8 @@ impl PipelineRun {
         Ok(results)
     }
 
-    /// Dead-letters every record a UDF failed on (reason `udf_error`, the
-    /// UDF's name in a header); returns their origins, whose outputs are dropped.
+    /// Dead-letters every record a UDF failed on (reason `udf_error` or the
+    /// UDF's own, the UDF's name in a header); returns their origins, whose outputs are dropped.
     fn dead_letter_udf_failures(&mut self, records: &[&Record], out: &mut Vec<OutRecord>) -> HashSet<(i32, i32, i64)> {
         let mut failed = HashSet::new();
         for failure in self.pipeline.udf_failures.drain() {
@@ -453,7 +484,7 @@ impl PipelineRun {
             let key = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).filter(|_| identity);
             let (tenant, request_id) = key.and_then(|k| k.split_once('/')).unzip();
             let error = format!("UDF {} failed on this record (see the process log for its panic message)", failure.udf);
-            let detail = Rejected { reason: "udf_error", error: &error, tenant, request_id, udf: Some(&failure.udf) };
+            let detail = Rejected { reason: &failure.reason, error: &error, tenant, request_id, udf: Some(&failure.udf) };
             self.reject(source as usize, record, detail, out);
         }
         failed
@@ -615,6 +646,40 @@ impl PipelineRun {
     }
 }
 
+impl PipelineRun {
+    /// Timer sources: holds their records that are not due yet; returns the
+    /// records to run now and, separately, the held records now due
+    /// (earliest first).
+    fn hold_back<'r>(&mut self, records: Vec<&'r Record>, out: &mut Vec<OutRecord>) -> (Vec<&'r Record>, Vec<Record>) {
+        let now = now_ms();
+        let mut run_now = Vec::with_capacity(records.len());
+        let mut bad = Vec::new();
+        for record in records {
+            let Some(timer) = self.timers.get_mut(&record.topic) else {
+                run_now.push(record);
+                continue;
+            };
+            match hold::due_ms(record.payload.as_deref(), &timer.field) {
+                Ok(Some(due)) if due > now => timer.held.hold(due, record.clone()),
+                Ok(_) => run_now.push(record),
+                Err(error) => bad.push((timer.source, record, error)),
+            }
+        }
+        for (source, record, error) in bad {
+            let detail = Rejected { reason: "decode_error", error: &error, tenant: None, request_id: None, udf: None };
+            self.reject(source, record, detail, out);
+        }
+        let mut released = Vec::new();
+        let mut held = 0;
+        for timer in self.timers.values_mut() {
+            released.extend(timer.held.take_due(now));
+            held += timer.held.len();
+        }
+        metrics::gauge!("notiflow_held_records").set(held as f64);
+        (run_now, released)
+    }
+}
+
 impl BatchProcessor for PipelineRun {
     async fn process(&mut self, records: &[Record], out: &mut Vec<OutRecord>) -> anyhow::Result<()> {
         let lookup_topics: Vec<&str> = self.pipeline.lookups.iter().map(|l| l.kafka.topic.as_str()).collect();
@@ -634,6 +699,15 @@ impl BatchProcessor for PipelineRun {
             })
             .collect();
         self.skipped += (records.len() - fresh.len()) as u64;
+        let released;
+        let fresh = if self.timers.is_empty() {
+            fresh
+        } else {
+            let (mut due, not_due) = self.hold_back(fresh, out);
+            released = not_due;
+            due.extend(released.iter());
+            due
+        };
         let active = self.load_sources(&fresh, out)?;
         let results = self.run_flows(&active).await;
         self.pipeline.sources.iter().for_each(|s| s.feed.clear());
@@ -668,6 +742,11 @@ impl BatchProcessor for PipelineRun {
         }
         let state = self.checkpoint()?;
         Ok(Some(Commit { state, offsets: self.processed.clone() }))
+    }
+
+    fn timers_due(&self) -> bool {
+        let now = now_ms();
+        self.timers.values().any(|t| t.held.next_due().is_some_and(|due| due <= now))
     }
 
     async fn rebalance(&mut self, changes: Vec<AssignmentChange>) -> anyhow::Result<()> {

@@ -18,7 +18,9 @@
 //! reported to the pipeline through [`UdfFailures`] with the record it came
 //! from: the planner appends the hidden lineage columns to every UDF call
 //! (see `with_lineage_args`), and the runtime dead-letters that record with
-//! reason `udf_error` and drops its outputs.
+//! reason `udf_error` and drops its outputs. A UDF whose failures mean
+//! something to producers names its own reason with a line in its source:
+//! `// notiflow: dead_letter_reason = template_error`.
 //!
 //! Types: SQL TIMESTAMPs given to an `i64` argument arrive as epoch
 //! milliseconds (whatever the column's unit); strings of any Arrow string
@@ -74,6 +76,23 @@ pub struct UdfSource {
     /// `Vec<T>` arguments: called once per group (a UDAF).
     pub aggregate: bool,
     pub library: PathBuf,
+    /// The dead-letter reason of records this UDF fails on.
+    pub dead_letter_reason: String,
+}
+
+/// The line a UDF source uses to name its dead-letter reason.
+const REASON_MARKER: &str = "// notiflow: dead_letter_reason =";
+
+/// The UDF's own dead-letter reason, `udf_error` when it names none.
+fn dead_letter_reason(source: &str) -> std::result::Result<String, String> {
+    let Some(line) = source.lines().find_map(|l| l.trim().strip_prefix(REASON_MARKER)) else {
+        return Ok("udf_error".into());
+    };
+    let reason = line.trim();
+    if reason.is_empty() || !reason.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+        return Err(format!("dead_letter_reason `{reason}`: lower-case letters and '_' only"));
+    }
+    Ok(reason.to_string())
 }
 
 /// Reads the `#[udf]` signature of every crate in `udfs_dir`; `lib_dir` holds
@@ -90,7 +109,8 @@ pub fn discover(udfs_dir: &Path, lib_dir: &Path) -> std::result::Result<Vec<UdfS
         let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
         check_dependencies(&source, &manifest).map_err(|e| format!("{}:1: {e}", source_path.display()))?;
         let signature = parse_signature(&source).map_err(|e| format!("{}: {e}", source_path.display()))?;
-        found.push(UdfSource { library: lib_dir.join(format!("lib{}.so", signature.name)), ..signature });
+        let dead_letter_reason = dead_letter_reason(&source).map_err(|e| format!("{}: {e}", source_path.display()))?;
+        found.push(UdfSource { library: lib_dir.join(format!("lib{}.so", signature.name)), dead_letter_reason, ..signature });
     }
     Ok(found)
 }
@@ -158,7 +178,7 @@ fn parse_signature(source: &str) -> std::result::Result<UdfSource, String> {
     if args.is_empty() {
         return Err("a UDF takes at least one argument".into());
     }
-    Ok(UdfSource { name, args, ret: rust_type(ret)?, aggregate, library: PathBuf::new() })
+    Ok(UdfSource { name, args, ret: rust_type(ret)?, aggregate, library: PathBuf::new(), dead_letter_reason: "udf_error".into() })
 }
 
 fn rust_type(t: &str) -> std::result::Result<UdfType, String> {
@@ -201,6 +221,8 @@ fn open(udf: &UdfSource) -> std::result::Result<Arc<Loaded>, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdfFailure {
     pub udf: String,
+    /// Dead-letter reason (`udf_error` unless the UDF names its own).
+    pub reason: String,
     /// (source table index, partition, offset).
     pub origin: Option<(i32, i32, i64)>,
 }
@@ -232,6 +254,7 @@ pub struct HostUdf {
     signature: Signature,
     loaded: Arc<Loaded>,
     failures: UdfFailures,
+    dead_letter_reason: String,
 }
 
 impl std::fmt::Debug for HostUdf {
@@ -328,7 +351,7 @@ impl ScalarUDFImpl for HostUdf {
                 )),
                 _ => None,
             };
-            self.failures.push(UdfFailure { udf: self.name.clone(), origin });
+            self.failures.push(UdfFailure { udf: self.name.clone(), reason: self.dead_letter_reason.clone(), origin });
         })?;
         Ok(if rows { ColumnarValue::Array(out) } else { ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?) })
     }
@@ -345,6 +368,7 @@ pub fn load(udf: &UdfSource, failures: &UdfFailures) -> std::result::Result<Scal
         signature: Signature::user_defined(Volatility::Immutable),
         loaded,
         failures: failures.clone(),
+        dead_letter_reason: udf.dead_letter_reason.clone(),
     }))
 }
 
@@ -513,6 +537,13 @@ mod tests {
         assert!(!parse_signature("#[udf]\nfn f(b: Vec<u8>) -> i64 {}").unwrap().aggregate, "Vec<u8> is binary");
         assert!(parse_signature("#[udf]\nfn f(x: HashMap<u8, u8>) -> i64 {}").unwrap_err().contains("not supported"));
         assert!(parse_signature("#[udf]\nfn f() -> i64 {}").unwrap_err().contains("at least one"));
+    }
+
+    #[test]
+    fn a_udf_may_name_its_dead_letter_reason() {
+        assert_eq!(dead_letter_reason("#[udf]\nfn f(x: i64) -> i64 {}").unwrap(), "udf_error");
+        assert_eq!(dead_letter_reason("// notiflow: dead_letter_reason = template_error\n").unwrap(), "template_error");
+        assert!(dead_letter_reason("// notiflow: dead_letter_reason = Bad Reason\n").is_err());
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub struct KafkaTable {
     /// `pass` (let through as rn = 1: no loss, at the price of an occasional
     /// late duplicate; for streams that must never lose a record).
     pub pass_late_rows: bool,
+    /// `hold.until_field`: a timer source. Each record waits outside the
+    /// pipeline until the wall clock reaches this JSON field (RFC 3339 or
+    /// epoch ms; missing or null: at once), held in the partition's checkpoint
+    /// so it survives restarts (see `engine/hold.rs`).
+    pub hold_until_field: Option<String>,
 }
 
 /// A connector table definition.
@@ -103,6 +108,7 @@ const KAFKA_OPTIONS: &[&str] = &[
     "event_time_field",
     "lookup.key_field",
     "late_rows",
+    "hold.until_field",
 ];
 
 pub const CONTRACTS: &[&str] = &["notify.requests"];
@@ -155,7 +161,7 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
     {
         return Err(format!("option json.contract = '{c}': known contracts: {}", CONTRACTS.join(", ")));
     }
-    let source_only = ["source.offset", "source.group_id", "bad_data", "dlq.topic", "json.contract", "event_time_field", "late_rows"];
+    let source_only = ["source.offset", "source.group_id", "bad_data", "dlq.topic", "json.contract", "event_time_field", "late_rows", "hold.until_field"];
     if role == TableRole::Sink
         && let Some(opt) = source_only.iter().find(|o| options.contains_key(**o))
     {
@@ -180,6 +186,7 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
         event_time_field: get("event_time_field"),
         lookup_key_field: get("lookup.key_field"),
         pass_late_rows,
+        hold_until_field: get("hold.until_field"),
     })
 }
 

@@ -126,7 +126,7 @@ FROM messages;
 
 /// Every notification UDF in one query over 10,000 rows with nulls, through
 /// the C ABI; rows whose template misses a variable are dead-lettered with
-/// reason `udf_error` and their original bytes, and produce no output.
+/// reason `template_error` (render_template names its own reason) and their original bytes, and produce no output.
 #[tokio::test]
 async fn notification_udfs_over_ten_thousand_rows_with_nulls_and_udf_errors_dead_lettered() {
     use chrono::{FixedOffset, NaiveDateTime, TimeZone, Timelike};
@@ -156,7 +156,7 @@ async fn notification_udfs_over_ten_thousand_rows_with_nulls_and_udf_errors_dead
             let line = row.to_string();
             input.push_str(&line);
             input.push('\n');
-            dead.push_str(&serde_json::json!({"reason": "udf_error", "value": line}).to_string());
+            dead.push_str(&serde_json::json!({"reason": "template_error", "value": line}).to_string());
             dead.push('\n');
             continue;
         }

@@ -16,8 +16,11 @@ serde_json = "1"
 //!
 //! `locale` is visible to the template as `locale` (e.g. to pick a greeting).
 //! An error (bad syntax, missing variable, params not a JSON object, fuel
-//! exhausted) fails the row: the engine dead-letters it with reason
-//! `udf_error` and this UDF's name, and the message says what went wrong.
+//! exhausted) fails the row: the engine dead-letters the request with reason
+//! `template_error` (the line below) and this UDF's name; the process log has
+//! what went wrong.
+
+// notiflow: dead_letter_reason = template_error
 
 use arroyo_udf_plugin::udf;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
