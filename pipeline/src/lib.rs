@@ -1,6 +1,7 @@
 //! notiflow: the streaming engine and the `notiflow` binary.
 
 pub mod bench;
+pub mod catalog;
 pub mod config;
 pub mod contract;
 pub mod demo;
@@ -28,7 +29,10 @@ use sql::{PipelineSql, SqlError};
 pub async fn load_pipeline(dir: &Path, config: &Config) -> Result<PipelineRun, SqlError> {
     let sql = PipelineSql::load_dir(dir)?;
     let location = sql::Location { file: config.udfs.dir.display().to_string(), line: 0 };
-    let udfs = engine::udf::discover(&config.udfs.dir, &config.udfs.lib_dir()).map_err(|m| SqlError::new(&location, m))?;
+    let udfs_dir = udfs_dir_for(dir, config);
+    let mut udfs_config = config.udfs.clone();
+    udfs_config.dir = udfs_dir.clone();
+    let udfs = engine::udf::discover(&udfs_dir, &udfs_config.lib_dir()).map_err(|m| SqlError::new(&location, m))?;
     let env = PlanEnv {
         tenants: config.tenants.iter().map(|t| t.id.clone()).collect(),
         max_request_bytes: config.pipeline.max_request_bytes,
@@ -38,13 +42,29 @@ pub async fn load_pipeline(dir: &Path, config: &Config) -> Result<PipelineRun, S
     Ok(PipelineRun::new(pipeline, &config.topics))
 }
 
+/// The UDF workspace: `udfs.dir` from the working directory, else (a
+/// relative path that is not there) beside the SQL folder, as in the repo.
+fn udfs_dir_for(sql_dir: &Path, config: &Config) -> std::path::PathBuf {
+    let dir = &config.udfs.dir;
+    if dir.is_absolute() || dir.exists() {
+        return dir.clone();
+    }
+    let beside = sql_dir.parent().map(|p| p.join(dir));
+    beside.filter(|p| p.exists()).unwrap_or_else(|| dir.clone())
+}
+
 /// Every topic a pipeline reads or writes, to create before it starts.
 pub fn topic_specs(run: &PipelineRun, config: &Config) -> Vec<TopicSpec> {
     let mut names = run.source_topics();
     names.extend(run.output_topics());
     names.sort();
     names.dedup();
-    let mut specs: Vec<TopicSpec> = names.into_iter().map(|name| TopicSpec::new(name, config.topics.partitions)).collect();
+    // Lookup topics (templates, profiles, recalls) keep the latest record per key.
+    let lookups: Vec<&str> = run.pipeline.lookups.iter().map(|l| l.kafka.topic.as_str()).collect();
+    let mut specs: Vec<TopicSpec> = names
+        .into_iter()
+        .map(|name| TopicSpec { compacted: lookups.contains(&name.as_str()), ..TopicSpec::new(name, config.topics.partitions) })
+        .collect();
     specs.push(TopicSpec { name: state_topic(run, config), partitions: 1, compacted: true });
     specs
 }

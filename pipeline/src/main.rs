@@ -96,6 +96,16 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         rate: usize,
     },
+    /// Templates on notify.templates: check and publish, or list.
+    Template {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
+    /// Recipient profiles on notify.profiles: check and publish, or list.
+    Profile {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
     /// Check `key|json` lines (as produced with `kcat -K'|'`) against the contract.
     Check {
         /// File of `key|json` lines; `-` reads standard input.
@@ -103,6 +113,45 @@ enum Command {
         #[arg(long, short, env = "NOTIFLOW_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum CatalogAction {
+    /// Check every item of the files (a JSON object, an array or JSON lines;
+    /// see examples/) and publish them all, or none when one is invalid.
+    Put {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+        /// Only check; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print what the topic holds (the latest record per key).
+    List {
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+/// Which catalog a `template`/`profile` command works on.
+#[derive(Clone, Copy)]
+enum Catalog {
+    Templates,
+    Profiles,
+}
+
+impl Catalog {
+    fn topic(self) -> &'static str {
+        match self {
+            Catalog::Templates => "notify.templates",
+            Catalog::Profiles => "notify.profiles",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -201,6 +250,68 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file, config } => check(&file, config_or_embedded(config.as_deref())?),
+        Command::Template { action } => catalog(Catalog::Templates, action).await,
+        Command::Profile { action } => catalog(Catalog::Profiles, action).await,
+    }
+}
+
+async fn catalog(which: Catalog, action: CatalogAction) -> anyhow::Result<ExitCode> {
+    use notiflow::catalog;
+    use notiflow_connector::{LogReader, OutRecord, Sink, TopicSpec};
+    match action {
+        CatalogAction::Put { files, config, dry_run } => {
+            let config = Config::load(&config)?;
+            let tenants: Vec<String> = config.tenants.iter().map(|t| t.id.clone()).collect();
+            let mut records = Vec::new();
+            for file in &files {
+                records.extend(match which {
+                    Catalog::Templates => catalog::template_records(&catalog::read_items(file)?, &tenants)?,
+                    Catalog::Profiles => catalog::profile_records(&catalog::read_items(file)?, &tenants)?,
+                });
+            }
+            let topic = config.topics.resolve(which.topic());
+            if dry_run {
+                println!("{} valid, nothing published (--dry-run)", records.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
+            let spec = TopicSpec { compacted: true, ..TopicSpec::new(topic.clone(), config.topics.partitions) };
+            KafkaAdmin::new(kafka)?.ensure_topics(&[spec]).await?;
+            let topic_name: std::sync::Arc<str> = std::sync::Arc::from(topic.as_str());
+            let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
+            let out = records
+                .into_iter()
+                .map(|r| OutRecord { topic: topic_name.clone(), key: Some(r.key.into_bytes()), payload: r.value, headers: vec![] })
+                .collect();
+            KafkaSink::new(kafka)?.send_all(out).await?;
+            keys.iter().for_each(|k| println!("published {topic} {k}"));
+            Ok(ExitCode::SUCCESS)
+        }
+        CatalogAction::List { config, tenant } => {
+            let config = Config::load(&config)?;
+            let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
+            let topic = config.topics.resolve(which.topic());
+            let reader = KafkaReader::new(kafka);
+            let mut records = Vec::new();
+            for (partition, _) in reader.end_offsets(&topic).await? {
+                records.extend(reader.read_from(&topic, partition, 0).await?);
+            }
+            let mine = |key: &str| tenant.as_ref().is_none_or(|t| key.starts_with(&format!("{t}/")));
+            for (key, value) in catalog::latest_per_key(&records).into_iter().filter(|(k, _)| mine(k)) {
+                match which {
+                    Catalog::Templates => println!(
+                        "{key}\tversion {}\t{}\tchannels {}",
+                        value["version"], value["status"].as_str().unwrap_or("?"), value["channels"]
+                    ),
+                    Catalog::Profiles => println!(
+                        "{key}\tchannels {}\ttimezone {}",
+                        value["addresses"].as_object().map(|a| a.keys().cloned().collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                        value["timezone"].as_str().unwrap_or("UTC")
+                    ),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -127,3 +127,30 @@ mod tests {
         }
     }
 }
+
+/// Profiles for the users the samples address (`u-0` .. `u-976` of each
+/// tenant): addresses on sms, email and inbox, four time zones, a marketing
+/// opt-out for every 7th user and quiet hours 22:00-07:00 for every 5th.
+pub fn sample_profiles() -> Vec<crate::catalog::Profile> {
+    const ZONES: [&str; 4] = ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"];
+    TENANTS
+        .iter()
+        .flat_map(|tenant| {
+            (0..977usize).map(move |i| crate::catalog::Profile {
+                tenant: tenant.to_string(),
+                user_id: format!("u-{i}"),
+                addresses: [
+                    ("sms".to_string(), format!("+86139{:08}", i)),
+                    ("email".to_string(), format!("user{i}@example.com")),
+                    ("inbox".to_string(), format!("u-{i}")),
+                ]
+                .into(),
+                timezone: Some(ZONES[i % 4].to_string()),
+                locale: Some(if i % 4 == 0 { "zh-CN" } else { "en" }.to_string()),
+                opt_outs: if i % 7 == 0 { vec!["marketing:*".to_string()] } else { vec![] },
+                quiet_start: (i % 5 == 0).then(|| "22:00".to_string()),
+                quiet_end: (i % 5 == 0).then(|| "07:00".to_string()),
+            })
+        })
+        .collect()
+}

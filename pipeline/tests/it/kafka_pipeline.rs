@@ -1,5 +1,6 @@
-//! The first end-to-end path on the real broker: 10,000 requests, 1%
-//! malformed, through validate -> dispatch topics / dead-letter topic.
+//! The request path on the real broker: 10,000 requests, 1% malformed,
+//! through every stage (validate, idempotency, recipients, templates,
+//! windows, timers) to the dispatch topics or the dead-letter topic.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -39,6 +40,23 @@ async fn ten_thousand_requests_one_percent_malformed() {
     let mut run = notiflow::load_pipeline(&support::sql_dir(), &config).await.unwrap();
     KafkaAdmin::new(&kafka).unwrap().ensure_topics(&notiflow::topic_specs(&run, &config)).await.unwrap();
 
+    // The example templates (both tenants have order_shipped: sms, email, inbox); no profiles.
+    let templates = notiflow::catalog::parse_items("templates", include_str!("../../../examples/templates.jsonl")).unwrap();
+    let tenants: Vec<String> = config.tenants.iter().map(|t| t.id.clone()).collect();
+    let templates_topic: Arc<str> = Arc::from(topic("notify.templates").as_str());
+    let template_records = notiflow::catalog::template_records(&templates, &tenants).unwrap();
+    KafkaSink::new(&kafka)
+        .unwrap()
+        .send_all(
+            template_records
+                .into_iter()
+                .map(|r| OutRecord { topic: templates_topic.clone(), key: Some(r.key.into_bytes()), payload: r.value, headers: vec![] })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    run.prepare(&notiflow_kafka::KafkaReader::new(&kafka)).await.unwrap();
+
     let samples = sample_requests(10_000, 100, config.pipeline.max_request_bytes);
     let requests_topic: Arc<str> = Arc::from(topic("notify.requests").as_str());
     let producer = KafkaSink::new(&kafka).unwrap();
@@ -60,9 +78,11 @@ async fn ten_thousand_requests_one_percent_malformed() {
     // Run 1, in process, with the metrics endpoint up.
     let handle = notiflow::metrics_http::recorder();
     let metrics_addr = notiflow::metrics_http::serve("127.0.0.1:0", handle).await.unwrap();
-    let mut source = KafkaSource::new(&kafka, &config.pipeline.group_id, &[&topic("notify.requests")], "earliest").unwrap();
+    let streams = run.stream_topics();
+    let mut source =
+        KafkaSource::new(&kafka, &config.pipeline.group_id, &streams.iter().map(String::as_str).collect::<Vec<_>>(), "earliest").unwrap();
     let (_keep, shutdown) = watch::channel(false);
-    let (records_in, _batches) = run_job(
+    let (_records_in, _batches) = run_job(
         &mut run,
         &mut source,
         &KafkaSink::new(&kafka).unwrap(),
@@ -73,15 +93,19 @@ async fn ten_thousand_requests_one_percent_malformed() {
     .await
     .unwrap();
     drop(source);
-    assert_eq!(records_in, 10_000);
 
-    // Every valid request is on exactly one dispatch topic: the one of its priority.
+    // A valid request to a direct address (phone, email, inbox user) is on exactly one dispatch topic, the one
+    // of its priority; a user_id without a profile has no channel. (Every address gets at most 3 requests:
+    // no cap or dedupe window is reached, and no profile means no quiet hours.)
     let mut dispatched: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
     for priority in ["high", "normal", "low"] {
         for record in read_topic_to_end(&kafka, &topic(&format!("notify.dispatch.{priority}"))).await.unwrap() {
-            dispatched.entry(record.key.clone().unwrap()).or_default().push(priority.to_string());
+            let row: serde_json::Value = serde_json::from_slice(record.payload.as_deref().unwrap()).unwrap();
+            let key = format!("{}/{}", row["tenant"].as_str().unwrap(), row["request_id"].as_str().unwrap());
+            dispatched.entry(key.into_bytes()).or_default().push(priority.to_string());
         }
     }
+    let mut no_channel = 0;
     let dead: Vec<Record> = read_topic_to_end(&kafka, &topic("notify.dlq")).await.unwrap();
     let mut dead_by_source: HashMap<Vec<u8>, &Record> = HashMap::new();
     for record in &dead {
@@ -92,7 +116,13 @@ async fn ten_thousand_requests_one_percent_malformed() {
         match &sample.expected {
             Expected::Dispatch { priority } => {
                 valid += 1;
-                assert_eq!(dispatched.get(&sample.key), Some(&vec![priority.to_string()]), "{:?}", String::from_utf8_lossy(&sample.key));
+                let request: serde_json::Value = serde_json::from_slice(&sample.payload).unwrap();
+                if request["recipients"][0]["user_id"].is_string() {
+                    no_channel += 1;
+                    assert_eq!(dispatched.get(&sample.key), None);
+                } else {
+                    assert_eq!(dispatched.get(&sample.key), Some(&vec![priority.to_string()]), "{:?}", String::from_utf8_lossy(&sample.key));
+                }
             }
             Expected::DeadLetter { reason } => {
                 malformed += 1;
@@ -107,10 +137,19 @@ async fn ten_thousand_requests_one_percent_malformed() {
         }
     }
     assert_eq!((valid, malformed), (9_900, 100));
-    assert_eq!(dispatched.values().map(Vec::len).sum::<usize>(), 9_900, "no extra dispatches");
+    assert!(no_channel > 2_000, "{no_channel}");
+    let sent = 9_900 - no_channel;
+    assert_eq!(dispatched.values().map(Vec::len).sum::<usize>(), sent, "no extra dispatches");
     assert_eq!(dead.len(), 100, "no extra dead letters");
     let events = read_topic_to_end(&kafka, &topic("notify.events")).await.unwrap();
-    assert_eq!(events.len(), 10_000, "one lifecycle event per request");
+    let mut by_kind: HashMap<String, usize> = HashMap::new();
+    for event in &events {
+        let row: serde_json::Value = serde_json::from_slice(event.payload.as_deref().unwrap()).unwrap();
+        *by_kind.entry(row["event"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    let expected: HashMap<String, usize> =
+        [("accepted", 9_900), ("rejected", 100), ("dispatched", sent), ("no_channel", no_channel)].map(|(k, n)| (k.to_string(), n)).into();
+    assert_eq!(by_kind, expected, "one request event each, one terminal event per delivery");
 
     // Committed offsets cover every record of every partition.
     let committed = committed_offsets(&kafka, &config.pipeline.group_id, &topic("notify.requests")).unwrap();
@@ -150,7 +189,7 @@ async fn ten_thousand_requests_one_percent_malformed() {
     for priority in ["high", "normal", "low"] {
         after += read_topic_to_end(&kafka, &topic(&format!("notify.dispatch.{priority}"))).await.unwrap().len();
     }
-    assert_eq!(after, 9_900);
+    assert_eq!(after, sent);
     assert_eq!(read_topic_to_end(&kafka, &topic("notify.dlq")).await.unwrap().len(), 100);
 }
 
@@ -187,15 +226,10 @@ async fn the_binary_processes_new_records_after_a_restart() {
     second.extend(sample_requests(20, 0, 1024));
     sink.send_all(produce(second)).await.unwrap();
     assert!(run().contains("records in: 70 "), "only the new records");
-    let mut dispatched = 0;
-    for priority in ["high", "normal", "low"] {
-        dispatched += read_topic_to_end(&kafka, &config.topics.resolve(&format!("notify.dispatch.{priority}"))).await.unwrap().len();
-    }
-    assert_eq!(dispatched, 350, "the retries were not sent again: idempotency state survived the restart");
     let events = read_topic_to_end(&kafka, &config.topics.resolve("notify.events")).await.unwrap();
-    let duplicates = events
-        .iter()
-        .filter(|r| serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["event"] == "duplicate_request")
-        .count();
-    assert_eq!(duplicates, 20, "one duplicate_request event per retry");
+    let count = |kind: &str| {
+        events.iter().filter(|r| serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["event"] == kind).count()
+    };
+    assert_eq!(count("accepted"), 350, "the retries were not accepted again: idempotency state survived the restart");
+    assert_eq!(count("duplicate_request"), 20, "one duplicate_request event per retry");
 }
