@@ -210,7 +210,8 @@ async fn the_binary_processes_new_records_after_a_restart() {
         String::from_utf8_lossy(&output.stdout).to_string()
     };
     // The binary creates its topics; the first run finds nothing.
-    assert!(run().contains("records in: 0 "));
+    let first = run();
+    assert!(first.contains("records in: 0 "), "{first}");
     let requests_topic: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
     let produce = |samples: Vec<notiflow::samples::Sample>| {
         samples
@@ -220,12 +221,14 @@ async fn the_binary_processes_new_records_after_a_restart() {
     };
     let sink = KafkaSink::new(&kafka).unwrap();
     sink.send_all(produce(sample_requests(300, 0, 1024))).await.unwrap();
-    assert!(run().contains("records in: 300 "));
+    let second_run = run();
+    assert!(second_run.contains("records in: 300 "), "{second_run}");
     // 50 new requests, and 20 producer retries of requests the first run accepted.
     let mut second = sample_requests(350, 0, 1024).split_off(300);
     second.extend(sample_requests(20, 0, 1024));
     sink.send_all(produce(second)).await.unwrap();
-    assert!(run().contains("records in: 70 "), "only the new records");
+    let third = run();
+    assert!(third.contains("records in: 70 "), "only the new records: {third}");
     let events = read_topic_to_end(&kafka, &config.topics.resolve("notify.events")).await.unwrap();
     let count = |kind: &str| {
         events.iter().filter(|r| serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["event"] == kind).count()
