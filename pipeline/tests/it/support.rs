@@ -34,7 +34,10 @@ pub fn kafka_config(partitions: i32) -> Config {
     let prefix = unique("t");
     let mut config = Config::embedded();
     config.kafka = Some(kafka());
-    let logical = ["requests", "dlq", "events", "dispatch.high", "dispatch.normal", "dispatch.low"];
+    let logical = [
+        "requests", "dlq", "events", "dispatch.high", "dispatch.normal", "dispatch.low", "messages", "deferred", "recalls", "templates",
+        "profiles",
+    ];
     config.topics = TopicsConfig {
         partitions,
         rename: logical.iter().map(|t| (format!("notify.{t}"), format!("{prefix}.{t}"))).collect(),
