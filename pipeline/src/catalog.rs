@@ -79,6 +79,20 @@ pub struct CatalogRecord {
     pub value: Vec<u8>,
 }
 
+impl CatalogRecord {
+    /// `item` as JSON with its key in field `id` (the lookup tables' key field).
+    fn new(key: String, item: &impl Serialize) -> Self {
+        let mut value = serde_json::to_value(item).expect("catalog items serialize");
+        value["id"] = key.clone().into();
+        CatalogRecord { key, value: value.to_string().into_bytes() }
+    }
+
+    /// The record to produce to `topic`, keyed by its key (so compaction keeps the latest).
+    pub fn into_out(self, topic: &std::sync::Arc<str>) -> notiflow_connector::OutRecord {
+        notiflow_connector::OutRecord { topic: topic.clone(), key: Some(self.key.into_bytes()), payload: self.value, headers: vec![] }
+    }
+}
+
 fn check_id(what: &str, value: &str) -> Result<(), String> {
     let ok = !value.is_empty()
         && value.len() <= 128
@@ -156,10 +170,7 @@ impl Template {
     }
 
     pub fn record(&self) -> CatalogRecord {
-        let key = self.key();
-        let mut value = serde_json::to_value(self).expect("a template serializes");
-        value["id"] = key.clone().into();
-        CatalogRecord { key, value: value.to_string().into_bytes() }
+        CatalogRecord::new(self.key(), self)
     }
 }
 
@@ -214,10 +225,7 @@ impl Profile {
     }
 
     pub fn record(&self) -> CatalogRecord {
-        let key = self.key();
-        let mut value = serde_json::to_value(self).expect("a profile serializes");
-        value["id"] = key.clone().into();
-        CatalogRecord { key, value: value.to_string().into_bytes() }
+        CatalogRecord::new(self.key(), self)
     }
 }
 

@@ -47,9 +47,7 @@ fn publish_catalog(broker: &MemoryBroker, config: &Config) -> anyhow::Result<()>
         ("notify.profiles", catalog::profile_records(&profiles, &tenants)?),
     ] {
         let topic: Arc<str> = Arc::from(config.topics.resolve(topic).as_str());
-        records.extend(
-            checked.into_iter().map(|r| OutRecord { topic: topic.clone(), key: Some(r.key.into_bytes()), payload: r.value, headers: vec![] }),
-        );
+        records.extend(checked.into_iter().map(|r| r.into_out(&topic)));
     }
     broker.append(records)?;
     Ok(())

@@ -257,7 +257,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn catalog(which: Catalog, action: CatalogAction) -> anyhow::Result<ExitCode> {
     use notiflow::catalog;
-    use notiflow_connector::{LogReader, OutRecord, Sink, TopicSpec};
+    use notiflow_connector::{LogReader, Sink, TopicSpec};
     match action {
         CatalogAction::Put { files, config, dry_run } => {
             let config = Config::load(&config)?;
@@ -279,10 +279,7 @@ async fn catalog(which: Catalog, action: CatalogAction) -> anyhow::Result<ExitCo
             KafkaAdmin::new(kafka)?.ensure_topics(&[spec]).await?;
             let topic_name: std::sync::Arc<str> = std::sync::Arc::from(topic.as_str());
             let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
-            let out = records
-                .into_iter()
-                .map(|r| OutRecord { topic: topic_name.clone(), key: Some(r.key.into_bytes()), payload: r.value, headers: vec![] })
-                .collect();
+            let out = records.into_iter().map(|r| r.into_out(&topic_name)).collect();
             KafkaSink::new(kafka)?.send_all(out).await?;
             keys.iter().for_each(|k| println!("published {topic} {k}"));
             Ok(ExitCode::SUCCESS)

@@ -47,12 +47,7 @@ async fn ten_thousand_requests_one_percent_malformed() {
     let template_records = notiflow::catalog::template_records(&templates, &tenants).unwrap();
     KafkaSink::new(&kafka)
         .unwrap()
-        .send_all(
-            template_records
-                .into_iter()
-                .map(|r| OutRecord { topic: templates_topic.clone(), key: Some(r.key.into_bytes()), payload: r.value, headers: vec![] })
-                .collect(),
-        )
+        .send_all(template_records.into_iter().map(|r| r.into_out(&templates_topic)).collect())
         .await
         .unwrap();
     run.prepare(&notiflow_kafka::KafkaReader::new(&kafka)).await.unwrap();
