@@ -103,6 +103,10 @@ impl<P: BatchProcessor> BatchProcessor for &mut P {
         (**self).finish()
     }
 
+    fn timers_due(&self) -> bool {
+        (**self).timers_due()
+    }
+
     async fn rebalance(&mut self, changes: Vec<notiflow_connector::AssignmentChange>) -> anyhow::Result<()> {
         (**self).rebalance(changes).await
     }
@@ -122,6 +126,10 @@ impl<P: BatchProcessor> BatchProcessor for Timed<P> {
 
     fn finish(&mut self) -> anyhow::Result<Option<crate::job::Commit>> {
         self.inner.finish()
+    }
+
+    fn timers_due(&self) -> bool {
+        self.inner.timers_due()
     }
 
     async fn rebalance(&mut self, changes: Vec<notiflow_connector::AssignmentChange>) -> anyhow::Result<()> {
@@ -159,6 +167,10 @@ impl BatchProcessor for Passthrough {
 
     fn finish(&mut self) -> anyhow::Result<Option<crate::job::Commit>> {
         Ok(Some(crate::job::Commit::offsets(self.consumed.clone())))
+    }
+
+    fn timers_due(&self) -> bool {
+        false
     }
 }
 

@@ -47,10 +47,9 @@ pub trait BatchProcessor {
     fn finish(&mut self) -> anyhow::Result<Option<Commit>>;
 
     /// Work is due without new input (timers): the job then processes an
-    /// empty batch.
-    fn timers_due(&self) -> bool {
-        false
-    }
+    /// empty batch. Required (no default) so that a wrapper cannot silently
+    /// stop its inner processor's timers.
+    fn timers_due(&self) -> bool;
 
     /// Partitions were assigned or revoked (before the next batch is processed).
     fn rebalance(&mut self, changes: Vec<AssignmentChange>) -> impl Future<Output = anyhow::Result<()>> {
@@ -108,6 +107,8 @@ pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
         let changes = source.assignment_changes();
         if !changes.is_empty() {
             processor.rebalance(changes).await?;
+            // Idle counts from the last assignment: a restarted member may wait for its partitions.
+            idle_since = Instant::now();
         }
         if batch.is_empty() && !processor.timers_due() {
             match stop {

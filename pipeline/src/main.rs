@@ -348,6 +348,10 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     if run.restored_partitions > 0 {
         println!("restored state of {} partitions from checkpoints", run.restored_partitions);
     }
+    if let (held, Some(next_due)) = run.held() {
+        let next = chrono::DateTime::from_timestamp_millis(next_due).map(|t| t.to_rfc3339()).unwrap_or_default();
+        println!("held for later: {held} records (saved in the checkpoint; next due {next})");
+    }
     if run.skipped + run.suppressed > 0 {
         println!("recovery: {} records already in the checkpoint skipped, {} outputs already written suppressed", run.skipped, run.suppressed);
     }

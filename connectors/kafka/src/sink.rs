@@ -26,25 +26,18 @@ impl KafkaSink {
         Ok(KafkaSink { producer })
     }
 
-    fn enqueue(&self, record: &OutRecord) -> Result<DeliveryFuture, KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for h in &record.headers {
-            headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
-        }
-        let mut future_record = FutureRecord::to(&record.topic).payload(&record.payload).headers(headers);
-        if let Some(key) = &record.key {
-            future_record = future_record.key(key);
-        }
-        self.producer.send_result(future_record).map_err(|(err, _)| err)
+    /// Writes records with the given create times (ms since the epoch), as a
+    /// producer that stamps its own request times does (replays, tests).
+    pub async fn send_all_at(&self, records: Vec<(OutRecord, i64)>) -> Result<Positions, ConnectorError> {
+        let (records, times): (Vec<OutRecord>, Vec<i64>) = records.into_iter().unzip();
+        self.send_timed(records, times.into_iter().map(Some).collect()).await
     }
-}
 
-impl Sink for KafkaSink {
-    async fn send_all(&self, records: Vec<OutRecord>) -> Result<Positions, ConnectorError> {
+    async fn send_timed(&self, records: Vec<OutRecord>, times: Vec<Option<i64>>) -> Result<Positions, ConnectorError> {
         let mut pending = Vec::with_capacity(records.len());
-        for record in &records {
+        for (record, time) in records.iter().zip(&times) {
             loop {
-                match self.enqueue(record) {
+                match self.enqueue(record, *time) {
                     Ok(delivery) => {
                         pending.push(delivery);
                         break;
@@ -68,5 +61,27 @@ impl Sink for KafkaSink {
             }
         }
         Ok(positions)
+    }
+
+    fn enqueue(&self, record: &OutRecord, timestamp_ms: Option<i64>) -> Result<DeliveryFuture, KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for h in &record.headers {
+            headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
+        }
+        let mut future_record = FutureRecord::to(&record.topic).payload(&record.payload).headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key);
+        }
+        if let Some(ms) = timestamp_ms {
+            future_record = future_record.timestamp(ms);
+        }
+        self.producer.send_result(future_record).map_err(|(err, _)| err)
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn send_all(&self, records: Vec<OutRecord>) -> Result<Positions, ConnectorError> {
+        let times = vec![None; records.len()];
+        self.send_timed(records, times).await
     }
 }

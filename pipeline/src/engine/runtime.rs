@@ -647,6 +647,12 @@ impl PipelineRun {
 }
 
 impl PipelineRun {
+    /// Records waiting in timer sources, and the earliest due time (ms).
+    pub fn held(&self) -> (usize, Option<i64>) {
+        let count = self.timers.values().map(|t| t.held.len()).sum();
+        (count, self.timers.values().filter_map(|t| t.held.next_due()).min())
+    }
+
     /// Timer sources: holds their records that are not due yet; returns the
     /// records to run now and, separately, the held records now due
     /// (earliest first).
@@ -671,8 +677,12 @@ impl PipelineRun {
         }
         let mut released = Vec::new();
         let mut held = 0;
-        for timer in self.timers.values_mut() {
-            released.extend(timer.held.take_due(now));
+        for (topic, timer) in self.timers.iter_mut() {
+            let due = timer.held.take_due(now);
+            if !due.is_empty() {
+                tracing::info!(%topic, released = due.len(), still_held = timer.held.len(), "held records due");
+            }
+            released.extend(due);
             held += timer.held.len();
         }
         metrics::gauge!("notiflow_held_records").set(held as f64);

@@ -7,6 +7,7 @@ mod compose;
 mod demo;
 mod exactly_once;
 mod kafka_pipeline;
+mod semantics;
 mod sql_engine;
 mod support;
 mod udfs;

@@ -457,6 +457,9 @@ impl notiflow::job::BatchProcessor for NoFinish<'_> {
     fn finish(&mut self) -> anyhow::Result<Option<notiflow::job::Commit>> {
         Ok(None)
     }
+    fn timers_due(&self) -> bool {
+        self.0.timers_due()
+    }
     async fn rebalance(&mut self, changes: Vec<notiflow_connector::AssignmentChange>) -> anyhow::Result<()> {
         self.0.rebalance(changes).await
     }
