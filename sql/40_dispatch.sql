@@ -5,7 +5,8 @@
 -- until the wall clock reaches its release_at (quiet hours' end, send_at).
 -- Held records are saved in the partition's checkpoint: they survive restarts
 -- and move with their partition. A recall wakes every held message of its
--- request at once (hold.wake_on), so it is cancelled now, not at its due time.
+-- request at once (hold.wake_*), so it is cancelled now, not at its due time;
+-- a message whose recall came before it is never held.
 -- expires_at was checked against the planned send time in stage 30; channels
 -- check it again before sending.
 
@@ -15,7 +16,9 @@ CREATE TABLE deferred_in (
     subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, release_at TIMESTAMP, recall_key TEXT
 ) WITH (
     connector = 'kafka', type = 'source', format = 'json', topic = 'notify.deferred',
-    'hold.until_field' = 'release_at'
+    'hold.until_field' = 'release_at',
+    -- A recall (a new key in `recalls`) releases its request's held messages at once.
+    'hold.wake_field' = 'recall_key', 'hold.wake_lookup' = 'recalls'
 );
 
 CREATE VIEW released AS

@@ -10,7 +10,7 @@
 //! a gigabyte and each checkpoint of their partition rewrites them. Scheduling
 //! months ahead at that volume needs a spill to disk first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use notiflow_connector::{Header, Record};
@@ -24,17 +24,58 @@ type HeldKey = (i64, i32, i64);
 #[derive(Default)]
 pub struct Held {
     records: BTreeMap<HeldKey, Record>,
+    /// `hold.wake_field`: a record whose field's value shows up as a key of
+    /// the wake lookup (a recall of its request) is released at once.
+    wake_field: Option<String>,
+    /// Wake value -> the held records carrying it.
+    by_wake: HashMap<String, BTreeSet<HeldKey>>,
+    wake_of: HashMap<HeldKey, String>,
 }
 
 impl Held {
+    pub fn waking_on(wake_field: Option<String>) -> Self {
+        Held { wake_field, ..Held::default() }
+    }
+
+    /// The record's wake value (`hold.wake_field`), if the source has one.
+    pub fn wake_value(&self, record: &Record) -> Option<String> {
+        let field = self.wake_field.as_deref()?;
+        let object: HashMap<&str, serde_json::Value> = serde_json::from_slice(record.payload.as_deref()?).ok()?;
+        object.get(field)?.as_str().map(str::to_string)
+    }
+
     pub fn hold(&mut self, due_ms: i64, record: Record) {
-        self.records.insert((due_ms, record.partition, record.offset), record);
+        let key = (due_ms, record.partition, record.offset);
+        if let Some(value) = self.wake_value(&record) {
+            self.by_wake.entry(value.clone()).or_default().insert(key);
+            self.wake_of.insert(key, value);
+        }
+        self.records.insert(key, record);
     }
 
     /// Removes and returns every record due at `now_ms`, earliest first.
     pub fn take_due(&mut self, now_ms: i64) -> Vec<Record> {
         let later = self.records.split_off(&(now_ms + 1, i32::MIN, i64::MIN));
-        std::mem::replace(&mut self.records, later).into_values().collect()
+        let due = std::mem::replace(&mut self.records, later);
+        due.into_iter().map(|(key, record)| self.unindex(key, record)).collect()
+    }
+
+    /// Removes and returns the records whose wake value is `value`, earliest first.
+    pub fn wake(&mut self, value: &str) -> Vec<Record> {
+        let keys = self.by_wake.remove(value).unwrap_or_default();
+        keys.into_iter().filter_map(|key| self.wake_of.remove(&key).and(self.records.remove(&key))).collect()
+    }
+
+    fn unindex(&mut self, key: HeldKey, record: Record) -> Record {
+        if let Some(value) = self.wake_of.remove(&key)
+            && let Some(keys) = self.by_wake.get_mut(&value)
+        {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.by_wake.remove(&value);
+            }
+        }
+        record
     }
 
     pub fn next_due(&self) -> Option<i64> {
@@ -50,7 +91,12 @@ impl Held {
     }
 
     pub fn drop_partition(&mut self, partition: i32) {
-        self.records.retain(|k, _| k.1 != partition);
+        let mine: Vec<HeldKey> = self.records.keys().filter(|k| k.1 == partition).copied().collect();
+        for key in mine {
+            if let Some(record) = self.records.remove(&key) {
+                self.unindex(key, record);
+            }
+        }
     }
 
     /// The held records of `partition`, for its checkpoint.
@@ -172,6 +218,28 @@ mod tests {
         assert_eq!(last[0].headers[0].value, b"v".to_vec());
         assert!(restored.is_empty());
         assert_eq!(held.take_due(150).iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_wake_value_releases_its_records_at_once_and_only_those() {
+        let mut held = Held::waking_on(Some("recall_key".into()));
+        held.hold(300, record(0, 1, r#"{"recall_key":"acme/r-1"}"#));
+        held.hold(100, record(0, 2, r#"{"recall_key":"acme/r-2"}"#));
+        held.hold(200, record(1, 3, r#"{"recall_key":"acme/r-1"}"#));
+        held.hold(400, record(1, 4, r#"{"other":1}"#));
+        assert_eq!(held.wake("acme/r-1").iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 1], "earliest due first");
+        assert!(held.wake("acme/r-1").is_empty(), "woken once");
+        assert_eq!(held.len(), 2);
+        // Released by time: the index forgets it too.
+        assert_eq!(held.take_due(150).len(), 1);
+        assert!(held.wake("acme/r-2").is_empty());
+        // Restored records are indexed again.
+        let mut restored = Held::waking_on(Some("recall_key".into()));
+        held.hold(500, record(1, 5, r#"{"recall_key":"acme/r-9"}"#));
+        restored.restore(&Arc::from("t"), 1, &held.snapshot(1)).unwrap();
+        assert_eq!(restored.wake("acme/r-9").len(), 1);
+        held.drop_partition(1);
+        assert!(held.is_empty() && held.wake("acme/r-9").is_empty());
     }
 
     #[test]

@@ -42,6 +42,22 @@ pub struct LookupTable {
 }
 
 impl LookupTable {
+    /// Whether a row with this key is in the table.
+    pub fn contains(&self, key: &str) -> bool {
+        self.state.lock().expect("lookup state poisoned").rows.contains_key(key)
+    }
+
+    /// The key an update record sets (its `lookup.key_field`); None for a
+    /// tombstone or a record without the field.
+    pub fn key_of(&self, record: &Record) -> Option<String> {
+        let object: HashMap<&str, serde_json::Value> = serde_json::from_slice(record.payload.as_deref()?).ok()?;
+        match object.get(self.key_field.as_str())? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+
     /// Applies records in order; returns how many could not be decoded.
     pub fn apply(&self, records: &[&Record]) -> usize {
         let mut state = self.state.lock().expect("lookup state poisoned");

@@ -270,6 +270,17 @@ async fn add_table(pipeline: &mut Pipeline, table: &TableDef, location: &Locatio
                 ),
                 None => None,
             };
+            if let Some(wake) = &kafka.hold_wake {
+                if declared.field_with_name(&wake.field).is_err() {
+                    return Err(SqlError::new(location, format!("hold.wake_field {}: no such column in {}", wake.field, table.name)));
+                }
+                if !pipeline.lookups.iter().any(|l| l.name == wake.lookup) {
+                    return Err(SqlError::new(
+                        location,
+                        format!("hold.wake_lookup {}: no lookup table of that name is defined before {}", wake.lookup, table.name),
+                    ));
+                }
+            }
             let contract = kafka.contract.as_ref().map(|_| Contract::new(env.tenants.iter().cloned(), env.max_request_bytes));
             pipeline.sources.push(SourceTable {
                 name: table.name.clone(),

@@ -78,6 +78,8 @@ struct Timer {
     source: usize,
     field: String,
     held: Held,
+    /// The lookup whose keys wake held records (`hold.wake_lookup`).
+    wake_lookup: Option<usize>,
 }
 
 fn now_ms() -> i64 {
@@ -106,7 +108,9 @@ impl PipelineRun {
             .enumerate()
             .filter_map(|(source, s)| {
                 let field = s.kafka.hold_until_field.clone()?;
-                Some((Arc::from(s.kafka.topic.as_str()), Timer { source, field, held: Held::default() }))
+                let wake_lookup = s.kafka.hold_wake.as_ref().and_then(|w| pipeline.lookups.iter().position(|l| l.name == w.lookup));
+                let held = Held::waking_on(s.kafka.hold_wake.as_ref().map(|w| w.field.clone()));
+                Some((Arc::from(s.kafka.topic.as_str()), Timer { source, field, held, wake_lookup }))
             })
             .collect();
         PipelineRun {
@@ -658,6 +662,15 @@ impl PipelineRun {
     /// (earliest first).
     fn hold_back<'r>(&mut self, records: Vec<&'r Record>, out: &mut Vec<OutRecord>) -> (Vec<&'r Record>, Vec<Record>) {
         let now = now_ms();
+        let lookups = &self.pipeline.lookups;
+        // Keys this batch adds to a wake lookup (recalls): per timer topic.
+        let mut wake_keys: Vec<(Arc<str>, String)> = Vec::new();
+        for (topic, timer) in &self.timers {
+            if let Some(lookup) = timer.wake_lookup.map(|l| &lookups[l]) {
+                let updates = records.iter().filter(|r| r.topic.as_ref() == lookup.kafka.topic);
+                wake_keys.extend(updates.filter_map(|r| lookup.key_of(r)).map(|k| (topic.clone(), k)));
+            }
+        }
         let mut run_now = Vec::with_capacity(records.len());
         let mut bad = Vec::new();
         for record in records {
@@ -666,16 +679,27 @@ impl PipelineRun {
                 continue;
             };
             match hold::due_ms(record.payload.as_deref(), &timer.field) {
-                Ok(Some(due)) if due > now => timer.held.hold(due, record.clone()),
+                // Not held if already woken (its recall came first).
+                Ok(Some(due)) if due > now => match timer.wake_lookup {
+                    Some(l) if timer.held.wake_value(record).is_some_and(|v| lookups[l].contains(&v)) => run_now.push(record),
+                    _ => timer.held.hold(due, record.clone()),
+                },
                 Ok(_) => run_now.push(record),
                 Err(error) => bad.push((timer.source, record, error)),
             }
+        }
+        let mut released = Vec::new();
+        for (topic, key) in wake_keys {
+            let woken = self.timers.get_mut(&topic).map(|t| t.held.wake(&key)).unwrap_or_default();
+            if !woken.is_empty() {
+                tracing::info!(%topic, %key, released = woken.len(), "held records woken");
+            }
+            released.extend(woken);
         }
         for (source, record, error) in bad {
             let detail = Rejected { reason: "decode_error", error: &error, tenant: None, request_id: None, udf: None };
             self.reject(source, record, detail, out);
         }
-        let mut released = Vec::new();
         let mut held = 0;
         for (topic, timer) in self.timers.iter_mut() {
             let due = timer.held.take_due(now);

@@ -77,6 +77,18 @@ pub struct KafkaTable {
     /// epoch ms; missing or null: at once), held in the partition's checkpoint
     /// so it survives restarts (see `engine/hold.rs`).
     pub hold_until_field: Option<String>,
+    /// `hold.wake_field` + `hold.wake_lookup`: a held record is released at
+    /// once when this field's value is (or becomes) a key of that lookup
+    /// table, e.g. when its request is recalled. Both or neither; timer
+    /// sources only.
+    pub hold_wake: Option<HoldWake>,
+}
+
+/// Wakes held records early: see `KafkaTable::hold_wake`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldWake {
+    pub field: String,
+    pub lookup: String,
 }
 
 /// A connector table definition.
@@ -109,6 +121,8 @@ const KAFKA_OPTIONS: &[&str] = &[
     "lookup.key_field",
     "late_rows",
     "hold.until_field",
+    "hold.wake_field",
+    "hold.wake_lookup",
 ];
 
 pub const CONTRACTS: &[&str] = &["notify.requests"];
@@ -161,7 +175,24 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
     {
         return Err(format!("option json.contract = '{c}': known contracts: {}", CONTRACTS.join(", ")));
     }
-    let source_only = ["source.offset", "source.group_id", "bad_data", "dlq.topic", "json.contract", "event_time_field", "late_rows", "hold.until_field"];
+    let source_only = [
+        "source.offset",
+        "source.group_id",
+        "bad_data",
+        "dlq.topic",
+        "json.contract",
+        "event_time_field",
+        "late_rows",
+        "hold.until_field",
+        "hold.wake_field",
+        "hold.wake_lookup",
+    ];
+    let hold_wake = match (get("hold.wake_field"), get("hold.wake_lookup")) {
+        (None, None) => None,
+        (Some(field), Some(lookup)) if options.contains_key("hold.until_field") => Some(HoldWake { field, lookup }),
+        (Some(_), Some(_)) => return Err("'hold.wake_field' and 'hold.wake_lookup' wake held records: they need 'hold.until_field'".into()),
+        _ => return Err("'hold.wake_field' and 'hold.wake_lookup' go together".into()),
+    };
     if role == TableRole::Sink
         && let Some(opt) = source_only.iter().find(|o| options.contains_key(**o))
     {
@@ -187,6 +218,7 @@ fn kafka(options: &BTreeMap<String, String>) -> Result<KafkaTable, String> {
         lookup_key_field: get("lookup.key_field"),
         pass_late_rows,
         hold_until_field: get("hold.until_field"),
+        hold_wake,
     })
 }
 
@@ -216,5 +248,17 @@ mod tests {
         assert!(err.contains("'bad_data' applies to sources"), "{err}");
         let err = connector_from_options(&opts(&[("connector", "redis")])).unwrap_err();
         assert!(err.contains("unsupported connector 'redis'"), "{err}");
+    }
+
+    #[test]
+    fn wake_options_go_together_on_a_timer_source() {
+        let base = [("connector", "kafka"), ("type", "source"), ("topic", "t")];
+        let with = |extra: &[(&'static str, &'static str)]| connector_from_options(&opts(&[&base[..], extra].concat()));
+        let until = ("hold.until_field", "release_at");
+        let (field, lookup) = (("hold.wake_field", "recall_key"), ("hold.wake_lookup", "recalls"));
+        let Connector::Kafka(k) = with(&[until, field, lookup]).unwrap();
+        assert_eq!(k.hold_wake, Some(HoldWake { field: "recall_key".into(), lookup: "recalls".into() }));
+        assert!(with(&[until, field]).unwrap_err().contains("go together"));
+        assert!(with(&[field, lookup]).unwrap_err().contains("need 'hold.until_field'"));
     }
 }
