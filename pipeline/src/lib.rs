@@ -15,6 +15,7 @@ pub mod metrics_http;
 pub mod report;
 pub mod samples;
 pub mod sql;
+pub mod trace;
 
 use std::path::Path;
 use std::time::Duration;

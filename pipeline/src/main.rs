@@ -106,6 +106,16 @@ enum Command {
         #[command(subcommand)]
         action: CatalogAction,
     },
+    /// Print one message's timeline from notify.events: ID is a message id
+    /// (m_...), a delivery id (d_...) or tenant/request_id.
+    Trace {
+        id: String,
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+        /// Print the events as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check `key|json` lines (as produced with `kcat -K'|'`) against the contract.
     Check {
         /// File of `key|json` lines; `-` reads standard input.
@@ -252,7 +262,33 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { file, config } => check(&file, config_or_embedded(config.as_deref())?),
         Command::Template { action } => catalog(Catalog::Templates, action).await,
         Command::Profile { action } => catalog(Catalog::Profiles, action).await,
+        Command::Trace { id, config, json } => trace(&id, &Config::load(&config)?, json).await,
     }
+}
+
+async fn trace(id: &str, config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    use notiflow::trace::{TraceId, render, timeline};
+    use notiflow_connector::LogReader;
+    let id = TraceId::parse(id)?;
+    let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
+    let topic = config.topics.resolve(&config.topics.events);
+    let reader = KafkaReader::new(kafka);
+    let mut events = Vec::new();
+    for (partition, _) in reader.end_offsets(&topic).await? {
+        let records = reader.read_from(&topic, partition, 0).await?;
+        events.extend(records.iter().filter_map(|r| serde_json::from_slice::<serde_json::Value>(r.payload.as_deref()?).ok()));
+    }
+    let events = timeline(events, &id);
+    if events.is_empty() {
+        eprintln!("no events for {id:?} on {topic}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if json {
+        events.iter().for_each(|e| println!("{e}"));
+    } else {
+        print!("{}", render(&events));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn catalog(which: Catalog, action: CatalogAction) -> anyhow::Result<ExitCode> {

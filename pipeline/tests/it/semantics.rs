@@ -615,4 +615,20 @@ async fn ten_thousand_mixed_requests_end_in_exactly_the_expected_outcomes() {
     }
     let expected_dead: BTreeMap<String, usize> = workload.dead.iter().map(|(k, n)| (k.to_string(), *n)).collect();
     assert_eq!(dead_by_reason, expected_dead);
+
+    // `notiflow trace`: a deferred request's timeline, and one delivery's.
+    let trace = |id: &str| {
+        let toml = dir.path().join("a").join("notiflow.toml");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow")).args(["trace", id, "--config"]).arg(&toml).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let said = trace("acme/quiet-shanghai-0");
+    let kinds: Vec<&str> = said.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(kinds, ["accepted", "deferred", "deferred", "dispatched", "dispatched"], "{said}");
+    assert!(said.contains("until 2026-11-20T23:00:00.000Z"), "07:00 in Shanghai: {said}");
+    let deduped = events.iter().find(|e| e["event"] == "deduped").unwrap();
+    let said = trace(deduped["delivery_id"].as_str().unwrap());
+    let kinds: Vec<&str> = said.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(kinds, ["accepted", "deduped"], "{said}");
 }
