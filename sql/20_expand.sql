@@ -15,7 +15,7 @@
 -- Templates: latest approved version per tenant/name (`notiflow template put`).
 CREATE TABLE templates (
     id TEXT, tenant TEXT, name TEXT, version BIGINT, status TEXT,
-    channels JSON, locale TEXT, content JSON, translations JSON
+    channels JSON, locale TEXT, content JSON, translations JSON, dedupe_window_s BIGINT
 ) WITH (connector = 'kafka', type = 'lookup', topic = 'notify.templates', 'lookup.key_field' = 'id');
 
 -- Profiles: per tenant/user_id (`notiflow profile put`).
@@ -28,19 +28,19 @@ CREATE TABLE messages (
     delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
     timezone TEXT, quiet_start TEXT, quiet_end TEXT, local_day TEXT,
-    subject TEXT, body TEXT, html TEXT, content_hash TEXT,
+    subject TEXT, body TEXT, html TEXT, content_hash TEXT, dedupe_window_s BIGINT,
     requested_at TIMESTAMP, send_at TIMESTAMP, expires_at TIMESTAMP, partition_key TEXT
 ) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.messages', 'sink.key_field' = 'partition_key');
 
 CREATE VIEW with_template AS
 SELECT a.*, t.version AS template_version, t.channels AS template_channels, t.locale AS template_locale,
-    t.content, t.translations
+    t.content, t.translations, t.dedupe_window_s
 FROM accepted a LEFT JOIN templates t ON a.tenant || '/' || a.template = t.id
 WHERE a.type = 'send';
 
 CREATE VIEW recipients AS
 SELECT message_id, request_id, tenant, template, template_version, template_channels, template_locale,
-    content, translations, channels, params, priority, category, locale, send_at, expires_at, requested_at,
+    content, translations, dedupe_window_s, channels, params, priority, category, locale, send_at, expires_at, requested_at,
     _partition, _offset, unnest(recipients) AS r
 FROM with_template WHERE template_version IS NOT NULL;
 
@@ -74,7 +74,7 @@ SELECT *,
 FROM reachable;
 
 CREATE VIEW per_channel AS
-SELECT message_id, request_id, tenant, template, template_version, content, translations, params, priority,
+SELECT message_id, request_id, tenant, template, template_version, content, translations, dedupe_window_s, params, priority,
     category, send_at, expires_at, requested_at, recipient, addresses, direct_address, timezone, recipient_locale,
     quiet_start, quiet_end, _partition, _offset, unnest(string_to_array(chosen, ',')) AS channel
 FROM channel_choice WHERE chosen <> '';
@@ -102,7 +102,7 @@ SELECT
     local_day(timezone, coalesce(send_at, requested_at)) AS local_day,
     subject, body, html,
     content_hash(concat(coalesce(subject, ''), chr(31), coalesce(body, ''), chr(31), coalesce(html, ''))) AS content_hash,
-    requested_at, send_at, expires_at,
+    dedupe_window_s, requested_at, send_at, expires_at,
     concat(tenant, '/', recipient) AS partition_key
 FROM rendered;
 

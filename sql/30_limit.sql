@@ -5,8 +5,9 @@
 -- state with the partition (exact and checkpointed). Time is the request's
 -- (requested_at): a replay decides the same way.
 --
--- To change a window or a cap, edit its line below: the INTERVAL of the
--- dedupe window, or the `<= N` of a category's daily cap.
+-- To change a window or a cap, edit its line below: the default dedupe
+-- window (`coalesce(dedupe_window_s, 300)`; a template can set its own), or
+-- the `<= N` of a category's daily cap.
 
 -- Messages of one partition arrive nearly in request order: 30 s of
 -- disorder is judged exactly; older ones pass the windows (never lost).
@@ -14,7 +15,7 @@ CREATE TABLE messages_in (
     delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
     timezone TEXT, quiet_start TEXT, quiet_end TEXT, local_day TEXT,
-    subject TEXT, body TEXT, html TEXT, content_hash TEXT,
+    subject TEXT, body TEXT, html TEXT, content_hash TEXT, dedupe_window_s BIGINT,
     requested_at TIMESTAMP, send_at TIMESTAMP, expires_at TIMESTAMP,
     WATERMARK FOR requested_at AS requested_at - INTERVAL '30' SECOND
 ) WITH (
@@ -26,9 +27,11 @@ CREATE TABLE recalls (id TEXT, tenant TEXT, request_id TEXT, message_id TEXT, re
 WITH (connector = 'kafka', type = 'lookup', topic = 'notify.recalls', 'lookup.key_field' = 'id');
 
 -- Content dedupe: the same rendered content to the same recipient on the
--- same channel within 5 minutes goes out once.
+-- same channel within the template's dedupe_window_s (default 300 s: the
+-- coalesce below) goes out once. State is kept for the maximum, 6 hours.
 CREATE VIEW content_ranked AS
-SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant, recipient, channel, content_hash, sliding(INTERVAL '5' MINUTE) ORDER BY _timestamp) AS rn
+SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant, recipient, channel, content_hash,
+    sliding_within(INTERVAL '6' HOUR, coalesce(dedupe_window_s, 300)) ORDER BY _timestamp) AS rn
 FROM messages_in;
 
 CREATE VIEW fresh_content AS SELECT * FROM content_ranked WHERE rn = 1;
@@ -106,7 +109,7 @@ WHERE expires_at IS NOT NULL AND expires_at <= coalesce(release_at, requested_at
 -- Repeated content and capped messages: not sent, with their event.
 INSERT INTO events
 SELECT 'deduped' AS event, message_id, delivery_id, tenant, request_id, 'send' AS kind, priority, category, recipient, channel,
-    'the same content reached this recipient on this channel within 5 minutes' AS reason, CAST(NULL AS TEXT) AS topic,
+    concat('the same content reached this recipient on this channel within ', coalesce(dedupe_window_s, 300), ' s') AS reason, CAST(NULL AS TEXT) AS topic,
     CAST(NULL AS TEXT) AS release_at, concat('notify.messages/', _partition, '/', _offset) AS source,
     to_char(processing_time(), '%Y-%m-%dT%H:%M:%S%.3fZ') AS at
 FROM content_ranked WHERE rn > 1;

@@ -28,6 +28,9 @@ pub struct ChannelContent {
     pub html: Option<String>,
 }
 
+/// The longest per-template dedupe window: stage 30's `sliding_within` maximum.
+pub const MAX_DEDUPE_WINDOW_S: u32 = 6 * 3600;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
@@ -47,6 +50,11 @@ pub struct Template {
     /// Per locale (`zh-CN`), per channel: replaces `content` fields it has.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub translations: BTreeMap<String, BTreeMap<String, ChannelContent>>,
+    /// The same rendered content to the same recipient and channel within
+    /// this many seconds goes out once (default 300; at most 6 hours, the
+    /// window stage 30 keeps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_window_s: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -144,6 +152,11 @@ impl Template {
         }
         if self.channels.is_empty() {
             return Err("channels: at least one".into());
+        }
+        if let Some(seconds) = self.dedupe_window_s
+            && !(1..=MAX_DEDUPE_WINDOW_S).contains(&seconds)
+        {
+            return Err(format!("dedupe_window_s {seconds}: 1 to {MAX_DEDUPE_WINDOW_S} (6 hours)"));
         }
         for channel in &self.channels {
             check_channel(channel)?;
@@ -323,6 +336,9 @@ mod tests {
         let err = |t: Template| t.check(&tenants()).unwrap_err();
         assert!(err(Template { tenant: "initech".into(), ..template() }).contains("not registered"));
         assert!(err(Template { status: "live".into(), ..template() }).contains("status"));
+        assert!(err(Template { dedupe_window_s: Some(0), ..template() }).contains("dedupe_window_s 0"));
+        assert!(err(Template { dedupe_window_s: Some(MAX_DEDUPE_WINDOW_S + 1), ..template() }).contains("6 hours"));
+        Template { dedupe_window_s: Some(3600), ..template() }.check(&tenants()).unwrap();
         assert!(err(Template { channels: vec!["fax".into()], ..template() }).contains("unknown channel `fax`"));
         assert!(err(Template { channels: vec!["sms".into(), "email".into(), "inbox".into()], ..template() }).contains("inbox has no content"));
         let mut broken = template();

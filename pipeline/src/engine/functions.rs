@@ -11,6 +11,9 @@ use datafusion::prelude::SessionContext;
 
 pub const TUMBLE: &str = "tumble";
 pub const SLIDING: &str = "sliding";
+/// `sliding_within(INTERVAL max, seconds)`: a sliding window as wide as each
+/// row says (e.g. the template's dedupe window), at most `max`.
+pub const SLIDING_WITHIN: &str = "sliding_within";
 pub const HOP: &str = "hop";
 
 pub fn register(ctx: &SessionContext) {
@@ -28,6 +31,13 @@ pub fn register(ctx: &SessionContext) {
         );
         ctx.register_udf(marker);
     }
+    ctx.register_udf(create_udf(
+        SLIDING_WITHIN,
+        vec![DataType::Interval(IntervalUnit::MonthDayNano), DataType::Int64],
+        DataType::Timestamp(TimeUnit::Nanosecond, None),
+        Volatility::Immutable,
+        Arc::new(|_| Err(DataFusionError::Plan("sliding_within(max, seconds) marks a window: use it in ROW_NUMBER() OVER (PARTITION BY ...)".into()))),
+    ));
     let hop = create_udf(
         HOP,
         vec![DataType::Interval(IntervalUnit::MonthDayNano), DataType::Interval(IntervalUnit::MonthDayNano)],

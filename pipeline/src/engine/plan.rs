@@ -28,6 +28,8 @@ use super::codec::{
 use super::feed::Feed;
 use super::functions;
 use super::row_number::{LineageColumns, RowNumberLimit, WindowKind};
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use super::interval_join::{IntervalJoin, JoinSide, SideLineage};
 use super::lookup::{LookupJoin, LookupTable};
 use super::window_agg::{AggLineage, AggregateSpec, WindowAggregate};
@@ -591,8 +593,20 @@ impl Lowering<'_> {
         let params = &function.params;
         let mut keys = Vec::new();
         let mut marker = None;
+        let mut row_width = None;
         for e in &params.partition_by {
             match e {
+                Expr::ScalarFunction(f) if f.func.name() == functions::SLIDING_WITHIN => {
+                    let [Expr::Literal(max, _), seconds] = f.args.as_slice() else {
+                        return Err(self.err("sliding_within(INTERVAL '<max>' ..., <seconds>) takes an interval literal and a per-row width"));
+                    };
+                    let max = functions::interval_nanos(max)
+                        .ok_or_else(|| self.err("sliding_within(INTERVAL '...' ..., seconds): the maximum is an interval literal without months"))?;
+                    if marker.replace((WindowKind::Sliding, max)).is_some() {
+                        return Err(self.err("one window marker (tumble or sliding) per PARTITION BY"));
+                    }
+                    row_width = Some(seconds.clone());
+                }
                 Expr::ScalarFunction(f) if [functions::TUMBLE, functions::SLIDING].contains(&f.func.name()) => {
                     let width = match f.args.as_slice() {
                         [Expr::Literal(value, _)] => functions::interval_nanos(value),
@@ -616,13 +630,14 @@ impl Lowering<'_> {
         let input = self.lower(&window.input, None).await?;
         let state = self.pipeline.ctx.state();
         let input_schema = input.schema().clone();
-        let physical = |e: &Expr| state.create_physical_expr(e.clone(), &input_schema).map_err(|err| self.err(clean(err)));
+        let physical = |e: &Expr| to_physical(&state, e, &input_schema).map_err(|err| self.err(clean(err)));
         let key_exprs = keys.iter().map(&physical).collect::<Result<Vec<_>, _>>()?;
         let key_types = keys
             .iter()
             .map(|k| k.get_type(&input_schema).map_err(|e| self.err(clean(e))))
             .collect::<Result<Vec<DataType>, _>>()?;
         let time = physical(&order.expr)?;
+        let row_width_expr = row_width.as_ref().map(&physical).transpose()?;
         if !matches!(order.expr.get_type(&input_schema), Ok(DataType::Timestamp(..))) {
             return Err(self.err("ROW_NUMBER() ... ORDER BY must be a timestamp (the event time)"));
         }
@@ -647,11 +662,16 @@ impl Lowering<'_> {
         let op = RowNumberLimit::new(key_exprs, key_types, time, lineage, kind, width, hint.limit, feed.schema().clone())
             .map_err(|e| self.err(clean(e)))?;
         let op = if hint.beyond { op.beyond_limit() } else { op };
+        let op = match row_width_expr {
+            Some(seconds) => op.with_row_width(seconds),
+            None => op,
+        };
         let passing: Vec<i32> = self.pipeline.sources.iter().enumerate().filter(|(_, s)| s.kafka.pass_late_rows).map(|(i, _)| i as i32).collect();
         let op = op.pass_late_rows_of(passing);
         let describe = format!(
-            "RowNumberLimit: {} window {} s, keys [{}], {} {} per key",
+            "RowNumberLimit: {} window {}{} s, keys [{}], {} {} per key",
             if kind == WindowKind::Tumbling { "tumbling" } else { "sliding" },
+            row_width.as_ref().map(|w| format!("of {w} s per row, at most ")).unwrap_or_default(),
             width as f64 / 1e9,
             keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
             if hint.beyond { "rows beyond the first" } else { "first" },
@@ -701,7 +721,7 @@ impl Lowering<'_> {
         let input = self.lower(&aggregate.input, None).await?;
         let state = self.pipeline.ctx.state();
         let input_schema = input.schema().clone();
-        let physical = |e: &Expr| state.create_physical_expr(e.clone(), &input_schema).map_err(|err| self.err(clean(err)));
+        let physical = |e: &Expr| to_physical(&state, e, &input_schema).map_err(|err| self.err(clean(err)));
         let key_exprs = keys.iter().map(&physical).collect::<Result<Vec<_>, _>>()?;
         let key_types =
             keys.iter().map(|k| k.get_type(&input_schema).map_err(|e| self.err(clean(e)))).collect::<Result<Vec<DataType>, _>>()?;
@@ -904,7 +924,7 @@ impl Lowering<'_> {
         let mut key_types = Vec::new();
         for (input, keys, time) in [(&left_input, &left_keys, &left_time), (&right_input, &right_keys, &right_time)] {
             let schema = input.schema().clone();
-            let physical = |e: &Expr| state.create_physical_expr(e.clone(), &schema).map_err(|err| self.err(clean(err)));
+            let physical = |e: &Expr| to_physical(&state, e, &schema).map_err(|err| self.err(clean(err)));
             let types = keys.iter().map(|k| k.get_type(&schema).map_err(|e| self.err(clean(e)))).collect::<Result<Vec<_>, _>>()?;
             if !key_types.is_empty() && key_types != types {
                 return Err(self.err(format!("join keys differ in type: {key_types:?} vs {types:?}; CAST one side")));
@@ -1095,4 +1115,15 @@ fn limit_hint(predicate: &Expr) -> Option<LimitHint> {
 fn clean(e: impl std::fmt::Display) -> String {
     let text = e.to_string();
     text.strip_prefix("Error during planning: ").unwrap_or(&text).to_string()
+}
+
+/// A logical expression of an operator's input as a physical one, simplified
+/// first: some functions (coalesce) exist only as their rewrites.
+fn to_physical(
+    state: &datafusion::execution::SessionState,
+    expr: &Expr,
+    schema: &datafusion::common::DFSchemaRef,
+) -> datafusion::common::Result<Arc<dyn datafusion::physical_expr::PhysicalExpr>> {
+    let simplified = ExprSimplifier::new(SimplifyContext::builder().with_schema(schema.clone()).build()).simplify(expr.clone())?;
+    state.create_physical_expr(simplified, schema)
 }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{cast, take};
-use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit, TimestampNanosecondType};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef, TimeUnit, TimestampNanosecondType};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
@@ -138,6 +138,9 @@ pub struct RowNumberLimit {
     lineage: LineageColumns,
     kind: WindowKind,
     width: i64,
+    /// `sliding_within(max, seconds)`: each row's own width in seconds (null:
+    /// `width`, capped at `width`, which is how long state is kept).
+    row_width: Option<Arc<dyn PhysicalExpr>>,
     limit: u64,
     /// Emit the rows beyond the limit instead of those within it.
     beyond: bool,
@@ -172,6 +175,7 @@ impl RowNumberLimit {
             lineage,
             kind,
             width: width_nanos,
+            row_width: None,
             limit,
             beyond: false,
             pass_late: Vec::new(),
@@ -180,6 +184,12 @@ impl RowNumberLimit {
             partitions: HashMap::new(),
             late_rows: 0,
         })
+    }
+
+    /// Sliding windows whose width comes from each row (seconds), at most the window's.
+    pub fn with_row_width(mut self, seconds: Arc<dyn PhysicalExpr>) -> Self {
+        self.row_width = Some(seconds);
+        self
     }
 
     /// Late rows of these source tables pass as rn = 1 (`late_rows = 'pass'`):
@@ -213,6 +223,11 @@ impl RowNumberLimit {
         let times = times.as_primitive::<TimestampNanosecondType>();
         let row_watermarks = as_nanos(batch.column(self.lineage.watermark))?;
         let row_watermarks = row_watermarks.as_primitive::<TimestampNanosecondType>();
+        let row_widths = match &self.row_width {
+            Some(expr) => Some(cast(&expr.evaluate(batch)?.into_array(n)?, &DataType::Int64)?),
+            None => None,
+        };
+        let row_widths = row_widths.as_ref().map(|a| a.as_primitive::<Int64Type>());
         let sources = batch.column(self.lineage.source).as_primitive::<Int32Type>();
         let partition_numbers = batch.column(self.lineage.partition).as_primitive::<Int32Type>();
 
@@ -249,7 +264,10 @@ impl RowNumberLimit {
                     })
                 }
                 WindowKind::Sliding => {
-                    let width = self.width;
+                    let width = match row_widths {
+                        Some(w) if !w.is_null(i) => w.value(i).saturating_mul(1_000_000_000).clamp(1, self.width),
+                        _ => self.width,
+                    };
                     match state.passed.get_mut(&key) {
                         Some(passed) => {
                             let count = passed.times().filter(|p| (t - *p).abs() < width).count() as u64;
@@ -468,6 +486,18 @@ mod tests {
         let out = op.process_batch(&batch(&[("a", 10 * MIN, 0), ("a", 14 * MIN, 0), ("a", 15 * MIN, 0), ("a", 14 * MIN + 1, 0)])).unwrap();
         // 14 is within 5 min of 10; 15 is exactly 5 min away (passes); 14:00.x is near 10 and 15.
         assert_eq!(passed(&out), vec![("a".into(), 10, 1), ("a".into(), 15, 1)]);
+    }
+
+    #[test]
+    fn sliding_within_takes_each_rows_width_up_to_the_maximum() {
+        use datafusion::common::ScalarValue;
+        use datafusion::physical_expr::expressions::Literal;
+        let within = |seconds: Option<i64>| op(WindowKind::Sliding, 10 * MIN, 1).with_row_width(Arc::new(Literal::new(ScalarValue::Int64(seconds))));
+        let minutes = |out: RecordBatch| passed(&out).into_iter().map(|r| r.1).collect::<Vec<_>>();
+        let rows = batch(&[("a", 0, 0), ("a", MIN, 0), ("a", 3 * MIN, 0), ("a", 9 * MIN, 0), ("a", 20 * MIN, 0)]);
+        assert_eq!(minutes(within(Some(120)).process_batch(&rows).unwrap()), vec![0, 3, 9, 20], "2 minutes");
+        assert_eq!(minutes(within(None).process_batch(&rows).unwrap()), vec![0, 20], "null: the maximum, 10 minutes");
+        assert_eq!(minutes(within(Some(86_400)).process_batch(&rows).unwrap()), vec![0, 20], "capped at the maximum");
     }
 
     #[test]
