@@ -34,8 +34,9 @@ pub struct DemoOutcome {
 }
 
 /// The example templates and profiles (examples/), plus a profile for every
-/// user the samples address, checked as `notiflow template|profile put` does.
-fn publish_catalog(broker: &MemoryBroker, config: &Config) -> anyhow::Result<()> {
+/// user the samples address, checked as `notiflow template|profile put` does:
+/// records for the config's (renamed) catalog topics.
+pub fn catalog_records(config: &Config) -> anyhow::Result<Vec<OutRecord>> {
     use crate::catalog;
     let tenants: Vec<String> = config.tenants.iter().map(|t| t.id.clone()).collect();
     let templates = catalog::parse_items("examples/templates.jsonl", include_str!("../../examples/templates.jsonl"))?;
@@ -49,8 +50,7 @@ fn publish_catalog(broker: &MemoryBroker, config: &Config) -> anyhow::Result<()>
         let topic: Arc<str> = Arc::from(config.topics.resolve(topic).as_str());
         records.extend(checked.into_iter().map(|r| r.into_out(&topic)));
     }
-    broker.append(records)?;
-    Ok(())
+    Ok(records)
 }
 
 pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
@@ -59,7 +59,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
     let mut pipeline = crate::load_pipeline(&options.sql_dir, &config).await?;
     let broker = MemoryBroker::new();
     broker.ensure_topics(&crate::topic_specs(&pipeline, &config)).await?;
-    publish_catalog(&broker, &config)?;
+    broker.append(catalog_records(&config)?)?;
     pipeline.prepare(&broker).await?;
 
     let requests_topic: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
