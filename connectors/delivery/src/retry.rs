@@ -1,0 +1,186 @@
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde::Serialize;
+
+use crate::{Accepted, Channel, Delivery, FailureReason, SendError};
+
+/// How often and how far apart a delivery is tried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each time, with full jitter.
+    pub min_delay: Duration,
+    /// Longest delay between attempts, also the cap on a provider's Retry-After.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 5, min_delay: Duration::from_millis(200), max_delay: Duration::from_secs(30) }
+    }
+}
+
+impl RetryPolicy {
+    fn delays(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// One attempt, as written to `notify.sends`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SendResult {
+    pub message_id: String,
+    pub delivery_id: Option<String>,
+    pub tenant: String,
+    pub channel: String,
+    pub provider: String,
+    pub attempt: u32,
+    /// `accepted`, `retrying` (this attempt failed, another follows) or `failed`.
+    pub status: &'static str,
+    pub provider_message_id: Option<String>,
+    pub failure_reason: Option<&'static str>,
+    /// The provider's own code (HTTP status, vendor error code).
+    pub provider_code: Option<String>,
+    pub latency_ms: f64,
+    /// RFC 3339 UTC, milliseconds.
+    pub at: String,
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Final {
+    Accepted(Accepted),
+    /// Failed for good: dead-letter it with this reason.
+    Failed(FailureReason),
+}
+
+/// Tries `delivery` on `channel` until the provider accepts it, refuses it for
+/// good, it expires, or the attempts run out; `report` gets every attempt.
+pub async fn deliver<C: Channel>(channel: &C, delivery: &Delivery, policy: &RetryPolicy, mut report: impl FnMut(SendResult)) -> Final {
+    let mut delays = policy.delays();
+    let result = |attempt: u32, status: &'static str, latency: Duration| SendResult {
+        message_id: delivery.message_id.clone(),
+        delivery_id: delivery.delivery_id.clone(),
+        tenant: delivery.tenant.clone(),
+        channel: channel.channel().to_string(),
+        provider: channel.provider().to_string(),
+        attempt,
+        status,
+        provider_message_id: None,
+        failure_reason: None,
+        provider_code: None,
+        latency_ms: latency.as_secs_f64() * 1e3,
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if delivery.expires_at_ms().is_some_and(|at| at <= chrono::Utc::now().timestamp_millis()) {
+            report(SendResult { failure_reason: Some(FailureReason::Expired.as_str()), ..result(attempt, "failed", Duration::ZERO) });
+            return Final::Failed(FailureReason::Expired);
+        }
+        let started = Instant::now();
+        let outcome = channel.send(delivery, attempt).await;
+        let latency = started.elapsed();
+        let error = match outcome {
+            Ok(accepted) => {
+                let provider_message_id = accepted.provider_message_id.clone();
+                report(SendResult { provider_message_id, ..result(attempt, "accepted", latency) });
+                return Final::Accepted(accepted);
+            }
+            Err(error) => error,
+        };
+        let last = attempt >= policy.max_attempts;
+        let status = if matches!(error, SendError::Retryable { .. }) && !last { "retrying" } else { "failed" };
+        report(SendResult {
+            failure_reason: Some(error.reason().as_str()),
+            provider_code: Some(error.provider_code().to_string()),
+            ..result(attempt, status, latency)
+        });
+        match error {
+            SendError::Permanent { reason, .. } => return Final::Failed(reason),
+            SendError::Retryable { .. } if last => return Final::Failed(FailureReason::AttemptsExhausted),
+            SendError::Retryable { retry_after, .. } => {
+                let backoff = delays.next().unwrap_or(policy.max_delay);
+                let wait = retry_after.map_or(backoff, |asked| asked.min(policy.max_delay).max(backoff));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Answers each attempt from a script.
+    struct Scripted(Mutex<Vec<Result<Accepted, SendError>>>);
+
+    impl Channel for Scripted {
+        fn channel(&self) -> &str {
+            "webhook"
+        }
+        fn provider(&self) -> &str {
+            "scripted"
+        }
+        async fn send(&self, _: &Delivery, _: u32) -> Result<Accepted, SendError> {
+            self.0.lock().unwrap().remove(0)
+        }
+    }
+
+    fn delivery(expires_at: Option<&str>) -> Delivery {
+        serde_json::from_value(serde_json::json!({"type": "send", "delivery_id": "d_1", "message_id": "m_1", "request_id": "r",
+            "tenant": "acme", "channel": "webhook", "address": "https://example.com/hook", "expires_at": expires_at}))
+        .unwrap()
+    }
+
+    fn policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy { max_attempts, min_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) }
+    }
+
+    async fn run(script: Vec<Result<Accepted, SendError>>, max_attempts: u32, expires_at: Option<&str>) -> (Final, Vec<SendResult>) {
+        let channel = Scripted(Mutex::new(script));
+        let mut results = Vec::new();
+        let end = deliver(&channel, &delivery(expires_at), &policy(max_attempts), |r| results.push(r)).await;
+        (end, results)
+    }
+
+    fn busy() -> Result<Accepted, SendError> {
+        Err(SendError::Retryable { reason: FailureReason::RateLimited, provider_code: "429".into(), detail: "slow down".into(), retry_after: Some(Duration::from_millis(2)) })
+    }
+
+    #[tokio::test]
+    async fn retryable_failures_are_retried_until_accepted_each_attempt_reported() {
+        let accepted = Ok(Accepted { provider_message_id: Some("p-9".into()) });
+        let (end, results) = run(vec![busy(), Err(SendError::retryable(FailureReason::Timeout, "timeout", "no answer")), accepted], 5, None).await;
+        assert_eq!(end, Final::Accepted(Accepted { provider_message_id: Some("p-9".into()) }));
+        let seen: Vec<_> = results.iter().map(|r| (r.attempt, r.status, r.failure_reason, r.provider_code.as_deref())).collect();
+        assert_eq!(seen, [(1, "retrying", Some("rate_limited"), Some("429")), (2, "retrying", Some("timeout"), Some("timeout")), (3, "accepted", None, None)]);
+        assert_eq!(results[2].provider_message_id.as_deref(), Some("p-9"));
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_ends_at_once_and_attempts_run_out() {
+        let (end, results) = run(vec![Err(SendError::permanent(FailureReason::InvalidRecipient, "410", "gone")), busy()], 5, None).await;
+        assert_eq!((end, results.len(), results[0].status), (Final::Failed(FailureReason::InvalidRecipient), 1, "failed"));
+        let (end, results) = run(vec![busy(), busy()], 2, None).await;
+        assert_eq!(end, Final::Failed(FailureReason::AttemptsExhausted));
+        assert_eq!(results.iter().map(|r| r.status).collect::<Vec<_>>(), ["retrying", "failed"]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_delivery_is_not_sent() {
+        let (end, results) = run(vec![], 5, Some("2020-01-01T00:00:00")).await;
+        assert_eq!(end, Final::Failed(FailureReason::Expired));
+        assert_eq!((results.len(), results[0].failure_reason), (1, Some("expired")));
+    }
+}
