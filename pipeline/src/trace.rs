@@ -47,11 +47,12 @@ pub fn timeline(events: impl IntoIterator<Item = Value>, id: &TraceId) -> Vec<Va
                 return Vec::new();
             };
             let message = message.to_string();
-            events
-                .into_iter()
-                .filter(|e| text(e, "message_id") == Some(&message) && text(e, "delivery_id").is_none_or(|x| x == d))
-                .filter(|e| text(e, "delivery_id").is_some() || text(e, "recipient").is_none())
-                .collect()
+            // Its own events, and the request-level ones (no delivery, no recipient).
+            let mine = |e: &Value| match text(e, "delivery_id") {
+                Some(x) => x == d,
+                None => text(e, "recipient").is_none(),
+            };
+            events.into_iter().filter(|e| text(e, "message_id") == Some(&message) && mine(e)).collect()
         }
     }
 }

@@ -45,8 +45,14 @@ impl Held {
     }
 
     pub fn hold(&mut self, due_ms: i64, record: Record) {
+        let wake = self.wake_value(&record);
+        self.hold_waking(due_ms, record, wake);
+    }
+
+    /// As `hold`, with the record's wake value already read.
+    pub fn hold_waking(&mut self, due_ms: i64, record: Record, wake: Option<String>) {
         let key = (due_ms, record.partition, record.offset);
-        if let Some(value) = self.wake_value(&record) {
+        if let Some(value) = wake {
             self.by_wake.entry(value.clone()).or_default().insert(key);
             self.wake_of.insert(key, value);
         }

@@ -680,10 +680,13 @@ impl PipelineRun {
             };
             match hold::due_ms(record.payload.as_deref(), &timer.field) {
                 // Not held if already woken (its recall came first).
-                Ok(Some(due)) if due > now => match timer.wake_lookup {
-                    Some(l) if timer.held.wake_value(record).is_some_and(|v| lookups[l].contains(&v)) => run_now.push(record),
-                    _ => timer.held.hold(due, record.clone()),
-                },
+                Ok(Some(due)) if due > now => {
+                    let wake = timer.held.wake_value(record);
+                    match (timer.wake_lookup, &wake) {
+                        (Some(l), Some(v)) if lookups[l].contains(v) => run_now.push(record),
+                        _ => timer.held.hold_waking(due, record.clone(), wake),
+                    }
+                }
                 Ok(_) => run_now.push(record),
                 Err(error) => bad.push((timer.source, record, error)),
             }

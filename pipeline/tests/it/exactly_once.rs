@@ -186,11 +186,11 @@ pub fn instance_log(base: &std::path::Path, instance: &str) -> String {
     std::fs::read_to_string(base.join(instance).join("log.txt")).unwrap_or_default()
 }
 
-/// The instance's stdout once it exits (successfully).
-pub fn finished(child: std::process::Child) -> String {
+/// The instance's stdout once it exits (successfully); its log if it failed.
+pub fn finished(child: std::process::Child, base: &std::path::Path, instance: &str) -> String {
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(output.status.success(), "{stdout}");
+    assert!(output.status.success(), "{stdout}\n{}", instance_log(base, instance));
     stdout
 }
 
@@ -207,7 +207,7 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
     let at_kill = end_total(&KafkaReader::new(&setup.kafka), &setup.topic("copied")).await;
     assert!(at_kill < (PAIRS * COPIES) as i64, "killed too late to test anything: {at_kill}");
 
-    let said = finished(setup.spawn("a", "20000"));
+    let said = finished(setup.spawn("a", "20000"), setup._dir.path(), "a");
     eprintln!("killed after {at_kill} copies; restart said:\n{said}\n{}", setup.log("a"));
     assert!(said.contains("restored state of"), "the restart resumed from the checkpoints");
     setup.check_outputs().await;
@@ -227,7 +227,7 @@ async fn a_second_instance_takes_over_partitions_with_their_state() {
     let second = setup.spawn("b", "15000");
     setup.wait_for_log("b", "replayed_outputs").await;
     setup.produce(1..COPIES).await;
-    let (said_first, said_second) = (finished(first), finished(second));
+    let (said_first, said_second) = (finished(first, setup._dir.path(), "a"), finished(second, setup._dir.path(), "b"));
     eprintln!("first instance:\n{said_first}\n{}\nsecond instance:\n{said_second}\n{}", setup.log("a"), setup.log("b"));
     let records_in = |said: &str| -> u64 {
         said.lines().find_map(|l| l.strip_prefix("records in: ")?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
@@ -296,7 +296,7 @@ async fn every_instance_follows_lookup_updates() {
         })
         .collect();
     sink.send_all(sends).await.unwrap();
-    let (said_a, said_b) = (finished(a), finished(b));
+    let (said_a, said_b) = (finished(a, dir.path(), "a"), finished(b, dir.path(), "b"));
     let out = read_topic_to_end(&kafka, &topic("out")).await.unwrap();
     let bodies: HashMap<String, usize> = out.iter().fold(HashMap::new(), |mut m, r| {
         let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();

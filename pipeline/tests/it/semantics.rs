@@ -20,7 +20,7 @@ use notiflow_connector::{OutRecord, Record, TopicAdmin};
 use notiflow_kafka::{KafkaAdmin, KafkaConfig, KafkaSink, read_topic_to_end};
 use serde_json::{Value, json};
 
-use crate::exactly_once::{instance_log, spawn_instance};
+use crate::exactly_once::{finished, instance_log, spawn_instance};
 use crate::support;
 
 const ZONES: [&str; 3] = ["Asia/Shanghai", "Europe/Berlin", "America/New_York"];
@@ -480,14 +480,6 @@ async fn wait_for_events(kafka: &KafkaConfig, topic: &str, want: usize, limit: D
     }
 }
 
-/// The instance's stdout once it exits; its log if it failed.
-fn run_to_idle(child: std::process::Child, base: &std::path::Path) -> String {
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(output.status.success(), "{stdout}\n{}", instance_log(base, "a"));
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_mixed_requests_end_in_exactly_the_expected_outcomes() {
     let _turn = support::one_at_a_time().await;
@@ -544,7 +536,7 @@ async fn ten_thousand_mixed_requests_end_in_exactly_the_expected_outcomes() {
 
     // Recalls while run A is down; run B takes them in and exits when idle.
     produce(&kafka, &requests_topic, &workload.recalls).await;
-    let said_b = run_to_idle(spawn("8000"), dir.path());
+    let said_b = finished(spawn("8000"), dir.path(), "a");
     eprintln!("run B:\n{said_b}\n{}", instance_log(dir.path(), "a"));
     // The recalls woke their held sends at once (recalled now, not at the
     // send time); the other half stay held across the restart.
@@ -560,7 +552,7 @@ async fn ten_thousand_mixed_requests_end_in_exactly_the_expected_outcomes() {
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
-    let said_c = run_to_idle(spawn("8000"), dir.path());
+    let said_c = finished(spawn("8000"), dir.path(), "a");
     eprintln!("run C:\n{said_c}");
     assert!(!said_c.contains("held for later"), "{said_c}");
 
