@@ -2,17 +2,35 @@
 //! [`Delivery`] (a record of a dispatch topic: one recipient on one channel,
 //! content rendered) and answers with the provider's acceptance or a
 //! [`SendError`] classified by what to do next: retry later, or fail now with
-//! a normalized [`FailureReason`] and the provider's own code. [`deliver`]
-//! drives the attempts (backoff with jitter, Retry-After, expiry) and reports
-//! each one as a [`SendResult`] for `notify.sends`.
+//! a normalized [`FailureReason`] and the provider's own code.
+//!
+//! Around that: [`ProviderGroup`] (weighted providers of one channel, circuit
+//! breakers, token buckets, concurrency limits), [`deliver`] (attempts with
+//! failover, backoff with jitter, Retry-After, expiry; one [`SendResult`] per
+//! attempt for `notify.sends`) and [`Scheduler`] (strict-priority lanes and
+//! workers per channel, so channels never wait for each other).
 
+mod breaker;
 mod delivery;
+mod group;
+mod lanes;
 mod outcome;
 mod retry;
+mod scheduler;
 
+use std::pin::Pin;
+
+pub use breaker::BreakerConfig;
 pub use delivery::Delivery;
+pub use group::{Lease, ProviderGroup, ProviderLimits};
+pub use lanes::{Lane, LaneQueue};
 pub use outcome::{Accepted, FailureReason, SendError};
 pub use retry::{Final, RetryPolicy, SendResult, deliver};
+pub use scheduler::{Done, Job, Scheduler};
+
+/// What [`Channel::send`] returns (boxed so providers of one channel can sit
+/// side by side in a [`ProviderGroup`]).
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Accepted, SendError>> + Send + 'a>>;
 
 /// One provider of a channel (an SMS vendor account, an SMTP relay, a webhook
 /// endpoint family).
@@ -23,5 +41,5 @@ pub trait Channel: Send + Sync {
     fn provider(&self) -> &str;
     /// One attempt. Never counts a transport-level OK as accepted without
     /// reading what the provider answered.
-    fn send(&self, delivery: &Delivery, attempt: u32) -> impl Future<Output = Result<Accepted, SendError>> + Send;
+    fn send<'a>(&'a self, delivery: &'a Delivery, attempt: u32) -> SendFuture<'a>;
 }

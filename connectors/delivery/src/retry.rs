@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::Serialize;
 
+use crate::group::{Lease, ProviderGroup};
 use crate::{Accepted, Channel, Delivery, FailureReason, SendError};
 
 /// How often and how far apart a delivery is tried.
@@ -61,11 +62,89 @@ pub enum Final {
     Failed(FailureReason),
 }
 
-/// Tries `delivery` on `channel` until the provider accepts it, refuses it for
-/// good, it expires, or the attempts run out; `report` gets every attempt.
-pub async fn deliver<C: Channel>(channel: &C, delivery: &Delivery, policy: &RetryPolicy, mut report: impl FnMut(SendResult)) -> Final {
+/// Does this failure say something about the provider (try another one)
+/// rather than the message (fail it)?
+fn provider_fault(error: &SendError) -> bool {
+    matches!(error, SendError::Retryable { .. } | SendError::Permanent { reason: FailureReason::Auth, .. })
+}
+
+/// Tries `delivery` on the providers of `group` until one accepts it, it is
+/// refused for good, it expires, or the attempts run out; `report` gets every
+/// attempt. A provider-level failure moves the next attempt to another
+/// provider at once (failover); only when every provider has failed this
+/// round does it back off. `first`: a lease already taken (the scheduler
+/// takes it before picking the message, so priority decides who gets it).
+pub async fn deliver(
+    group: &ProviderGroup,
+    delivery: &Delivery,
+    policy: &RetryPolicy,
+    mut first: Option<Lease>,
+    mut report: impl FnMut(SendResult),
+) -> Final {
     let mut delays = policy.delays();
-    let result = |attempt: u32, status: &'static str, latency: Duration| SendResult {
+    let mut failed_this_round: Vec<usize> = Vec::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if delivery.expires_at_ms().is_some_and(|at| at <= chrono::Utc::now().timestamp_millis()) {
+            let provider = first.as_ref().map_or(0, Lease::provider);
+            let channel = &group.provider(provider).channel;
+            report(SendResult { failure_reason: Some(FailureReason::Expired.as_str()), ..result(delivery, &**channel, attempt, "failed", Duration::ZERO) });
+            return Final::Failed(FailureReason::Expired);
+        }
+        let lease = match first.take() {
+            Some(lease) => lease,
+            None => group.acquire(&failed_this_round).await,
+        };
+        let channel = group.provider(lease.index).channel.clone();
+        let started = Instant::now();
+        let outcome = channel.send(delivery, attempt).await;
+        let latency = started.elapsed();
+        let error = match outcome {
+            Ok(accepted) => {
+                group.record(&lease, Some(true));
+                let provider_message_id = accepted.provider_message_id.clone();
+                report(SendResult { provider_message_id, ..result(delivery, &*channel, attempt, "accepted", latency) });
+                return Final::Accepted(accepted);
+            }
+            Err(error) => error,
+        };
+        let blame_provider = provider_fault(&error);
+        group.record(&lease, if blame_provider { Some(false) } else { None });
+        if blame_provider && !failed_this_round.contains(&lease.index) {
+            failed_this_round.push(lease.index);
+        }
+        drop(lease);
+        let failover = blame_provider && group.has_other(&failed_this_round);
+        let last = attempt >= policy.max_attempts;
+        let again = !last && (failover || matches!(error, SendError::Retryable { .. }));
+        report(SendResult {
+            failure_reason: Some(error.reason().as_str()),
+            provider_code: Some(error.provider_code().to_string()),
+            ..result(delivery, &*channel, attempt, if again { "retrying" } else { "failed" }, latency)
+        });
+        if !again {
+            return Final::Failed(match error {
+                SendError::Retryable { .. } => FailureReason::AttemptsExhausted,
+                SendError::Permanent { reason, .. } => reason,
+            });
+        }
+        if failover {
+            continue;
+        }
+        // Every provider failed this round: wait, then start a new round.
+        failed_this_round.clear();
+        let backoff = delays.next().unwrap_or(policy.max_delay);
+        let wait = match error {
+            SendError::Retryable { retry_after: Some(asked), .. } => asked.min(policy.max_delay).max(backoff),
+            _ => backoff,
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn result(delivery: &Delivery, channel: &dyn Channel, attempt: u32, status: &'static str, latency: Duration) -> SendResult {
+    SendResult {
         message_id: delivery.message_id.clone(),
         delivery_id: delivery.delivery_id.clone(),
         tenant: delivery.tenant.clone(),
@@ -78,63 +157,37 @@ pub async fn deliver<C: Channel>(channel: &C, delivery: &Delivery, policy: &Retr
         provider_code: None,
         latency_ms: latency.as_secs_f64() * 1e3,
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    };
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        if delivery.expires_at_ms().is_some_and(|at| at <= chrono::Utc::now().timestamp_millis()) {
-            report(SendResult { failure_reason: Some(FailureReason::Expired.as_str()), ..result(attempt, "failed", Duration::ZERO) });
-            return Final::Failed(FailureReason::Expired);
-        }
-        let started = Instant::now();
-        let outcome = channel.send(delivery, attempt).await;
-        let latency = started.elapsed();
-        let error = match outcome {
-            Ok(accepted) => {
-                let provider_message_id = accepted.provider_message_id.clone();
-                report(SendResult { provider_message_id, ..result(attempt, "accepted", latency) });
-                return Final::Accepted(accepted);
-            }
-            Err(error) => error,
-        };
-        let last = attempt >= policy.max_attempts;
-        let status = if matches!(error, SendError::Retryable { .. }) && !last { "retrying" } else { "failed" };
-        report(SendResult {
-            failure_reason: Some(error.reason().as_str()),
-            provider_code: Some(error.provider_code().to_string()),
-            ..result(attempt, status, latency)
-        });
-        match error {
-            SendError::Permanent { reason, .. } => return Final::Failed(reason),
-            SendError::Retryable { .. } if last => return Final::Failed(FailureReason::AttemptsExhausted),
-            SendError::Retryable { retry_after, .. } => {
-                let backoff = delays.next().unwrap_or(policy.max_delay);
-                let wait = retry_after.map_or(backoff, |asked| asked.min(policy.max_delay).max(backoff));
-                tokio::time::sleep(wait).await;
-            }
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
 
     /// Answers each attempt from a script.
-    struct Scripted(Mutex<Vec<Result<Accepted, SendError>>>);
+    struct Scripted(&'static str, Mutex<Vec<Result<Accepted, SendError>>>);
 
     impl Channel for Scripted {
         fn channel(&self) -> &str {
             "webhook"
         }
         fn provider(&self) -> &str {
-            "scripted"
+            self.0
         }
-        async fn send(&self, _: &Delivery, _: u32) -> Result<Accepted, SendError> {
-            self.0.lock().unwrap().remove(0)
+        fn send<'a>(&'a self, _: &'a Delivery, _: u32) -> crate::SendFuture<'a> {
+            let answer = self.1.lock().unwrap().remove(0);
+            Box::pin(async move { answer })
         }
+    }
+
+    fn group(providers: Vec<(&'static str, Vec<Result<Accepted, SendError>>)>) -> ProviderGroup {
+        let providers = providers
+            .into_iter()
+            .map(|(name, script)| (Arc::new(Scripted(name, Mutex::new(script))) as Arc<dyn Channel>, crate::ProviderLimits::default()))
+            .collect();
+        ProviderGroup::new(providers).unwrap()
     }
 
     fn delivery(expires_at: Option<&str>) -> Delivery {
@@ -148,9 +201,12 @@ mod tests {
     }
 
     async fn run(script: Vec<Result<Accepted, SendError>>, max_attempts: u32, expires_at: Option<&str>) -> (Final, Vec<SendResult>) {
-        let channel = Scripted(Mutex::new(script));
+        run_on(group(vec![("scripted", script)]), max_attempts, expires_at).await
+    }
+
+    async fn run_on(group: ProviderGroup, max_attempts: u32, expires_at: Option<&str>) -> (Final, Vec<SendResult>) {
         let mut results = Vec::new();
-        let end = deliver(&channel, &delivery(expires_at), &policy(max_attempts), |r| results.push(r)).await;
+        let end = deliver(&group, &delivery(expires_at), &policy(max_attempts), None, |r| results.push(r)).await;
         (end, results)
     }
 
@@ -182,5 +238,27 @@ mod tests {
         let (end, results) = run(vec![], 5, Some("2020-01-01T00:00:00")).await;
         assert_eq!(end, Final::Failed(FailureReason::Expired));
         assert_eq!((results.len(), results[0].failure_reason), (1, Some("expired")));
+    }
+
+    fn down() -> Result<Accepted, SendError> {
+        Err(SendError::retryable(FailureReason::ProviderError, "503", "unavailable"))
+    }
+
+    #[tokio::test]
+    async fn a_provider_fault_fails_over_at_once_and_a_message_fault_does_not() {
+        let accepted = Ok(Accepted { provider_message_id: Some("b-1".into()) });
+        // Weights are equal, so rotation starts at the first provider.
+        let (end, results) = run_on(group(vec![("a", vec![down()]), ("b", vec![accepted])]), 5, None).await;
+        assert!(matches!(end, Final::Accepted(_)));
+        let seen: Vec<_> = results.iter().map(|r| (r.provider.as_str(), r.status)).collect();
+        assert_eq!(seen, [("a", "retrying"), ("b", "accepted")]);
+        // Refused credentials: another provider is tried, then it fails for good (no backoff loop).
+        let auth = || Err(SendError::permanent(FailureReason::Auth, "401", "bad key"));
+        let (end, results) = run_on(group(vec![("a", vec![auth()]), ("b", vec![auth()])]), 5, None).await;
+        assert_eq!((end, results.len()), (Final::Failed(FailureReason::Auth), 2));
+        // An invalid number is the message's fault: no failover.
+        let invalid = Err(SendError::permanent(FailureReason::InvalidRecipient, "21211", "not a number"));
+        let (end, results) = run_on(group(vec![("a", vec![invalid]), ("b", vec![])]), 5, None).await;
+        assert_eq!((end, results.len()), (Final::Failed(FailureReason::InvalidRecipient), 1));
     }
 }

@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SendError};
+use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SendError, SendFuture};
 use reqwest::{StatusCode, Url};
 
 use crate::guard::Blocked;
@@ -105,7 +105,13 @@ impl Channel for WebhookChannel {
         &self.config.provider
     }
 
-    async fn send(&self, delivery: &Delivery, _attempt: u32) -> Result<Accepted, SendError> {
+    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
+        Box::pin(self.post(delivery))
+    }
+}
+
+impl WebhookChannel {
+    async fn post(&self, delivery: &Delivery) -> Result<Accepted, SendError> {
         let url = self.target(delivery)?;
         // Stable across attempts: receivers drop repeats by it.
         let id = delivery.delivery_id.clone().unwrap_or_else(|| format!("recall_{}", delivery.message_id));

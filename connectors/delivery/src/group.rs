@@ -1,0 +1,279 @@
+//! The providers of one channel: weighted rotation, a circuit breaker, a
+//! token bucket and a concurrency limit per provider.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::breaker::{Admission, Breaker, BreakerConfig};
+use crate::Channel;
+
+/// Limits of one provider account, for this instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderLimits {
+    /// Relative share of the channel's traffic while every provider is healthy.
+    pub weight: u32,
+    /// Sends per second (token bucket); None: unlimited. With several
+    /// instances, give each its share of the account's limit.
+    pub rate_per_s: Option<f64>,
+    /// Sends the bucket lets through at once after a quiet spell.
+    pub burst: u32,
+    /// Sends in flight at once.
+    pub max_in_flight: usize,
+    pub breaker: BreakerConfig,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        ProviderLimits { weight: 1, rate_per_s: None, burst: 1, max_in_flight: 64, breaker: BreakerConfig::default() }
+    }
+}
+
+pub(crate) struct Provider {
+    pub(crate) channel: Arc<dyn Channel>,
+    weight: i64,
+    limiter: Option<DefaultDirectRateLimiter>,
+    in_flight: Arc<Semaphore>,
+    breaker: Mutex<Breaker>,
+}
+
+/// A provider's turn: held while one send is in flight.
+pub struct Lease {
+    pub(crate) index: usize,
+    probe: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    pub fn provider(&self) -> usize {
+        self.index
+    }
+}
+
+pub struct ProviderGroup {
+    channel: String,
+    providers: Vec<Provider>,
+    /// Smooth weighted round-robin (as nginx): each provider's current score.
+    scores: Mutex<Vec<i64>>,
+}
+
+impl ProviderGroup {
+    /// All providers must serve the same channel.
+    pub fn new(providers: Vec<(Arc<dyn Channel>, ProviderLimits)>) -> Result<Self, String> {
+        let channel = providers.first().map(|(c, _)| c.channel().to_string()).ok_or("a provider group needs at least one provider")?;
+        let mut built = Vec::with_capacity(providers.len());
+        for (provider, limits) in providers {
+            if provider.channel() != channel {
+                return Err(format!("provider {} serves {}, not {channel}", provider.provider(), provider.channel()));
+            }
+            let limiter = match limits.rate_per_s {
+                None => None,
+                Some(rate) if rate > 0.0 && rate.is_finite() => {
+                    let burst = NonZeroU32::new(limits.burst.max(1)).expect("max(1)");
+                    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate)).ok_or("rate too high")?.allow_burst(burst);
+                    Some(RateLimiter::direct(quota))
+                }
+                Some(rate) => return Err(format!("provider {}: rate_per_s must be > 0, got {rate}", provider.provider())),
+            };
+            built.push(Provider {
+                channel: provider,
+                weight: i64::from(limits.weight.max(1)),
+                limiter,
+                in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+                breaker: Mutex::new(Breaker::new(limits.breaker)),
+            });
+        }
+        let scores = Mutex::new(vec![0; built.len()]);
+        Ok(ProviderGroup { channel, providers: built, scores })
+    }
+
+    /// One provider with default limits.
+    pub fn one(provider: impl Channel + 'static) -> Self {
+        Self::new(vec![(Arc::new(provider), ProviderLimits::default())]).expect("one provider")
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
+    pub(crate) fn provider(&self, index: usize) -> &Provider {
+        &self.providers[index]
+    }
+
+    /// Waits for a provider that takes a send now (not in `avoid` unless
+    /// nothing else is), then for its token bucket and a free slot.
+    pub async fn acquire(&self, avoid: &[usize]) -> Lease {
+        loop {
+            let (index, probe) = match self.pick(avoid, Instant::now()) {
+                Ok(picked) => picked,
+                Err(until) => {
+                    tokio::time::sleep_until(until.into()).await;
+                    continue;
+                }
+            };
+            let provider = &self.providers[index];
+            let slot = provider.in_flight.clone().acquire_owned().await.expect("never closed");
+            if let Some(limiter) = &provider.limiter {
+                limiter.until_ready().await;
+            }
+            return Lease { index, probe, _slot: slot };
+        }
+    }
+
+    /// Is a provider outside `avoid` taking sends now (a failover target)?
+    pub fn has_other(&self, avoid: &[usize]) -> bool {
+        let now = Instant::now();
+        (0..self.providers.len()).any(|i| !avoid.contains(&i) && self.admission(i, now) != None)
+    }
+
+    fn admission(&self, index: usize, now: Instant) -> Option<Admission> {
+        match self.providers[index].breaker.lock().unwrap_or_else(|e| e.into_inner()).peek(now) {
+            Admission::NotUntil(_) => None,
+            admission => Some(admission),
+        }
+    }
+
+    /// The next provider by weight among those admitting sends; or when the
+    /// earliest one will.
+    fn pick(&self, avoid: &[usize], now: Instant) -> Result<(usize, bool), Instant> {
+        let mut earliest = now + Duration::from_secs(60);
+        let mut open = Vec::with_capacity(self.providers.len());
+        for (i, provider) in self.providers.iter().enumerate() {
+            match provider.breaker.lock().unwrap_or_else(|e| e.into_inner()).peek(now) {
+                Admission::NotUntil(until) => earliest = earliest.min(until),
+                _ => open.push(i),
+            }
+        }
+        let preferred: Vec<usize> = open.iter().copied().filter(|i| !avoid.contains(i)).collect();
+        let candidates = if preferred.is_empty() { open } else { preferred };
+        if candidates.is_empty() {
+            return Err(earliest);
+        }
+        let index = self.next_by_weight(&candidates);
+        // Admit for real: a probe slot may have been taken meanwhile.
+        match self.providers[index].breaker.lock().unwrap_or_else(|e| e.into_inner()).admit(now) {
+            Admission::Yes => Ok((index, false)),
+            Admission::Probe => Ok((index, true)),
+            Admission::NotUntil(until) => Err(until.min(earliest)),
+        }
+    }
+
+    fn next_by_weight(&self, candidates: &[usize]) -> usize {
+        let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        let total: i64 = candidates.iter().map(|&i| self.providers[i].weight).sum();
+        let mut best = candidates[0];
+        for &i in candidates {
+            scores[i] += self.providers[i].weight;
+            if scores[i] > scores[best] {
+                best = i;
+            }
+        }
+        scores[best] -= total;
+        best
+    }
+
+    /// How the provider's send went, for its breaker. `provider_fault`:
+    /// the failure says something about the provider, not the message.
+    pub(crate) fn record(&self, lease: &Lease, outcome: Option<bool>) {
+        let provider = &self.providers[lease.index];
+        let mut breaker = provider.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Some(true) => breaker.on_success(),
+            Some(false) => {
+                if breaker.on_failure(Instant::now()) {
+                    tracing::warn!(provider = provider.channel.provider(), channel = %self.channel, "circuit opened");
+                }
+            }
+            // A message-level failure: the provider answered, so it is up.
+            None if lease.probe => breaker.on_success(),
+            None => {}
+        }
+        metrics::gauge!("notiflow_provider_circuit", "channel" => self.channel.clone(), "provider" => provider.channel.provider().to_string())
+            .set(breaker.gauge());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Accepted, Delivery, SendFuture};
+
+    struct Named(&'static str);
+
+    impl Channel for Named {
+        fn channel(&self) -> &str {
+            "sms"
+        }
+        fn provider(&self) -> &str {
+            self.0
+        }
+        fn send<'a>(&'a self, _: &'a Delivery, _: u32) -> SendFuture<'a> {
+            Box::pin(async { Ok(Accepted::default()) })
+        }
+    }
+
+    fn group(weights: &[(&'static str, u32)], failures_to_open: u32) -> ProviderGroup {
+        let breaker = BreakerConfig { failures_to_open, open_for: Duration::from_secs(30), max_open_for: Duration::from_secs(30) };
+        ProviderGroup::new(
+            weights
+                .iter()
+                .map(|&(name, weight)| (Arc::new(Named(name)) as Arc<dyn Channel>, ProviderLimits { weight, breaker: breaker.clone(), ..Default::default() }))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn traffic_follows_the_weights_exactly_and_skips_open_circuits() {
+        let g = group(&[("a", 3), ("b", 1)], 1);
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[g.acquire(&[]).await.index] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+        let lease = g.acquire(&[]).await;
+        let opened = lease.index;
+        g.record(&lease, Some(false));
+        for _ in 0..10 {
+            assert_ne!(g.acquire(&[]).await.index, opened, "an open circuit gets no traffic");
+        }
+        assert!(!g.has_other(&[1 - opened]));
+    }
+
+    #[tokio::test]
+    async fn avoid_prefers_the_others_but_falls_back_when_alone() {
+        let g = group(&[("a", 1), ("b", 1)], 5);
+        for _ in 0..4 {
+            assert_eq!(g.acquire(&[0]).await.index, 1);
+        }
+        let single = group(&[("only", 1)], 5);
+        assert_eq!(single.acquire(&[0]).await.index, 0);
+    }
+
+    #[tokio::test]
+    async fn the_token_bucket_spaces_sends() {
+        let g = ProviderGroup::new(vec![(
+            Arc::new(Named("slow")) as Arc<dyn Channel>,
+            ProviderLimits { rate_per_s: Some(100.0), burst: 1, ..Default::default() },
+        )])
+        .unwrap();
+        let started = Instant::now();
+        for _ in 0..11 {
+            drop(g.acquire(&[]).await);
+        }
+        // 10 intervals of 10 ms after the first token.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(95), "{took:?}");
+    }
+}
