@@ -17,6 +17,10 @@ mod lanes;
 mod outcome;
 mod retry;
 mod scheduler;
+mod secret;
+
+#[cfg(feature = "http")]
+pub mod http;
 
 use std::pin::Pin;
 
@@ -27,6 +31,7 @@ pub use lanes::{Lane, LaneQueue};
 pub use outcome::{Accepted, FailureReason, SendError};
 pub use retry::{Final, RetryPolicy, SendResult, deliver};
 pub use scheduler::{Done, Job, Scheduler};
+pub use secret::{Secret, SecretRef};
 
 /// What [`Channel::send`] returns (boxed so providers of one channel can sit
 /// side by side in a [`ProviderGroup`]).

@@ -74,13 +74,7 @@ fn classify_transport(error: &reqwest::Error) -> SendError {
         }
         source = e.source();
     }
-    if error.is_timeout() {
-        SendError::retryable(FailureReason::Timeout, "timeout", error.to_string())
-    } else if error.is_connect() {
-        SendError::retryable(FailureReason::Timeout, "connect", error.to_string())
-    } else {
-        SendError::retryable(FailureReason::ProviderError, "transport", error.to_string())
-    }
+    notiflow_delivery::http::transport_error(error)
 }
 
 fn classify_status(status: StatusCode, retry_after: Option<Duration>, answer: &str) -> Result<Accepted, SendError> {
@@ -129,14 +123,7 @@ impl WebhookChannel {
             .send()
             .await
             .map_err(|e| classify_transport(&e))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let answer = response.text().await.unwrap_or_default();
+        let (status, retry_after, answer) = notiflow_delivery::http::read(response).await;
         classify_status(status, retry_after, &answer)
     }
 }

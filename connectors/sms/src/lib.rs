@@ -1,0 +1,31 @@
+//! The SMS channel: one module per provider, each with its config, request
+//! building (and signing) and the classification of its answers.
+
+pub mod aliyun;
+pub mod twilio;
+
+pub use aliyun::{AliyunChannel, AliyunConfig};
+pub use twilio::{TwilioChannel, TwilioConfig};
+
+/// `+8613800138000` -> `13800138000` for providers that take national
+/// numbers of their home country and `00`-prefixed international ones.
+pub(crate) fn national_or_international(address: &str, home_prefix: &str) -> String {
+    let digits = address.trim();
+    match digits.strip_prefix(home_prefix) {
+        Some(national) => national.to_string(),
+        None => match digits.strip_prefix('+') {
+            Some(international) => format!("00{international}"),
+            None => digits.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn home_numbers_lose_the_country_code_others_get_00() {
+        assert_eq!(super::national_or_international("+8613800138000", "+86"), "13800138000");
+        assert_eq!(super::national_or_international("+14155550100", "+86"), "0014155550100");
+        assert_eq!(super::national_or_international("13800138000", "+86"), "13800138000");
+    }
+}
