@@ -2,6 +2,8 @@
 //! building (and signing) and the classification of its answers.
 
 pub mod aliyun;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod twilio;
 
 pub use aliyun::{AliyunChannel, AliyunConfig};
