@@ -29,6 +29,9 @@ pub struct Config {
     /// Where the Rust UDFs are.
     #[serde(default)]
     pub udfs: UdfsConfig,
+    /// The delivery job: providers per channel, retries, lanes.
+    #[serde(default)]
+    pub delivery: crate::deliver::config::DeliveryConfig,
     /// Tenants allowed to send. A request naming another tenant is dead-lettered
     /// as `unknown_tenant`.
     #[serde(default, rename = "tenants")]
@@ -216,6 +219,7 @@ impl Config {
             metrics: MetricsConfig { listen: String::new() },
             archive: ArchiveConfig::default(),
             udfs: UdfsConfig::default(),
+            delivery: Default::default(),
             tenants: vec![
                 TenantConfig { id: "acme".into(), name: Some("Acme Retail".into()) },
                 TenantConfig { id: "globex".into(), name: Some("Globex Bank".into()) },

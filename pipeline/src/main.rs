@@ -47,6 +47,15 @@ enum Command {
         #[arg(long)]
         exit_when_idle_ms: Option<u64>,
     },
+    /// Deliver what the dispatch topics hold through the providers configured
+    /// under [delivery], until interrupted.
+    Deliver {
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+        /// Stop after this many milliseconds without a record and nothing in progress.
+        #[arg(long)]
+        exit_when_idle_ms: Option<u64>,
+    },
     /// Parse and plan the pipeline in DIR (no I/O): errors name file:line.
     Validate {
         #[arg(default_value = "sql")]
@@ -214,6 +223,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = Config::load(&config)?;
             let totals = run_on_kafka(&dir, &config, exit_when_idle_ms.map(Duration::from_millis)).await?;
             print_totals(&totals);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deliver { config, exit_when_idle_ms } => {
+            let config = Config::load(&config)?;
+            let t = notiflow::deliver::run(&config, exit_when_idle_ms.map(Duration::from_millis)).await?;
+            println!(
+                "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls",
+                t.read, t.accepted, t.failed, t.attempts, t.not_sendable, t.recalls
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { dir, config } => {

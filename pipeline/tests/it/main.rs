@@ -4,6 +4,7 @@
 
 mod clickhouse_smoke;
 mod compose;
+mod deliver;
 mod demo;
 mod exactly_once;
 mod kafka_pipeline;

@@ -35,7 +35,7 @@ pub fn kafka_config(partitions: i32) -> Config {
     let mut config = Config::embedded();
     config.kafka = Some(kafka());
     let logical = [
-        "requests", "dlq", "events", "dispatch.high", "dispatch.normal", "dispatch.low", "messages", "deferred", "recalls", "templates",
+        "requests", "dlq", "events", "sends", "dispatch.high", "dispatch.normal", "dispatch.low", "messages", "deferred", "recalls", "templates",
         "profiles",
     ];
     config.topics = TopicsConfig {

@@ -1,0 +1,164 @@
+//! `[delivery]` in notiflow.toml: the delivery job and its providers.
+//!
+//! ```toml
+//! [[delivery.providers]]
+//! name = "sms-aliyun"        # in send results and metrics
+//! weight = 3                 # share of the channel while all are healthy
+//! rate_per_s = 100           # this instance's token bucket
+//! [delivery.providers.aliyun]
+//! access_key_id = "LTAI..."
+//! access_key_secret = { env = "ALIYUN_SMS_SECRET" }
+//! sign_name = "Acme"
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, RetryPolicy, SecretRef};
+use notiflow_sms::{AliyunChannel, AliyunConfig, TwilioChannel, TwilioConfig};
+use notiflow_webhook::{SigningKey, WebhookChannel, WebhookConfig};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Consumer groups are `<group_id>.high`, `.normal`, `.low`: one per lane,
+    /// so a backlog in one lane never slows reading another.
+    pub group_id: String,
+    /// Sends in progress at once per channel.
+    pub workers_per_channel: usize,
+    /// Deliveries read ahead per channel and lane; a full lane pauses only its reader.
+    pub lane_capacity: usize,
+    /// Attempts per delivery across all providers, the first included.
+    pub max_attempts: u32,
+    /// First backoff after every provider failed a delivery; doubles, with jitter.
+    pub min_delay_ms: u64,
+    /// Longest backoff, also the cap on a provider's Retry-After.
+    pub max_delay_ms: u64,
+    /// How often finished offsets are committed.
+    pub commit_interval_ms: u64,
+    pub providers: Vec<ProviderConfig>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            group_id: "notiflow-delivery".into(),
+            workers_per_channel: 16,
+            lane_capacity: 10_000,
+            max_attempts: 5,
+            min_delay_ms: 200,
+            max_delay_ms: 30_000,
+            commit_interval_ms: 1000,
+            providers: Vec::new(),
+        }
+    }
+}
+
+/// One provider account. Exactly one of the kind tables (`twilio`, `aliyun`,
+/// `webhook`) says which API it speaks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Sends per second from this instance; with N instances give each 1/N
+    /// of the account's limit. Absent: unlimited.
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
+    #[serde(default = "one")]
+    pub burst: u32,
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Consecutive provider failures that open its circuit.
+    #[serde(default = "default_failures_to_open")]
+    pub failures_to_open: u32,
+    /// How long an open circuit rests before a probe, ms (doubles per failed probe, to 60 s).
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+    #[serde(default)]
+    pub twilio: Option<TwilioConfig>,
+    #[serde(default)]
+    pub aliyun: Option<AliyunConfig>,
+    #[serde(default)]
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// The generic webhook channel (the target URL is the delivery's address).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// `whsec_...` signing secret.
+    pub signing_secret: SecretRef,
+    /// Private/loopback targets allowed anyway (IPs or CIDRs).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_in_flight() -> usize {
+    64
+}
+fn default_failures_to_open() -> u32 {
+    5
+}
+fn default_open_ms() -> u64 {
+    2000
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+impl DeliveryConfig {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.max(1),
+            min_delay: Duration::from_millis(self.min_delay_ms),
+            max_delay: Duration::from_millis(self.max_delay_ms),
+        }
+    }
+
+    /// Every provider built (secrets read now, so a missing one fails at
+    /// start-up naming the provider), grouped by channel.
+    pub fn provider_groups(&self) -> Result<Vec<Arc<ProviderGroup>>, String> {
+        let mut by_channel: BTreeMap<String, Vec<(Arc<dyn Channel>, ProviderLimits)>> = BTreeMap::new();
+        for provider in &self.providers {
+            let channel = provider.build()?;
+            by_channel.entry(channel.channel().to_string()).or_default().push((channel, provider.limits()));
+        }
+        by_channel.into_values().map(|providers| ProviderGroup::new(providers).map(Arc::new)).collect()
+    }
+}
+
+impl ProviderConfig {
+    fn limits(&self) -> ProviderLimits {
+        ProviderLimits {
+            weight: self.weight,
+            rate_per_s: self.rate_per_s,
+            burst: self.burst,
+            max_in_flight: self.max_in_flight,
+            breaker: BreakerConfig { failures_to_open: self.failures_to_open.max(1), open_for: Duration::from_millis(self.open_ms), ..BreakerConfig::default() },
+        }
+    }
+
+    fn build(&self) -> Result<Arc<dyn Channel>, String> {
+        let name = &self.name;
+        Ok(match (&self.twilio, &self.aliyun, &self.webhook) {
+            (Some(twilio), None, None) => Arc::new(TwilioChannel::new(name, twilio.clone())?),
+            (None, Some(aliyun), None) => Arc::new(AliyunChannel::new(name, aliyun.clone())?),
+            (None, None, Some(webhook)) => {
+                let secret = webhook.signing_secret.resolve().map_err(|e| format!("webhook provider {name}: signing_secret: {e}"))?;
+                let key = SigningKey::parse(secret.expose()).map_err(|e| format!("webhook provider {name}: {e}"))?;
+                let config = WebhookConfig { provider: name.clone(), timeout: Duration::from_millis(webhook.timeout_ms), allow: webhook.allow.clone() };
+                Arc::new(WebhookChannel::new(config, key)?)
+            }
+            _ => return Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [webhook]")),
+        })
+    }
+}

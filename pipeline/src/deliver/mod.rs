@@ -1,0 +1,318 @@
+//! `notiflow deliver`: the dispatch topics to the channels' providers.
+//!
+//! One consumer per lane (high, normal, low; each its own group) feeds the
+//! [`Scheduler`]: per channel, strict-priority lanes and workers, so a high
+//! message never waits behind queued normal/low ones and a stalled provider
+//! only holds up its own channel. Every attempt goes to `notify.sends`, the
+//! end of each delivery to `notify.events` (`sent` / `send_failed`), and
+//! deliveries that failed for good to the dead-letter topic with the original
+//! bytes. Offsets are committed up to the oldest unfinished delivery, after
+//! its outputs are acknowledged: a crash re-sends only unfinished ones
+//! (at-least-once; `delivery_id` goes to providers that take an id).
+
+pub mod config;
+mod progress;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use notiflow_connector::{BatchLimits, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
+use notiflow_delivery::{Delivery, Done, Final, Job, Lane, Scheduler, SendResult};
+use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::dlq::{Rejected, dead_letter, source_of};
+use progress::Progress;
+
+/// What a delivery carries through the scheduler: its record (for the
+/// dead-letter copy and the commit point).
+pub struct Token {
+    record: Record,
+}
+
+/// What the writer task writes.
+enum Output {
+    Done(Done<Token>),
+    /// Ended before any attempt (unreadable, no provider, a recall).
+    Skipped { record: Record, lane: Lane, delivery: Option<Delivery>, reason: &'static str, error: String },
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct DeliverTotals {
+    pub read: u64,
+    pub accepted: u64,
+    pub failed: u64,
+    pub attempts: u64,
+    /// Unreadable records or channels without a provider: dead-lettered.
+    pub not_sendable: u64,
+    /// Recall records: no channel withdraws a sent message yet.
+    pub recalls: u64,
+}
+
+struct Topics {
+    sends: Arc<str>,
+    events: Arc<str>,
+    dlq: Arc<str>,
+}
+
+pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::Result<DeliverTotals> {
+    let kafka = config.kafka.as_ref().context("notiflow deliver needs [kafka] in the config")?;
+    let delivery = &config.delivery;
+    let groups = delivery.provider_groups().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
+    anyhow::ensure!(!groups.is_empty(), "[delivery]: no providers configured");
+    let resolve = |name: &str| -> Arc<str> { Arc::from(config.topics.resolve(name)) };
+    let topics = Topics { sends: resolve("notify.sends"), events: resolve(&config.topics.events), dlq: resolve("notify.dlq") };
+    let lane_topics: Vec<(Lane, Arc<str>)> = Lane::ALL.iter().map(|lane| (*lane, resolve(&format!("notify.dispatch.{}", lane.as_str())))).collect();
+    let specs: Vec<TopicSpec> = lane_topics
+        .iter()
+        .map(|(_, t)| t.to_string())
+        .chain([topics.sends.to_string(), topics.events.to_string(), topics.dlq.to_string()])
+        .map(|name| TopicSpec::new(name, config.topics.partitions))
+        .collect();
+    KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
+
+    let (done_tx, done_rx) = mpsc::channel::<Done<Token>>(4096);
+    let scheduler = Arc::new(Scheduler::start(groups, delivery.retry_policy(), delivery.workers_per_channel, delivery.lane_capacity, done_tx));
+    let channels: Vec<String> = scheduler.channels().map(str::to_string).collect();
+    tracing::info!(?channels, "delivering");
+    let (skip_tx, skip_rx) = mpsc::channel::<Output>(4096);
+    let progress: Arc<Mutex<Progress>> = Arc::default();
+    let last_read = Arc::new(AtomicI64::new(now_ms()));
+    let (stop_tx, stop) = watch::channel(false);
+    let totals = Arc::new(Mutex::new(DeliverTotals::default()));
+
+    let mut readers = Vec::new();
+    for (lane, topic) in &lane_topics {
+        let source = KafkaSource::new(kafka, &format!("{}.{}", delivery.group_id, lane.as_str()), &[topic], "earliest")?;
+        let reader = LaneReader { lane: *lane, scheduler: scheduler.clone(), skip: skip_tx.clone(), progress: progress.clone(), last_read: last_read.clone(), totals: totals.clone() };
+        readers.push(tokio::spawn(reader.run(source, stop.clone(), Duration::from_millis(delivery.commit_interval_ms))));
+    }
+    drop(skip_tx);
+    let sink = Arc::new(KafkaSink::new(kafka)?);
+    let writer = tokio::spawn(write_outputs(done_rx, skip_rx, sink, topics, progress.clone(), totals.clone()));
+
+    // Until interrupted, or idle with nothing unfinished.
+    let mut interrupted = Box::pin(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => { tracing::info!("interrupt: finishing deliveries in progress"); break; }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if let Some(idle) = exit_when_idle {
+            let quiet = now_ms() - last_read.load(Ordering::Relaxed) >= idle.as_millis() as i64;
+            if quiet && progress.lock().unwrap_or_else(|e| e.into_inner()).unfinished() == 0 {
+                break;
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let mut sources = Vec::new();
+    for reader in readers {
+        sources.push(reader.await.context("lane reader")??);
+    }
+    let scheduler = Arc::into_inner(scheduler).context("scheduler still shared")?;
+    scheduler.drain().await;
+    writer.await.context("writer")??;
+    // Everything finished is written: commit it.
+    let offsets = progress.lock().unwrap_or_else(|e| e.into_inner()).committable();
+    for source in &mut sources {
+        source.commit(&offsets).await?;
+    }
+    let totals = totals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(totals)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+struct LaneReader {
+    lane: Lane,
+    scheduler: Arc<Scheduler<Token>>,
+    skip: mpsc::Sender<Output>,
+    progress: Arc<Mutex<Progress>>,
+    last_read: Arc<AtomicI64>,
+    totals: Arc<Mutex<DeliverTotals>>,
+}
+
+impl LaneReader {
+    /// Reads its lane until told to stop; returns the source for the final commit.
+    async fn run(self, mut source: KafkaSource, mut stop: watch::Receiver<bool>, commit_every: Duration) -> anyhow::Result<KafkaSource> {
+        let limits = BatchLimits { max_records: 1000, max_wait: Duration::from_millis(50) };
+        let mut committed_at = Instant::now();
+        while !*stop.borrow() {
+            let batch = tokio::select! {
+                batch = source.next_batch(limits) => batch?,
+                _ = stop.changed() => break,
+            };
+            if !batch.is_empty() {
+                self.last_read.store(now_ms(), Ordering::Relaxed);
+                self.totals.lock().unwrap_or_else(|e| e.into_inner()).read += batch.len() as u64;
+            }
+            for record in batch {
+                self.progress.lock().unwrap_or_else(|e| e.into_inner()).started(&record.topic, record.partition, record.offset);
+                self.submit(record).await?;
+            }
+            if committed_at.elapsed() >= commit_every {
+                let offsets = self.progress.lock().unwrap_or_else(|e| e.into_inner()).committable();
+                source.commit(&offsets).await?;
+                committed_at = Instant::now();
+            }
+        }
+        Ok(source)
+    }
+
+    async fn submit(&self, record: Record) -> anyhow::Result<()> {
+        let lane = self.lane;
+        let skip = |record, delivery, reason, error: String| Output::Skipped { record, lane, delivery, reason, error };
+        let parsed = record.payload.as_deref().map(serde_json::from_slice::<Delivery>);
+        let output = match parsed {
+            Some(Ok(delivery)) if delivery.kind == "recall" => skip(record, Some(delivery), "recall", String::new()),
+            Some(Ok(delivery)) => {
+                let job = Job { delivery, lane, token: Token { record }, enqueued: Instant::now() };
+                match self.scheduler.submit(job).await {
+                    Ok(()) => return Ok(()),
+                    Err(job) => {
+                        let channel = job.delivery.channel.clone().unwrap_or_default();
+                        skip(job.token.record, Some(job.delivery), "no_provider", format!("no provider serves channel `{channel}`"))
+                    }
+                }
+            }
+            Some(Err(e)) => skip(record, None, "decode_error", e.to_string()),
+            None => skip(record, None, "decode_error", "empty record".into()),
+        };
+        self.skip.send(output).await.map_err(|_| anyhow::anyhow!("writer stopped"))
+    }
+}
+
+/// Writes sends, events and dead letters in batches, then marks the
+/// deliveries finished (so their offsets may be committed).
+async fn write_outputs(
+    mut done: mpsc::Receiver<Done<Token>>,
+    mut skipped: mpsc::Receiver<Output>,
+    sink: Arc<KafkaSink>,
+    topics: Topics,
+    progress: Arc<Mutex<Progress>>,
+    totals: Arc<Mutex<DeliverTotals>>,
+) -> anyhow::Result<()> {
+    let (mut done_open, mut skipped_open) = (true, true);
+    while done_open || skipped_open {
+        let first = tokio::select! {
+            d = done.recv(), if done_open => match d { Some(d) => Output::Done(d), None => { done_open = false; continue; } },
+            s = skipped.recv(), if skipped_open => match s { Some(s) => s, None => { skipped_open = false; continue; } },
+        };
+        let mut batch = vec![first];
+        while batch.len() < 1000 {
+            match done.try_recv().map(Output::Done).or_else(|_| skipped.try_recv()) {
+                Ok(output) => batch.push(output),
+                Err(_) => break,
+            }
+        }
+        let mut records = Vec::with_capacity(batch.len() * 2);
+        let mut finished = Vec::with_capacity(batch.len());
+        {
+            let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
+            for output in &batch {
+                let record = outputs_of(output, &topics, &mut records, &mut totals);
+                finished.push((record.topic.clone(), record.partition, record.offset));
+            }
+        }
+        // Transient broker trouble: keep trying; nothing is marked finished until written.
+        let mut wait = Duration::from_millis(100);
+        while let Err(err) = sink.send_all(records.clone()).await {
+            anyhow::ensure!(err.is_retryable(), "writing send results: {err}");
+            tracing::warn!(%err, "writing send results; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, partition, offset) in finished {
+            progress.finished(&topic, partition, offset);
+        }
+    }
+    Ok(())
+}
+
+/// The records one output becomes; returns its source record.
+fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutRecord>, totals: &mut DeliverTotals) -> &'a Record {
+    match output {
+        Output::Done(done) => {
+            let record = &done.job.token.record;
+            let delivery = &done.job.delivery;
+            let key = delivery.delivery_id.as_deref().unwrap_or(&delivery.message_id).as_bytes().to_vec();
+            for result in &done.results {
+                let payload = serde_json::to_vec(result).expect("send results serialize");
+                records.push(OutRecord { topic: topics.sends.clone(), key: Some(key.clone()), payload, headers: vec![] });
+            }
+            totals.attempts += done.results.len() as u64;
+            let last: Option<&SendResult> = done.results.last();
+            let (event, reason) = match &done.outcome {
+                Final::Accepted(_) => ("sent", None),
+                Final::Failed(reason) => ("send_failed", Some(reason.as_str())),
+            };
+            let mut fields = event_fields(event, delivery, record, done.job.lane);
+            fields["provider"] = json!(last.map(|r| r.provider.as_str()));
+            fields["provider_message_id"] = json!(last.and_then(|r| r.provider_message_id.as_deref()));
+            fields["attempts"] = json!(done.results.len());
+            fields["handoff_ms"] = json!(done.handoff.as_secs_f64() * 1e3);
+            if let Some(reason) = reason {
+                fields["reason"] = json!(reason);
+                fields["provider_code"] = json!(last.and_then(|r| r.provider_code.as_deref()));
+                totals.failed += 1;
+                let detail = format!("{reason} after {} attempts", done.results.len());
+                let rejected = Rejected { reason, error: &detail, tenant: Some(&delivery.tenant), request_id: Some(&delivery.request_id), udf: None };
+                records.push(dead_letter(record, &rejected, &topics.dlq));
+            } else {
+                totals.accepted += 1;
+            }
+            records.push(event_record(&fields, &delivery.message_id, &topics.events));
+            record
+        }
+        Output::Skipped { record, lane, delivery, reason, error } => {
+            if *reason == "recall" {
+                totals.recalls += 1;
+                return record;
+            }
+            totals.not_sendable += 1;
+            let rejected = Rejected {
+                reason,
+                error,
+                tenant: delivery.as_ref().map(|d| d.tenant.as_str()),
+                request_id: delivery.as_ref().map(|d| d.request_id.as_str()),
+                udf: None,
+            };
+            records.push(dead_letter(record, &rejected, &topics.dlq));
+            if let Some(delivery) = delivery {
+                let mut fields = event_fields("send_failed", delivery, record, *lane);
+                fields["reason"] = json!(reason);
+                records.push(event_record(&fields, &delivery.message_id, &topics.events));
+            }
+            record
+        }
+    }
+}
+
+fn event_fields(event: &str, delivery: &Delivery, record: &Record, lane: Lane) -> serde_json::Value {
+    json!({
+        "event": event,
+        "message_id": delivery.message_id,
+        "delivery_id": delivery.delivery_id,
+        "tenant": delivery.tenant,
+        "request_id": delivery.request_id,
+        "kind": delivery.kind,
+        "priority": lane.as_str(),
+        "category": delivery.category,
+        "recipient": delivery.recipient,
+        "channel": delivery.channel,
+        "source": source_of(record),
+        "at": crate::events::now_rfc3339(),
+    })
+}
+
+fn event_record(fields: &serde_json::Value, message_id: &str, events: &Arc<str>) -> OutRecord {
+    OutRecord { topic: events.clone(), key: Some(message_id.as_bytes().to_vec()), payload: fields.to_string().into_bytes(), headers: vec![] }
+}

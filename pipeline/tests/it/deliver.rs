@@ -1,0 +1,221 @@
+//! `notiflow deliver` on the real broker against local fake providers:
+//! every dispatch record ends exactly once (sent, failed, or dead-lettered),
+//! the primary SMS provider goes down mid-run and its traffic fails over,
+//! every attempt lands on notify.sends, and a second run finds nothing left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
+use notiflow_kafka::{KafkaAdmin, KafkaSink, read_topic_to_end};
+use notiflow_sms::fake::{FakeProvider, Mode};
+use serde_json::{Value, json};
+
+use crate::support;
+
+const SMS: usize = 400;
+const HIGH: usize = 20;
+const INVALID: usize = 5;
+const FAX: usize = 3;
+const WEBHOOKS: usize = 10;
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn dispatch(id: &str, channel: &str, address: &str, priority: &str) -> Value {
+    json!({"type": "send", "delivery_id": format!("d_{id}"), "message_id": format!("m_{id}"), "request_id": id, "tenant": "acme",
+        "template": "otp", "recipient": format!("user:{id}"), "channel": channel, "address": address, "priority": priority,
+        "category": "transactional", "subject": null, "body": format!("code {id}"), "html": null, "expires_at": null, "reason": null})
+}
+
+/// A receiver that keeps the webhook ids whose signature verifies.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let verified = Arc::new(Mutex::new(Vec::new()));
+    let seen = verified.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            async move {
+                let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let key = notiflow_webhook::SigningKey::parse(WEBHOOK_SECRET).unwrap();
+                let expected = notiflow_webhook::sign(&key, &get("webhook-id"), get("webhook-timestamp").parse().unwrap_or(0), &body);
+                if get("webhook-signature") != expected {
+                    return axum::http::StatusCode::UNAUTHORIZED;
+                }
+                seen.lock().unwrap().push(get("webhook-id"));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    (url, verified)
+}
+
+fn delivery_toml(aliyun: &str, twilio: &str) -> String {
+    format!(
+        r#"
+[delivery]
+group_id = "{group}"
+workers_per_channel = 8
+min_delay_ms = 20
+max_delay_ms = 200
+commit_interval_ms = 200
+
+[[delivery.providers]]
+name = "aliyun-main"
+weight = 100
+rate_per_s = 300
+burst = 5
+failures_to_open = 3
+open_ms = 500
+[delivery.providers.aliyun]
+endpoint = "{aliyun}"
+access_key_id = "LTAI-test"
+access_key_secret = {{ env = "NOTIFLOW_IT_DELIVER_ALIYUN" }}
+sign_name = "notiflow"
+default_template = "SMS_100"
+timeout_ms = 2000
+
+[[delivery.providers]]
+name = "twilio-backup"
+weight = 1
+[delivery.providers.twilio]
+endpoint = "{twilio}"
+account_sid = "AC0123"
+auth_token = {{ file = "{token_file}" }}
+from = "+15005550006"
+timeout_ms = 2000
+
+[[delivery.providers]]
+name = "hooks"
+[delivery.providers.webhook]
+signing_secret = {{ env = "NOTIFLOW_IT_DELIVER_WEBHOOK" }}
+allow = ["127.0.0.1"]
+"#,
+        group = support::unique("deliver"),
+        token_file = std::env::temp_dir().join(format!("notiflow-it-twilio-{}", std::process::id())).display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering_what_cannot_go() {
+    let _turn = support::one_at_a_time().await;
+    let config = support::kafka_config(2);
+    let kafka = config.kafka.clone().unwrap();
+    let topic = |name: &str| config.topics.resolve(name);
+    let specs: Vec<TopicSpec> = ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low", "notify.sends", "notify.events", "notify.dlq"]
+        .iter()
+        .map(|t| TopicSpec::new(topic(t), 2))
+        .collect();
+    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
+
+    let (aliyun, twilio) = (FakeProvider::aliyun("LTAI-test", "ali-secret").await, FakeProvider::twilio("AC0123", "tw-token").await);
+    let (hook_url, hooks) = webhook_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+    toml.push_str(&delivery_toml(&aliyun.endpoint, &twilio.endpoint));
+    std::fs::write(dir.path().join("notiflow.toml"), &toml).unwrap();
+    std::fs::write(std::env::temp_dir().join(format!("notiflow-it-twilio-{}", std::process::id())), "tw-token\n").unwrap();
+
+    // Dispatch records: low SMS, high SMS, invalid numbers, a channel nobody
+    // serves, webhooks, unreadable records and a recall.
+    let mut records: Vec<(String, Value)> = Vec::new();
+    records.extend((0..SMS).map(|i| ("low".into(), dispatch(&format!("s{i}"), "sms", &format!("+86138{i:08}"), "low"))));
+    records.extend((0..HIGH).map(|i| ("high".into(), dispatch(&format!("h{i}"), "sms", &format!("+86139{i:08}"), "high"))));
+    records.extend((0..INVALID).map(|i| ("normal".into(), dispatch(&format!("bad{i}"), "sms", "+86123", "normal"))));
+    records.extend((0..FAX).map(|i| ("normal".into(), dispatch(&format!("fax{i}"), "fax", "+4930123456", "normal"))));
+    records.extend((0..WEBHOOKS).map(|i| ("normal".into(), dispatch(&format!("w{i}"), "webhook", &hook_url, "normal"))));
+    records.push(("high".into(), json!({"type": "recall", "message_id": "m_r", "request_id": "r", "tenant": "acme"})));
+    let mut out: Vec<OutRecord> = records
+        .iter()
+        .map(|(lane, v)| OutRecord {
+            topic: Arc::from(topic(&format!("notify.dispatch.{lane}"))),
+            key: Some(v["recipient"].as_str().unwrap_or("r").as_bytes().to_vec()),
+            payload: v.to_string().into_bytes(),
+            headers: vec![],
+        })
+        .collect();
+    for garbage in ["{not json", "[1,2]"] {
+        out.push(OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: garbage.as_bytes().to_vec(), headers: vec![] });
+    }
+    KafkaSink::new(&kafka).unwrap().send_all(out).await.unwrap();
+
+    let run = |idle: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
+            .args(["deliver", "--config", dir.path().join("notiflow.toml").to_str().unwrap(), "--exit-when-idle-ms", idle])
+            .env("NOTIFLOW_IT_DELIVER_ALIYUN", "ali-secret")
+            .env("NOTIFLOW_IT_DELIVER_WEBHOOK", WEBHOOK_SECRET)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run("3000");
+    // The primary goes down once it has taken a share of the traffic.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while aliyun.log().accepted.len() < 100 {
+        assert!(std::time::Instant::now() < deadline, "the primary never got traffic");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    aliyun.set_mode(Mode::Down);
+    let output = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    let sendable = SMS + HIGH + WEBHOOKS;
+    let total = records.len() + 2;
+    assert!(stdout.contains(&format!("delivery: {total} read, {sendable} sent, {INVALID} failed")), "{stdout}");
+
+    // Each SMS accepted exactly once, by one provider or the other.
+    let mut sms_accepted: Vec<String> = aliyun.log().accepted.iter().chain(&twilio.log().accepted).map(|r| r.body.clone()).collect();
+    sms_accepted.sort();
+    let mut expected: Vec<String> = (0..SMS).map(|i| format!("code s{i}")).chain((0..HIGH).map(|i| format!("code h{i}"))).collect();
+    expected.sort();
+    assert_eq!(sms_accepted, expected);
+    let (primary, backup) = (aliyun.log().accepted.len(), twilio.log().accepted.len());
+    assert!(primary >= 100 && backup > 0, "primary {primary}, backup {backup}");
+    assert!(aliyun.log().refused.is_empty() && twilio.log().refused.is_empty(), "every request was signed/authenticated right");
+    let mut hook_ids = hooks.lock().unwrap().clone();
+    hook_ids.sort();
+    assert_eq!(hook_ids, (0..WEBHOOKS).map(|i| format!("d_w{i}")).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+
+    // Events: one end per delivery.
+    let events: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.events")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
+    let mut ends: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in &events {
+        ends.entry(e["delivery_id"].as_str().unwrap().to_string()).or_default().push(e["event"].as_str().unwrap().to_string());
+    }
+    let sent = ends.values().filter(|v| v == &&vec!["sent".to_string()]).count();
+    let failed = ends.values().filter(|v| v == &&vec!["send_failed".to_string()]).count();
+    assert_eq!((sent, failed, ends.len()), (sendable, INVALID + FAX, sendable + INVALID + FAX), "one end event per delivery");
+    let failover_sent = events.iter().filter(|e| e["event"] == "sent" && e["provider"] == "twilio-backup").count();
+    assert_eq!(failover_sent, backup);
+
+    // Every attempt on notify.sends: the accepted ones match, and the
+    // primary's failures during the outage are there as retrying attempts.
+    let sends: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.sends")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
+    let count = |status: &str, provider: &str| sends.iter().filter(|s| s["status"] == status && s["provider"] == provider).count();
+    assert_eq!((count("accepted", "aliyun-main"), count("accepted", "twilio-backup"), count("accepted", "hooks")), (primary, backup, WEBHOOKS));
+    assert!(count("retrying", "aliyun-main") >= 1, "the outage shows as failed attempts on the primary");
+    assert!(sends.iter().filter(|s| s["status"] == "failed").all(|s| s["failure_reason"] == "invalid_recipient"));
+
+    // Dead letters by reason, with the original bytes.
+    let dlq = read_topic_to_end(&kafka, &topic("notify.dlq")).await.unwrap();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &dlq {
+        let reason = r.headers.iter().find(|h| h.name == "notiflow.reason").map(|h| String::from_utf8_lossy(&h.value).to_string()).unwrap();
+        *reasons.entry(reason).or_default() += 1;
+    }
+    assert_eq!(reasons, BTreeMap::from([("decode_error".into(), 2), ("invalid_recipient".into(), INVALID), ("no_provider".into(), FAX)]));
+    assert!(dlq.iter().any(|r| r.payload.as_deref() == Some(b"{not json".as_slice())));
+
+    // Committed: a second run reads nothing and sends nothing.
+    let again = run("2000").wait_with_output().unwrap();
+    let again_out = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success() && again_out.contains("delivery: 0 read"), "{again_out}\n{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(aliyun.log().accepted.len() + twilio.log().accepted.len(), SMS + HIGH);
+}
