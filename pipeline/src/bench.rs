@@ -62,6 +62,10 @@ fn proc_status_mb(field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+pub(crate) fn peak_rss() -> Option<f64> {
+    peak_rss_mb()
+}
+
 fn peak_rss_mb() -> Option<f64> {
     proc_status_mb("VmHWM:")
 }
@@ -70,7 +74,7 @@ fn current_rss_mb() -> Option<f64> {
     proc_status_mb("VmRSS:")
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -217,6 +221,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
     }
     if wanted(&format!("whole request pipeline at {} requests/s, in-process source and sink (engine latency)", options.rate)) {
         results.push(in_process_latency(options).await?);
+    }
+    if wanted("priority") {
+        reset_peak_rss();
+        results.extend(crate::deliver::bench::priority_handoff(1_000_000).await?);
     }
     if wanted("interval join") {
         results.push(in_process_join(options.records).await?);

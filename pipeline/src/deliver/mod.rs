@@ -10,6 +10,7 @@
 //! its outputs are acknowledged: a crash re-sends only unfinished ones
 //! (at-least-once; `delivery_id` goes to providers that take an id).
 
+pub mod bench;
 pub mod config;
 mod progress;
 
