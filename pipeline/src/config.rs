@@ -267,6 +267,19 @@ id = "acme"
     }
 
     #[test]
+    fn the_example_config_parses_and_a_missing_secret_names_its_provider() {
+        let config = Config::parse(include_str!("../../config/notiflow.example.toml"), "notiflow.example.toml").unwrap();
+        let names: Vec<&str> = config.delivery.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["sms-aliyun", "sms-twilio", "webhooks"]);
+        let err = config.delivery.provider_groups().err().unwrap();
+        assert!(err.contains("sms-aliyun") && err.contains("ALIYUN_SMS_SECRET"), "{err}");
+        let two_kinds = "[[delivery.providers]]\nname = \"x\"\n[delivery.providers.webhook]\nsigning_secret = { env = \"A\" }\n\
+                         [delivery.providers.twilio]\naccount_sid = \"AC1\"\nauth_token = { env = \"B\" }\nfrom = \"+1\"\n";
+        let err = Config::parse(two_kinds, "n.toml").unwrap().delivery.provider_groups().err().unwrap();
+        assert!(err.contains("exactly one"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_file_and_line() {
         let text = "[pipeline]\nmax_request_bytes = 10\nbatch_size = 3\n";
         let err = Config::parse(text, "conf/notiflow.toml").unwrap_err();
