@@ -134,7 +134,7 @@ impl ProviderGroup {
     /// Is a provider outside `avoid` taking sends now (a failover target)?
     pub fn has_other(&self, avoid: &[usize]) -> bool {
         let now = Instant::now();
-        (0..self.providers.len()).any(|i| !avoid.contains(&i) && self.admission(i, now) != None)
+        (0..self.providers.len()).any(|i| !avoid.contains(&i) && self.admission(i, now).is_some())
     }
 
     fn admission(&self, index: usize, now: Instant) -> Option<Admission> {

@@ -95,12 +95,8 @@ impl FakeProvider {
     }
 }
 
-fn form(body: &[u8]) -> BTreeMap<String, String> {
-    url_decode_pairs(body)
-}
-
 /// `application/x-www-form-urlencoded` (`+` is a space).
-fn url_decode_pairs(body: &[u8]) -> BTreeMap<String, String> {
+fn form(body: &[u8]) -> BTreeMap<String, String> {
     let text = String::from_utf8_lossy(body);
     let decode = |s: &str| -> String {
         let bytes = s.replace('+', " ").into_bytes();
