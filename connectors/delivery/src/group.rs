@@ -99,14 +99,6 @@ impl ProviderGroup {
         &self.channel
     }
 
-    pub fn len(&self) -> usize {
-        self.providers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.providers.is_empty()
-    }
-
     pub(crate) fn provider(&self, index: usize) -> &Provider {
         &self.providers[index]
     }

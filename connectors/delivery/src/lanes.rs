@@ -23,10 +23,6 @@ impl Lane {
             Lane::Low => "low",
         }
     }
-
-    pub fn parse(text: &str) -> Option<Lane> {
-        Lane::ALL.into_iter().find(|lane| lane.as_str() == text)
-    }
 }
 
 struct State<T> {

@@ -65,11 +65,6 @@ impl<T: Send + 'static> Scheduler<T> {
         }
     }
 
-    /// Queued jobs of a channel's lane (0 for an unknown channel).
-    pub fn queued(&self, channel: &str, lane: Lane) -> usize {
-        self.queues.get(channel).map_or(0, |q| q.len(lane))
-    }
-
     /// Finishes what is queued, then stops the workers.
     pub async fn drain(mut self) {
         self.queues.values().for_each(|q| q.close());

@@ -223,11 +223,7 @@ mod tests {
     }
 
     fn kind(status: u16, body: &str) -> String {
-        match classify(StatusCode::from_u16(status).unwrap(), None, body) {
-            Ok(a) => format!("accepted {}", a.provider_message_id.unwrap()),
-            Err(SendError::Retryable { reason, provider_code, .. }) => format!("retry {} {provider_code}", reason.as_str()),
-            Err(SendError::Permanent { reason, provider_code, .. }) => format!("fail {} {provider_code}", reason.as_str()),
-        }
+        crate::summary(classify(StatusCode::from_u16(status).unwrap(), None, body))
     }
 
     #[test]
