@@ -32,6 +32,10 @@ pub struct Config {
     /// The delivery job: providers per channel, retries, lanes.
     #[serde(default)]
     pub delivery: crate::deliver::config::DeliveryConfig,
+    /// The in-app inbox: its API server (`notiflow inbox serve`) and, when
+    /// present, the `inbox` channel of `notiflow deliver`.
+    #[serde(default)]
+    pub inbox: Option<crate::inbox::InboxConfig>,
     /// Tenants allowed to send. A request naming another tenant is dead-lettered
     /// as `unknown_tenant`.
     #[serde(default, rename = "tenants")]
@@ -220,6 +224,7 @@ impl Config {
             archive: ArchiveConfig::default(),
             udfs: UdfsConfig::default(),
             delivery: Default::default(),
+            inbox: None,
             tenants: vec![
                 TenantConfig { id: "acme".into(), name: Some("Acme Retail".into()) },
                 TenantConfig { id: "globex".into(), name: Some("Globex Bank".into()) },
@@ -270,7 +275,7 @@ id = "acme"
     fn the_example_config_parses_and_a_missing_secret_names_its_provider() {
         let config = Config::parse(include_str!("../../config/notiflow.example.toml"), "notiflow.example.toml").unwrap();
         let names: Vec<&str> = config.delivery.providers.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["sms-aliyun", "sms-twilio", "webhooks"]);
+        assert_eq!(names, ["sms-aliyun", "sms-twilio", "email-relay", "webhooks"]);
         let err = config.delivery.provider_groups().err().unwrap();
         assert!(err.contains("sms-aliyun") && err.contains("ALIYUN_SMS_SECRET"), "{err}");
         let two_kinds = "[[delivery.providers]]\nname = \"x\"\n[delivery.providers.webhook]\nsigning_secret = { env = \"A\" }\n\

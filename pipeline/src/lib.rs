@@ -10,6 +10,7 @@ pub mod dlq;
 pub mod engine;
 pub mod events;
 pub mod golden;
+pub mod inbox;
 pub mod job;
 pub mod logs;
 pub mod metrics_http;

@@ -56,6 +56,11 @@ enum Command {
         #[arg(long)]
         exit_when_idle_ms: Option<u64>,
     },
+    /// The in-app inbox: its HTTP API, and tokens for its users.
+    Inbox {
+        #[command(subcommand)]
+        action: InboxAction,
+    },
     /// Parse and plan the pipeline in DIR (no I/O): errors name file:line.
     Validate {
         #[arg(default_value = "sql")]
@@ -131,6 +136,22 @@ enum Command {
         file: PathBuf,
         #[arg(long, short, env = "NOTIFLOW_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum InboxAction {
+    /// Serve the inbox API (list, mark read, live SSE stream) over notify.inbox until interrupted.
+    Serve {
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the token that opens USER's inbox of TENANT (give it to the user's app).
+    Token {
+        tenant: String,
+        user: String,
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -232,6 +253,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls",
                 t.read, t.accepted, t.failed, t.attempts, t.not_sendable, t.recalls
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inbox { action: InboxAction::Serve { config } } => {
+            notiflow::inbox::serve(&Config::load(&config)?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inbox { action: InboxAction::Token { tenant, user, config } } => {
+            println!("{}", notiflow::inbox::token(&Config::load(&config)?, &tenant, &user)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { dir, config } => {

@@ -179,6 +179,13 @@ pub trait Sink: Send + Sync {
     fn send_all(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<Positions, ConnectorError>> + Send;
 }
 
+/// A shared sink writes like the sink itself.
+impl<S: Sink> Sink for Arc<S> {
+    fn send_all(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<Positions, ConnectorError>> + Send {
+        (**self).send_all(records)
+    }
+}
+
 /// Reads back what is in a log. Recovery uses it to find outputs written
 /// after the last checkpoint.
 pub trait LogReader: Send + Sync {

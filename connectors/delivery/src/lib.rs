@@ -28,7 +28,7 @@ pub use breaker::BreakerConfig;
 pub use delivery::Delivery;
 pub use group::{Lease, ProviderGroup, ProviderLimits};
 pub use lanes::{Lane, LaneQueue};
-pub use outcome::{Accepted, FailureReason, SendError};
+pub use outcome::{Accepted, FailureReason, SendError, summary};
 pub use retry::{Final, RetryPolicy, SendResult, deliver};
 pub use scheduler::{Done, Job, Scheduler};
 pub use secret::{Secret, SecretRef};

@@ -78,3 +78,13 @@ impl SendError {
         }
     }
 }
+
+/// One line per outcome (`accepted <id>`, `retry <reason> <code>`, `fail <reason> <code>`):
+/// what the providers' classification tests compare.
+pub fn summary(outcome: &Result<Accepted, SendError>) -> String {
+    match outcome {
+        Ok(a) => format!("accepted {}", a.provider_message_id.as_deref().unwrap_or_default()),
+        Err(SendError::Retryable { reason, provider_code, .. }) => format!("retry {} {provider_code}", reason.as_str()),
+        Err(SendError::Permanent { reason, provider_code, .. }) => format!("fail {} {provider_code}", reason.as_str()),
+    }
+}

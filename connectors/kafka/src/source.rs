@@ -88,6 +88,20 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, follower: None, followed: HashSet::new() })
     }
 
+    /// Reads only these (topic, partition, from offset), outside any group:
+    /// for readers that replay a log from its start on every run (nothing is committed).
+    pub fn assigned(config: &KafkaConfig, starts: &[(String, i32, i64)]) -> Result<Self, ConnectorError> {
+        let consumer = Self::consumer(config, "notiflow-reader", "earliest")?;
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, from) in starts {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*from)).map_err(classify)?;
+        }
+        consumer.assign(&list).map_err(classify)?;
+        // Assigned, not given by a rebalance: next_batch must keep their records.
+        let followed = starts.iter().map(|(topic, _, _)| topic.clone()).collect();
+        Ok(KafkaSource { consumer, follower: None, followed })
+    }
+
     /// Also reads these (topic, partition, from offset) outside the group.
     pub fn follow(mut self, config: &KafkaConfig, starts: &[(String, i32, i64)]) -> Result<Self, ConnectorError> {
         if starts.is_empty() {

@@ -22,17 +22,6 @@ pub(crate) fn national_or_international(address: &str, home_prefix: &str) -> Str
     }
 }
 
-/// One line per outcome, for the classification tests of each provider.
-#[cfg(test)]
-pub(crate) fn summary(outcome: Result<notiflow_delivery::Accepted, notiflow_delivery::SendError>) -> String {
-    use notiflow_delivery::SendError;
-    match outcome {
-        Ok(a) => format!("accepted {}", a.provider_message_id.unwrap_or_default()),
-        Err(SendError::Retryable { reason, provider_code, .. }) => format!("retry {} {provider_code}", reason.as_str()),
-        Err(SendError::Permanent { reason, provider_code, .. }) => format!("fail {} {provider_code}", reason.as_str()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

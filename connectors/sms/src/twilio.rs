@@ -157,7 +157,7 @@ mod tests {
     use super::*;
 
     fn kind(status: u16, body: &str) -> String {
-        crate::summary(classify(StatusCode::from_u16(status).unwrap(), None, body))
+        notiflow_delivery::summary(&classify(StatusCode::from_u16(status).unwrap(), None, body))
     }
 
     #[test]

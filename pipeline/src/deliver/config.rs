@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, RetryPolicy, SecretRef};
+use notiflow_email::{SmtpChannel, SmtpConfig};
 use notiflow_sms::{AliyunChannel, AliyunConfig, TwilioChannel, TwilioConfig};
 use notiflow_webhook::{SigningKey, WebhookChannel, WebhookConfig};
 use serde::Deserialize;
@@ -57,7 +58,7 @@ impl Default for DeliveryConfig {
 }
 
 /// One provider account. Exactly one of the kind tables (`twilio`, `aliyun`,
-/// `webhook`) says which API it speaks.
+/// `smtp`, `webhook`) says which API it speaks.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
@@ -82,6 +83,9 @@ pub struct ProviderConfig {
     pub twilio: Option<TwilioConfig>,
     #[serde(default)]
     pub aliyun: Option<AliyunConfig>,
+    /// An SMTP relay (channel `email`).
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
     #[serde(default)]
     pub webhook: Option<WebhookSettings>,
 }
@@ -149,16 +153,22 @@ impl ProviderConfig {
 
     fn build(&self) -> Result<Arc<dyn Channel>, String> {
         let name = &self.name;
-        Ok(match (&self.twilio, &self.aliyun, &self.webhook) {
-            (Some(twilio), None, None) => Arc::new(TwilioChannel::new(name, twilio.clone())?),
-            (None, Some(aliyun), None) => Arc::new(AliyunChannel::new(name, aliyun.clone())?),
-            (None, None, Some(webhook)) => {
-                let secret = webhook.signing_secret.resolve().map_err(|e| format!("webhook provider {name}: signing_secret: {e}"))?;
-                let key = SigningKey::parse(secret.expose()).map_err(|e| format!("webhook provider {name}: {e}"))?;
-                let config = WebhookConfig { provider: name.clone(), timeout: Duration::from_millis(webhook.timeout_ms), allow: webhook.allow.clone() };
-                Arc::new(WebhookChannel::new(config, key)?)
-            }
-            _ => return Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [webhook]")),
+        let kinds = [self.twilio.is_some(), self.aliyun.is_some(), self.smtp.is_some(), self.webhook.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [webhook]"));
+        }
+        Ok(if let Some(twilio) = &self.twilio {
+            Arc::new(TwilioChannel::new(name, twilio.clone())?)
+        } else if let Some(aliyun) = &self.aliyun {
+            Arc::new(AliyunChannel::new(name, aliyun.clone())?)
+        } else if let Some(smtp) = &self.smtp {
+            Arc::new(SmtpChannel::new(name, smtp)?)
+        } else {
+            let webhook = self.webhook.as_ref().expect("one kind is set");
+            let secret = webhook.signing_secret.resolve().map_err(|e| format!("webhook provider {name}: signing_secret: {e}"))?;
+            let key = SigningKey::parse(secret.expose()).map_err(|e| format!("webhook provider {name}: {e}"))?;
+            let config = WebhookConfig { provider: name.clone(), timeout: Duration::from_millis(webhook.timeout_ms), allow: webhook.allow.clone() };
+            Arc::new(WebhookChannel::new(config, key)?)
         })
     }
 }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use notiflow_connector::{BatchLimits, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
-use notiflow_delivery::{Delivery, Done, Final, Job, Lane, Scheduler, SendResult};
+use notiflow_delivery::{Delivery, Done, Final, Job, Lane, ProviderGroup, Scheduler, SendResult};
+use notiflow_inbox::{InboxChannel, SinkJournal};
 use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -50,7 +51,7 @@ pub struct DeliverTotals {
     pub attempts: u64,
     /// Unreadable records or channels without a provider: dead-lettered.
     pub not_sendable: u64,
-    /// Recall records: no channel withdraws a sent message yet.
+    /// Recall records (applied to the inbox when it is configured).
     pub recalls: u64,
 }
 
@@ -58,20 +59,29 @@ struct Topics {
     sends: Arc<str>,
     events: Arc<str>,
     dlq: Arc<str>,
+    /// The inbox log, when the inbox channel is on: recalls are appended to it.
+    inbox: Option<Arc<str>>,
 }
 
 pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::Result<DeliverTotals> {
     let kafka = config.kafka.as_ref().context("notiflow deliver needs [kafka] in the config")?;
     let delivery = &config.delivery;
-    let groups = delivery.provider_groups().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
-    anyhow::ensure!(!groups.is_empty(), "[delivery]: no providers configured");
+    let mut groups = delivery.provider_groups().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let resolve = |name: &str| -> Arc<str> { Arc::from(config.topics.resolve(name)) };
-    let topics = Topics { sends: resolve("notify.sends"), events: resolve(&config.topics.events), dlq: resolve("notify.dlq") };
+    let inbox = config.inbox.as_ref().map(|_| resolve(crate::inbox::INBOX_TOPIC));
+    let topics = Topics { sends: resolve("notify.sends"), events: resolve(&config.topics.events), dlq: resolve("notify.dlq"), inbox: inbox.clone() };
+    let sink = Arc::new(KafkaSink::new(kafka)?);
+    if let Some(inbox) = &inbox {
+        let journal = Arc::new(SinkJournal::new(sink.clone(), inbox, None));
+        groups.push(Arc::new(ProviderGroup::one(InboxChannel::new(journal))));
+    }
+    anyhow::ensure!(!groups.is_empty(), "[delivery]: no providers configured (and no [inbox])");
     let lane_topics: Vec<(Lane, Arc<str>)> = Lane::ALL.iter().map(|lane| (*lane, resolve(&format!("notify.dispatch.{}", lane.as_str())))).collect();
     let specs: Vec<TopicSpec> = lane_topics
         .iter()
         .map(|(_, t)| t.to_string())
         .chain([topics.sends.to_string(), topics.events.to_string(), topics.dlq.to_string()])
+        .chain(topics.inbox.iter().map(|t| t.to_string()))
         .map(|name| TopicSpec::new(name, config.topics.partitions))
         .collect();
     KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
@@ -93,7 +103,6 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
         readers.push(tokio::spawn(reader.run(source, stop.clone(), Duration::from_millis(delivery.commit_interval_ms))));
     }
     drop(skip_tx);
-    let sink = Arc::new(KafkaSink::new(kafka)?);
     let writer = tokio::spawn(write_outputs(done_rx, skip_rx, sink, topics, progress.clone(), totals.clone()));
 
     // Until interrupted, or idle with nothing unfinished.
@@ -276,6 +285,11 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
         Output::Skipped { record, lane, delivery, reason, error } => {
             if *reason == "recall" {
                 totals.recalls += 1;
+                if let (Some(inbox), Some(recall)) = (&topics.inbox, delivery) {
+                    let op = InboxChannel::recall(recall);
+                    let payload = serde_json::to_vec(&op).expect("inbox ops serialize");
+                    records.push(OutRecord { topic: inbox.clone(), key: Some(op.key().into_bytes()), payload, headers: vec![] });
+                }
                 return record;
             }
             totals.not_sendable += 1;

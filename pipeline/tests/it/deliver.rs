@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
 use notiflow_kafka::{KafkaAdmin, KafkaSink, read_topic_to_end};
+use notiflow_email::fake::FakeSmtp;
 use notiflow_sms::fake::{FakeProvider, Mode};
 use serde_json::{Value, json};
 
@@ -21,6 +22,8 @@ const HIGH: usize = 20;
 const INVALID: usize = 5;
 const FAX: usize = 3;
 const WEBHOOKS: usize = 10;
+/// Emails; one more goes to a mailbox the relay does not know.
+const EMAILS: usize = 12;
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn dispatch(id: &str, channel: &str, address: &str, priority: &str) -> Value {
@@ -55,7 +58,7 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, verified)
 }
 
-fn delivery_toml(aliyun: &str, twilio: &str) -> String {
+fn delivery_toml(aliyun: &str, twilio: &str, smtp_port: u16) -> String {
     format!(
         r#"
 [delivery]
@@ -91,6 +94,17 @@ from = "+15005550006"
 timeout_ms = 2000
 
 [[delivery.providers]]
+name = "relay"
+[delivery.providers.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+username = "mailer"
+password = {{ env = "NOTIFLOW_IT_DELIVER_SMTP" }}
+from = "Acme <alerts@acme.test>"
+pool_size = 3
+
+[[delivery.providers]]
 name = "hooks"
 [delivery.providers.webhook]
 signing_secret = {{ env = "NOTIFLOW_IT_DELIVER_WEBHOOK" }}
@@ -115,9 +129,11 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
 
     let (aliyun, twilio) = (FakeProvider::aliyun("LTAI-test", "ali-secret").await, FakeProvider::twilio("AC0123", "tw-token").await);
     let (hook_url, hooks) = webhook_receiver().await;
+    let relay = FakeSmtp::start("mailer", "smtp-pw").await;
+    relay.unknown_mailbox("gone@example.com");
     let dir = tempfile::tempdir().unwrap();
     let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
-    toml.push_str(&delivery_toml(&aliyun.endpoint, &twilio.endpoint));
+    toml.push_str(&delivery_toml(&aliyun.endpoint, &twilio.endpoint, relay.port));
     std::fs::write(dir.path().join("notiflow.toml"), &toml).unwrap();
     std::fs::write(std::env::temp_dir().join(format!("notiflow-it-twilio-{}", std::process::id())), "tw-token\n").unwrap();
 
@@ -129,6 +145,13 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     records.extend((0..INVALID).map(|i| ("normal".into(), dispatch(&format!("bad{i}"), "sms", "+86123", "normal"))));
     records.extend((0..FAX).map(|i| ("normal".into(), dispatch(&format!("fax{i}"), "fax", "+4930123456", "normal"))));
     records.extend((0..WEBHOOKS).map(|i| ("normal".into(), dispatch(&format!("w{i}"), "webhook", &hook_url, "normal"))));
+    records.extend((0..EMAILS).map(|i| {
+        let mut email = dispatch(&format!("e{i}"), "email", &format!("user{i}@example.com"), "normal");
+        email["subject"] = json!(format!("Order e{i}"));
+        email["html"] = json!(format!("<p>code e{i}</p>"));
+        ("normal".into(), email)
+    }));
+    records.push(("normal".into(), dispatch("bounce", "email", "gone@example.com", "normal")));
     records.push(("high".into(), json!({"type": "recall", "message_id": "m_r", "request_id": "r", "tenant": "acme"})));
     let mut out: Vec<OutRecord> = records
         .iter()
@@ -149,6 +172,7 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
             .args(["deliver", "--config", dir.path().join("notiflow.toml").to_str().unwrap(), "--exit-when-idle-ms", idle])
             .env("NOTIFLOW_IT_DELIVER_ALIYUN", "ali-secret")
             .env("NOTIFLOW_IT_DELIVER_WEBHOOK", WEBHOOK_SECRET)
+            .env("NOTIFLOW_IT_DELIVER_SMTP", "smtp-pw")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -166,9 +190,10 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{stdout}\n{stderr}");
     eprintln!("{stdout}");
-    let sendable = SMS + HIGH + WEBHOOKS;
+    let sendable = SMS + HIGH + WEBHOOKS + EMAILS;
+    let invalid = INVALID + 1;
     let total = records.len() + 2;
-    assert!(stdout.contains(&format!("delivery: {total} read, {sendable} sent, {INVALID} failed")), "{stdout}");
+    assert!(stdout.contains(&format!("delivery: {total} read, {sendable} sent, {invalid} failed")), "{stdout}");
 
     // Each SMS accepted exactly once, by one provider or the other.
     let mut sms_accepted: Vec<String> = aliyun.log().accepted.iter().chain(&twilio.log().accepted).map(|r| r.body.clone()).collect();
@@ -183,6 +208,17 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     hook_ids.sort();
     assert_eq!(hook_ids, (0..WEBHOOKS).map(|i| format!("d_w{i}")).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
 
+    // Mail: one multipart message per email delivery, Message-ID from the delivery id.
+    let mail = relay.log();
+    assert!(mail.refused.is_empty(), "{:?}", mail.refused);
+    let mut mail_ids: Vec<String> = mail.accepted.iter().map(|m| m.message_id.clone()).collect();
+    mail_ids.sort();
+    let mut expected: Vec<String> = (0..EMAILS).map(|i| format!("d_e{i}@acme.test")).collect();
+    expected.sort();
+    assert_eq!(mail_ids, expected);
+    assert!(mail.accepted.iter().all(|m| m.content_type == "multipart/alternative" && m.html.as_deref() == Some(&format!("<p>code {}</p>", &m.subject[6..]))));
+    drop(mail);
+
     // Events: one end per delivery.
     let events: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.events")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
     let mut ends: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -191,7 +227,7 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     }
     let sent = ends.values().filter(|v| v == &&vec!["sent".to_string()]).count();
     let failed = ends.values().filter(|v| v == &&vec!["send_failed".to_string()]).count();
-    assert_eq!((sent, failed, ends.len()), (sendable, INVALID + FAX, sendable + INVALID + FAX), "one end event per delivery");
+    assert_eq!((sent, failed, ends.len()), (sendable, invalid + FAX, sendable + invalid + FAX), "one end event per delivery");
     let failover_sent = events.iter().filter(|e| e["event"] == "sent" && e["provider"] == "twilio-backup").count();
     assert_eq!(failover_sent, backup);
 
@@ -199,7 +235,8 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     // primary's failures during the outage are there as retrying attempts.
     let sends: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.sends")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
     let count = |status: &str, provider: &str| sends.iter().filter(|s| s["status"] == status && s["provider"] == provider).count();
-    assert_eq!((count("accepted", "aliyun-main"), count("accepted", "twilio-backup"), count("accepted", "hooks")), (primary, backup, WEBHOOKS));
+    let accepted = (count("accepted", "aliyun-main"), count("accepted", "twilio-backup"), count("accepted", "hooks"), count("accepted", "relay"));
+    assert_eq!(accepted, (primary, backup, WEBHOOKS, EMAILS));
     assert!(count("retrying", "aliyun-main") >= 1, "the outage shows as failed attempts on the primary");
     assert!(sends.iter().filter(|s| s["status"] == "failed").all(|s| s["failure_reason"] == "invalid_recipient"));
 
@@ -210,7 +247,7 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
         let reason = r.headers.iter().find(|h| h.name == "notiflow.reason").map(|h| String::from_utf8_lossy(&h.value).to_string()).unwrap();
         *reasons.entry(reason).or_default() += 1;
     }
-    assert_eq!(reasons, BTreeMap::from([("decode_error".into(), 2), ("invalid_recipient".into(), INVALID), ("no_provider".into(), FAX)]));
+    assert_eq!(reasons, BTreeMap::from([("decode_error".into(), 2), ("invalid_recipient".into(), invalid), ("no_provider".into(), FAX)]));
     assert!(dlq.iter().any(|r| r.payload.as_deref() == Some(b"{not json".as_slice())));
 
     // Committed: a second run reads nothing and sends nothing.

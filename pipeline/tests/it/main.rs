@@ -7,6 +7,7 @@ mod compose;
 mod deliver;
 mod demo;
 mod exactly_once;
+mod inbox;
 mod kafka_pipeline;
 mod semantics;
 mod sql_engine;

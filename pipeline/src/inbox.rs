@@ -1,0 +1,131 @@
+//! `notiflow inbox serve`: the in-app inbox API over the inbox log topic, and
+//! `notiflow inbox token`: a user's token for it.
+//!
+//! ```toml
+//! [inbox]
+//! listen = "0.0.0.0:8090"
+//! token_secret = { env = "NOTIFLOW_INBOX_SECRET" }
+//! ```
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use notiflow_connector::{BatchLimits, LogReader, Source, TopicAdmin, TopicSpec};
+use notiflow_delivery::SecretRef;
+use notiflow_inbox::{Inbox, InboxOp, InboxSettings, SinkJournal, UserTokens};
+use notiflow_kafka::{KafkaAdmin, KafkaReader, KafkaSink, KafkaSource};
+use serde::Deserialize;
+
+use crate::config::Config;
+
+/// `[inbox]` in notiflow.toml.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Where the inbox API listens.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Signs user tokens (at least 16 characters); rotating it logs every user out.
+    pub token_secret: SecretRef,
+    /// Newest messages kept per user; older ones drop out of the inbox.
+    #[serde(default = "default_keep")]
+    pub keep_per_user: usize,
+    /// Largest page a list call returns.
+    #[serde(default = "default_max_page")]
+    pub max_page: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8090".into()
+}
+fn default_keep() -> usize {
+    500
+}
+fn default_max_page() -> usize {
+    200
+}
+
+pub const INBOX_TOPIC: &str = "notify.inbox";
+pub const RECEIPTS_TOPIC: &str = "notify.receipts";
+
+impl InboxConfig {
+    pub fn tokens(&self) -> anyhow::Result<UserTokens> {
+        let secret = self.token_secret.resolve().map_err(|e| anyhow::anyhow!("[inbox] token_secret: {e}"))?;
+        UserTokens::new(secret).map_err(|e| anyhow::anyhow!("[inbox] token_secret: {e}"))
+    }
+}
+
+/// Serves until interrupted. Prints the bound address first (port 0 picks one).
+pub async fn serve(config: &Config) -> anyhow::Result<()> {
+    let settings = config.inbox.as_ref().context("notiflow inbox needs [inbox] in the config")?;
+    let kafka = config.kafka.as_ref().context("notiflow inbox needs [kafka] in the config")?;
+    let (topic, receipts) = (config.topics.resolve(INBOX_TOPIC), config.topics.resolve(RECEIPTS_TOPIC));
+    let specs = [TopicSpec::new(&topic, config.topics.partitions), TopicSpec::new(&receipts, config.topics.partitions)];
+    KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
+
+    let journal = Arc::new(SinkJournal::new(KafkaSink::new(kafka)?, &topic, Some(&receipts)));
+    let inbox_settings = InboxSettings { keep_per_user: settings.keep_per_user, max_page: settings.max_page.max(1) };
+    let inbox = Inbox::new(inbox_settings, journal, settings.tokens()?);
+
+    // Replay the whole log, then follow it; ready once replayed to where it ended now.
+    let ends = partition_ends(&KafkaReader::new(kafka), &topic).await?;
+    tracing::info!(%topic, ?ends, "replaying the inbox log");
+    let starts: Vec<(String, i32, i64)> = ends.iter().map(|(partition, _)| (topic.clone(), *partition, 0)).collect();
+    let source = KafkaSource::assigned(kafka, &starts)?;
+    tokio::spawn(follow(source, inbox.clone(), ends));
+
+    let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[inbox] listen {}", settings.listen))?;
+    println!("inbox: listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, notiflow_inbox::router(inbox)).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+    Ok(())
+}
+
+/// The end offset of every partition; a topic created a moment ago may show
+/// no partitions in metadata yet, so ask again briefly.
+async fn partition_ends(reader: &KafkaReader, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+    for _ in 0..50 {
+        let ends = reader.end_offsets(topic).await?;
+        if !ends.is_empty() {
+            return Ok(ends);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("topic {topic} shows no partitions")
+}
+
+/// Folds the log into the inbox for as long as the server runs.
+async fn follow(mut source: KafkaSource, inbox: Arc<Inbox>, ends: Vec<(i32, i64)>) {
+    let mut behind: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    if behind.is_empty() {
+        inbox.set_ready();
+    }
+    let limits = BatchLimits { max_records: 2000, max_wait: std::time::Duration::from_millis(20) };
+    loop {
+        let batch = match source.next_batch(limits).await {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(%err, "reading the inbox log; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for record in &batch {
+            match record.payload.as_deref().map(serde_json::from_slice::<InboxOp>) {
+                Some(Ok(op)) => inbox.apply(op),
+                other => tracing::warn!(partition = record.partition, offset = record.offset, error = ?other.map(|r| r.err()), "skipping an unreadable inbox record"),
+            }
+            if !behind.is_empty() {
+                behind.retain(|(partition, end)| !(record.partition == *partition && record.offset + 1 >= *end));
+                if behind.is_empty() {
+                    inbox.set_ready();
+                }
+            }
+        }
+    }
+}
+
+/// A user's token, for the tenant's backend to hand to its app.
+pub fn token(config: &Config, tenant: &str, user: &str) -> anyhow::Result<String> {
+    let settings = config.inbox.as_ref().context("no [inbox] in the config")?;
+    Ok(settings.tokens()?.mint(tenant, user))
+}
