@@ -19,6 +19,8 @@ mod retry;
 mod scheduler;
 mod secret;
 
+#[cfg(feature = "fake")]
+pub mod fake;
 #[cfg(feature = "http")]
 pub mod http;
 

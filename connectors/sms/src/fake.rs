@@ -1,10 +1,7 @@
-//! Local stand-ins for the providers' APIs (tests and benchmarks). Each checks
-//! a request as the provider does — path, auth, signature, required fields —
-//! answers as the provider documents, and can be told to fail.
+//! Local stand-ins for Twilio and Aliyun SMS: each checks a request as the
+//! provider does (auth, signature, replay, fields) and answers as documented.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,124 +10,24 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
+pub use notiflow_delivery::fake::{FakeProvider, Log, Mode, Received};
+use notiflow_delivery::fake::{FakeState, form};
 
-/// How the fake answers valid requests.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Mode {
-    Accept,
-    /// 503 to everything (the provider is down).
-    Down,
-    /// 429 (Twilio) / Throttling.User (Aliyun), with Retry-After seconds.
-    Busy(u64),
-    /// Answers after this long.
-    Slow(Duration),
+/// Fake Twilio for account `sid` with auth token `token`.
+pub async fn twilio(sid: &str, token: &str) -> FakeProvider {
+    FakeProvider::start(sid, token, Router::new().route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio_messages))).await
 }
 
-/// A message the fake accepted.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub to: String,
-    pub body: String,
-    /// The id the fake gave it (Twilio sid, Aliyun BizId).
-    pub provider_id: String,
-    /// Our id sent along (Aliyun OutId), if the API has one.
-    pub our_id: Option<String>,
-    pub at: Instant,
-}
-
-#[derive(Default)]
-pub struct Log {
-    pub accepted: Vec<Received>,
-    /// Requests refused for a bad signature, auth or shape, with why.
-    pub refused: Vec<String>,
-    /// Every request that reached the fake, valid or not.
-    pub requests: usize,
-}
-
-struct Shared {
-    mode: Mutex<Mode>,
-    log: Mutex<Log>,
-    credential: (String, String),
-    nonces: Mutex<HashSet<String>>,
-}
-
-/// A running fake provider.
-pub struct FakeProvider {
-    /// `http://127.0.0.1:PORT`: the provider's `endpoint`.
-    pub endpoint: String,
-    shared: Arc<Shared>,
-}
-
-impl FakeProvider {
-    pub fn set_mode(&self, mode: Mode) {
-        *self.shared.mode.lock().unwrap() = mode;
-    }
-
-    pub fn log(&self) -> std::sync::MutexGuard<'_, Log> {
-        self.shared.log.lock().unwrap()
-    }
-
-    /// Fake Twilio for account `sid` with auth token `token`.
-    pub async fn twilio(sid: &str, token: &str) -> FakeProvider {
-        Self::start(sid, token, Router::new().route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))).await
-    }
-
-    /// Fake Aliyun Dysmsapi for AccessKey `key_id` / `secret`.
-    pub async fn aliyun(key_id: &str, secret: &str) -> FakeProvider {
-        Self::start(key_id, secret, Router::new().route("/", post(aliyun))).await
-    }
-
-    async fn start(user: &str, secret: &str, routes: Router<Arc<Shared>>) -> FakeProvider {
-        let shared = Arc::new(Shared {
-            mode: Mutex::new(Mode::Accept),
-            log: Mutex::new(Log::default()),
-            credential: (user.to_string(), secret.to_string()),
-            nonces: Mutex::new(HashSet::new()),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = routes.with_state(shared.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-        FakeProvider { endpoint, shared }
-    }
-}
-
-/// An `application/x-www-form-urlencoded` body.
-fn form(body: &[u8]) -> BTreeMap<String, String> {
-    url::form_urlencoded::parse(body).into_owned().collect()
-}
-
-impl Shared {
-    fn refuse(&self, why: String) {
-        self.log.lock().unwrap().refused.push(why);
-    }
-
-    fn accept(&self, to: &str, body: &str, provider_id: String, our_id: Option<String>) {
-        let received = Received { to: to.into(), body: body.into(), provider_id, our_id, at: Instant::now() };
-        self.log.lock().unwrap().accepted.push(received);
-    }
-
-    /// The mode's answer when it is not Accept; waits out Slow.
-    async fn interfere(&self, busy: impl Fn(u64) -> Response, down: impl Fn() -> Response) -> Option<Response> {
-        self.log.lock().unwrap().requests += 1;
-        let mode = self.mode.lock().unwrap().clone();
-        match mode {
-            Mode::Accept => None,
-            Mode::Down => Some(down()),
-            Mode::Busy(seconds) => Some(busy(seconds)),
-            Mode::Slow(wait) => {
-                tokio::time::sleep(wait).await;
-                None
-            }
-        }
-    }
+/// Fake Aliyun Dysmsapi for AccessKey `key_id` / `secret`.
+pub async fn aliyun(key_id: &str, secret: &str) -> FakeProvider {
+    FakeProvider::start(key_id, secret, Router::new().route("/", post(aliyun_send_sms))).await
 }
 
 fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({"code": code, "message": message, "status": status.as_u16()}))).into_response()
 }
 
-async fn twilio(State(shared): State<Arc<Shared>>, Path(sid): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn twilio_messages(State(shared): State<Arc<FakeState>>, Path(sid): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let busy = |s: u64| {
         let mut r = twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests");
         r.headers_mut().insert("retry-after", s.into());
@@ -161,7 +58,7 @@ async fn twilio(State(shared): State<Arc<Shared>>, Path(sid): Path<String>, head
     if text.is_empty() {
         return twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required.");
     }
-    let message_sid = format!("SM{:032x}", shared.log.lock().unwrap().accepted.len() as u128 + 1);
+    let message_sid = format!("SM{:032x}", shared.accepted_count() as u128 + 1);
     shared.accept(&to, &text, message_sid.clone(), None);
     (StatusCode::CREATED, axum::Json(serde_json::json!({"sid": message_sid, "status": "queued", "to": to, "body": text}))).into_response()
 }
@@ -170,7 +67,7 @@ fn aliyun_answer(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({"Code": code, "Message": message, "RequestId": "fake"}))).into_response()
 }
 
-async fn aliyun(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn aliyun_send_sms(State(shared): State<Arc<FakeState>>, body: Bytes) -> Response {
     let busy = |_| aliyun_answer(StatusCode::OK, "Throttling.User", "Request was denied due to user flow control.");
     if let Some(answer) = shared.interfere(busy, || aliyun_answer(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "down")).await {
         return answer;
@@ -215,7 +112,7 @@ async fn aliyun(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let Some(text) = text.as_ref().and_then(|v| v.as_object()).and_then(|o| o.values().next()).and_then(|v| v.as_str()).map(str::to_string) else {
         return aliyun_answer(StatusCode::OK, "isv.TEMPLATE_MISSING_PARAMETERS", "TemplateParam");
     };
-    let biz_id = format!("{:018}^0", shared.log.lock().unwrap().accepted.len() + 1);
+    let biz_id = format!("{:018}^0", shared.accepted_count() + 1);
     shared.accept(phone, &text, biz_id.clone(), params.get("OutId").cloned());
     (StatusCode::OK, axum::Json(serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": "fake"}))).into_response()
 }

@@ -127,7 +127,7 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
         .collect();
     KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
 
-    let (aliyun, twilio) = (FakeProvider::aliyun("LTAI-test", "ali-secret").await, FakeProvider::twilio("AC0123", "tw-token").await);
+    let (aliyun, twilio) = (notiflow_sms::fake::aliyun("LTAI-test", "ali-secret").await, notiflow_sms::fake::twilio("AC0123", "tw-token").await);
     let (hook_url, hooks) = webhook_receiver().await;
     let relay = FakeSmtp::start("mailer", "smtp-pw").await;
     relay.unknown_mailbox("gone@example.com");

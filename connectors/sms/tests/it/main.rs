@@ -53,7 +53,7 @@ fn sms(id: &str, phone: &str) -> Delivery {
 
 #[tokio::test]
 async fn twilio_sends_with_basic_auth_and_reads_errors_from_the_body() {
-    let fake = FakeProvider::twilio("AC0123", "tw-token").await;
+    let fake = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
     secret("NOTIFLOW_IT_TWILIO_OK", "tw-token");
     let channel = twilio(&fake, "NOTIFLOW_IT_TWILIO_OK");
     let accepted = channel.send(&sms("1", "+8613800138000"), 1).await.unwrap();
@@ -74,7 +74,7 @@ async fn twilio_sends_with_basic_auth_and_reads_errors_from_the_body() {
 
 #[tokio::test]
 async fn aliyun_requests_carry_a_signature_the_fake_verifies() {
-    let fake = FakeProvider::aliyun("LTAI-test", "ali-secret").await;
+    let fake = notiflow_sms::fake::aliyun("LTAI-test", "ali-secret").await;
     secret("NOTIFLOW_IT_ALIYUN_OK", "ali-secret");
     let channel = aliyun(&fake, "NOTIFLOW_IT_ALIYUN_OK");
     let accepted = channel.send(&sms("1", "+8613800138000"), 1).await.unwrap();
@@ -111,7 +111,7 @@ fn group(primary: AliyunChannel, secondary: TwilioChannel, rate: Option<f64>) ->
 /// once, and within a second all traffic is on the secondary.
 #[tokio::test]
 async fn failover_moves_traffic_to_the_secondary_within_a_second_and_loses_nothing() {
-    let (primary, secondary) = (FakeProvider::aliyun("LTAI-test", "ali-secret").await, FakeProvider::twilio("AC0123", "tw-token").await);
+    let (primary, secondary) = (notiflow_sms::fake::aliyun("LTAI-test", "ali-secret").await, notiflow_sms::fake::twilio("AC0123", "tw-token").await);
     secret("NOTIFLOW_IT_ALIYUN_OK", "ali-secret");
     secret("NOTIFLOW_IT_TWILIO_OK", "tw-token");
     let group = group(aliyun(&primary, "NOTIFLOW_IT_ALIYUN_OK"), twilio(&secondary, "NOTIFLOW_IT_TWILIO_OK"), None);
@@ -157,7 +157,7 @@ async fn failover_moves_traffic_to_the_secondary_within_a_second_and_loses_nothi
 /// The token bucket holds the provider to its configured rate (measured at the fake).
 #[tokio::test]
 async fn the_send_rate_stays_within_five_percent_of_the_limit() {
-    let fake = FakeProvider::twilio("AC0123", "tw-token").await;
+    let fake = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
     secret("NOTIFLOW_IT_TWILIO_OK", "tw-token");
     // A small burst absorbs timer lateness (GCRA: a late turn does not push the next one back).
     let limits = ProviderLimits { rate_per_s: Some(200.0), burst: 4, max_in_flight: 16, ..Default::default() };
@@ -183,7 +183,7 @@ async fn the_send_rate_stays_within_five_percent_of_the_limit() {
 
 #[tokio::test]
 async fn deliver_retries_a_busy_provider_then_succeeds() {
-    let fake = FakeProvider::aliyun("LTAI-test", "ali-secret").await;
+    let fake = notiflow_sms::fake::aliyun("LTAI-test", "ali-secret").await;
     secret("NOTIFLOW_IT_ALIYUN_OK", "ali-secret");
     fake.set_mode(Mode::Busy(0));
     let group = ProviderGroup::one(aliyun(&fake, "NOTIFLOW_IT_ALIYUN_OK"));
