@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, RetryPolicy, SecretRef};
 use notiflow_email::{SmtpChannel, SmtpConfig};
+use notiflow_im::{DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig, WeComChannel, WeComConfig};
 use notiflow_sms::{AliyunChannel, AliyunConfig, TwilioChannel, TwilioConfig};
 use notiflow_webhook::{SigningKey, WebhookChannel, WebhookConfig};
 use serde::Deserialize;
@@ -58,7 +59,8 @@ impl Default for DeliveryConfig {
 }
 
 /// One provider account. Exactly one of the kind tables (`twilio`, `aliyun`,
-/// `smtp`, `webhook`) says which API it speaks.
+/// `smtp`, `dingtalk`, `feishu`, `wecom`, `slack`, `telegram`, `webhook`)
+/// says which API it speaks, and so which channel it serves.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
@@ -86,6 +88,21 @@ pub struct ProviderConfig {
     /// An SMTP relay (channel `email`).
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// DingTalk group robots (channel `dingtalk`; the address names the robot).
+    #[serde(default)]
+    pub dingtalk: Option<DingTalkConfig>,
+    /// Feishu/Lark bots (channel `feishu`).
+    #[serde(default)]
+    pub feishu: Option<FeishuConfig>,
+    /// WeCom group robots (channel `wecom`).
+    #[serde(default)]
+    pub wecom: Option<WeComConfig>,
+    /// Slack incoming webhooks (channel `slack`).
+    #[serde(default)]
+    pub slack: Option<SlackConfig>,
+    /// A Telegram bot (channel `telegram`; the address is the chat id).
+    #[serde(default)]
+    pub telegram: Option<TelegramConfig>,
     #[serde(default)]
     pub webhook: Option<WebhookSettings>,
 }
@@ -152,23 +169,31 @@ impl ProviderConfig {
     }
 
     fn build(&self) -> Result<Arc<dyn Channel>, String> {
-        let name = &self.name;
-        let kinds = [self.twilio.is_some(), self.aliyun.is_some(), self.smtp.is_some(), self.webhook.is_some()];
-        if kinds.iter().filter(|k| **k).count() != 1 {
-            return Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [webhook]"));
+        fn shared<C: Channel + 'static>(channel: Result<C, String>) -> Result<Arc<dyn Channel>, String> {
+            channel.map(|c| Arc::new(c) as Arc<dyn Channel>)
         }
-        Ok(if let Some(twilio) = &self.twilio {
-            Arc::new(TwilioChannel::new(name, twilio.clone())?)
-        } else if let Some(aliyun) = &self.aliyun {
-            Arc::new(AliyunChannel::new(name, aliyun.clone())?)
-        } else if let Some(smtp) = &self.smtp {
-            Arc::new(SmtpChannel::new(name, smtp)?)
-        } else {
-            let webhook = self.webhook.as_ref().expect("one kind is set");
-            let secret = webhook.signing_secret.resolve().map_err(|e| format!("webhook provider {name}: signing_secret: {e}"))?;
-            let key = SigningKey::parse(secret.expose()).map_err(|e| format!("webhook provider {name}: {e}"))?;
-            let config = WebhookConfig { provider: name.clone(), timeout: Duration::from_millis(webhook.timeout_ms), allow: webhook.allow.clone() };
-            Arc::new(WebhookChannel::new(config, key)?)
-        })
+        let name = &self.name;
+        // Only the kinds that are set are built; exactly one must be.
+        let mut built: Vec<Result<Arc<dyn Channel>, String>> = Vec::new();
+        built.extend(self.twilio.as_ref().map(|c| shared(TwilioChannel::new(name, c.clone()))));
+        built.extend(self.aliyun.as_ref().map(|c| shared(AliyunChannel::new(name, c.clone()))));
+        built.extend(self.smtp.as_ref().map(|c| shared(SmtpChannel::new(name, c))));
+        built.extend(self.dingtalk.as_ref().map(|c| shared(DingTalkChannel::new(name, c))));
+        built.extend(self.feishu.as_ref().map(|c| shared(FeishuChannel::new(name, c))));
+        built.extend(self.wecom.as_ref().map(|c| shared(WeComChannel::new(name, c))));
+        built.extend(self.slack.as_ref().map(|c| shared(SlackChannel::new(name, c))));
+        built.extend(self.telegram.as_ref().map(|c| shared(TelegramChannel::new(name, c))));
+        built.extend(self.webhook.as_ref().map(|w| shared(webhook(name, w))));
+        match built.len() {
+            1 => built.pop().expect("one"),
+            _ => Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [dingtalk], [feishu], [wecom], [slack], [telegram], [webhook]")),
+        }
     }
+}
+
+fn webhook(name: &str, settings: &WebhookSettings) -> Result<WebhookChannel, String> {
+    let secret = settings.signing_secret.resolve().map_err(|e| format!("webhook provider {name}: signing_secret: {e}"))?;
+    let key = SigningKey::parse(secret.expose()).map_err(|e| format!("webhook provider {name}: {e}"))?;
+    let config = WebhookConfig { provider: name.to_string(), timeout: Duration::from_millis(settings.timeout_ms), allow: settings.allow.clone() };
+    WebhookChannel::new(config, key)
 }

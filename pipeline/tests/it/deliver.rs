@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
 use notiflow_kafka::{KafkaAdmin, KafkaSink, read_topic_to_end};
 use notiflow_email::fake::FakeSmtp;
-use notiflow_sms::fake::{FakeProvider, Mode};
+use notiflow_sms::fake::Mode;
 use serde_json::{Value, json};
 
 use crate::support;
@@ -24,6 +24,8 @@ const FAX: usize = 3;
 const WEBHOOKS: usize = 10;
 /// Emails; one more goes to a mailbox the relay does not know.
 const EMAILS: usize = 12;
+/// DingTalk robot messages; one more names a robot nobody configured.
+const DINGTALK: usize = 3;
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn dispatch(id: &str, channel: &str, address: &str, priority: &str) -> Value {
@@ -58,7 +60,7 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, verified)
 }
 
-fn delivery_toml(aliyun: &str, twilio: &str, smtp_port: u16) -> String {
+fn delivery_toml(aliyun: &str, twilio: &str, smtp_port: u16, dingtalk: &str) -> String {
     format!(
         r#"
 [delivery]
@@ -105,6 +107,12 @@ from = "Acme <alerts@acme.test>"
 pool_size = 3
 
 [[delivery.providers]]
+name = "dingtalk"
+[delivery.providers.dingtalk]
+endpoint = "{dingtalk}"
+robots = {{ ops = {{ token = {{ env = "NOTIFLOW_IT_DELIVER_DT_TOKEN" }}, secret = {{ env = "NOTIFLOW_IT_DELIVER_DT_SECRET" }} }} }}
+
+[[delivery.providers]]
 name = "hooks"
 [delivery.providers.webhook]
 signing_secret = {{ env = "NOTIFLOW_IT_DELIVER_WEBHOOK" }}
@@ -131,9 +139,10 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     let (hook_url, hooks) = webhook_receiver().await;
     let relay = FakeSmtp::start("mailer", "smtp-pw").await;
     relay.unknown_mailbox("gone@example.com");
+    let robot = notiflow_im::fake::dingtalk("dt-token", "SEC-dt").await;
     let dir = tempfile::tempdir().unwrap();
     let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
-    toml.push_str(&delivery_toml(&aliyun.endpoint, &twilio.endpoint, relay.port));
+    toml.push_str(&delivery_toml(&aliyun.endpoint, &twilio.endpoint, relay.port, &robot.endpoint));
     std::fs::write(dir.path().join("notiflow.toml"), &toml).unwrap();
     std::fs::write(std::env::temp_dir().join(format!("notiflow-it-twilio-{}", std::process::id())), "tw-token\n").unwrap();
 
@@ -152,6 +161,8 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
         ("normal".into(), email)
     }));
     records.push(("normal".into(), dispatch("bounce", "email", "gone@example.com", "normal")));
+    records.extend((0..DINGTALK).map(|i| ("high".into(), dispatch(&format!("dt{i}"), "dingtalk", "ops", "high"))));
+    records.push(("high".into(), dispatch("dt-nobody", "dingtalk", "nobody", "high")));
     records.push(("high".into(), json!({"type": "recall", "message_id": "m_r", "request_id": "r", "tenant": "acme"})));
     let mut out: Vec<OutRecord> = records
         .iter()
@@ -173,6 +184,8 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
             .env("NOTIFLOW_IT_DELIVER_ALIYUN", "ali-secret")
             .env("NOTIFLOW_IT_DELIVER_WEBHOOK", WEBHOOK_SECRET)
             .env("NOTIFLOW_IT_DELIVER_SMTP", "smtp-pw")
+            .env("NOTIFLOW_IT_DELIVER_DT_TOKEN", "dt-token")
+            .env("NOTIFLOW_IT_DELIVER_DT_SECRET", "SEC-dt")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -190,8 +203,8 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{stdout}\n{stderr}");
     eprintln!("{stdout}");
-    let sendable = SMS + HIGH + WEBHOOKS + EMAILS;
-    let invalid = INVALID + 1;
+    let sendable = SMS + HIGH + WEBHOOKS + EMAILS + DINGTALK;
+    let invalid = INVALID + 2;
     let total = records.len() + 2;
     assert!(stdout.contains(&format!("delivery: {total} read, {sendable} sent, {invalid} failed")), "{stdout}");
 
@@ -218,6 +231,9 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     assert_eq!(mail_ids, expected);
     assert!(mail.accepted.iter().all(|m| m.content_type == "multipart/alternative" && m.html.as_deref() == Some(&format!("<p>code {}</p>", &m.subject[6..]))));
     drop(mail);
+    let mut robot_texts: Vec<String> = robot.log().accepted.iter().map(|r| r.body.clone()).collect();
+    robot_texts.sort();
+    assert_eq!(robot_texts, (0..DINGTALK).map(|i| format!("code dt{i}")).collect::<Vec<_>>(), "signed robot messages: {:?}", robot.log().refused);
 
     // Events: one end per delivery.
     let events: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.events")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
@@ -235,8 +251,8 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     // primary's failures during the outage are there as retrying attempts.
     let sends: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.sends")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
     let count = |status: &str, provider: &str| sends.iter().filter(|s| s["status"] == status && s["provider"] == provider).count();
-    let accepted = (count("accepted", "aliyun-main"), count("accepted", "twilio-backup"), count("accepted", "hooks"), count("accepted", "relay"));
-    assert_eq!(accepted, (primary, backup, WEBHOOKS, EMAILS));
+    let accepted = [count("accepted", "aliyun-main"), count("accepted", "twilio-backup"), count("accepted", "hooks"), count("accepted", "relay"), count("accepted", "dingtalk")];
+    assert_eq!(accepted, [primary, backup, WEBHOOKS, EMAILS, DINGTALK]);
     assert!(count("retrying", "aliyun-main") >= 1, "the outage shows as failed attempts on the primary");
     assert!(sends.iter().filter(|s| s["status"] == "failed").all(|s| s["failure_reason"] == "invalid_recipient"));
 

@@ -1,0 +1,123 @@
+//! The chat channels against local fakes that check credentials, signatures
+//! and message shape as each API documents them: what arrives, and how busy,
+//! down, refused and unknown targets are classified.
+
+use std::collections::BTreeMap;
+
+use notiflow_delivery::{Channel, Delivery, SecretRef, summary};
+use notiflow_im::fake::{self, FakeProvider, Mode};
+use notiflow_im::{
+    DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, RobotSecrets, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig,
+    WeComChannel, WeComConfig,
+};
+
+fn secret(name: &str, value: &str) -> SecretRef {
+    // SAFETY: every test sets its own variable names.
+    unsafe { std::env::set_var(name, value) };
+    SecretRef::env(name)
+}
+
+fn robots(name: &str, token: SecretRef, signing: Option<SecretRef>) -> BTreeMap<String, RobotSecrets> {
+    BTreeMap::from([(name.to_string(), RobotSecrets { token, secret: signing })])
+}
+
+fn message(address: &str, subject: Option<&str>, body: &str) -> Delivery {
+    serde_json::from_value(serde_json::json!({"type": "send", "delivery_id": "d_1", "message_id": "m_1", "request_id": "r1", "tenant": "acme",
+        "channel": "chat", "address": address, "subject": subject, "body": body}))
+    .unwrap()
+}
+
+/// Accepted plain and titled messages, then busy, down and unknown-robot answers.
+async fn common_outcomes(channel: &dyn Channel, fake: &FakeProvider, robot: &str, busy: &str, down: &str) {
+    let send = |d: Delivery| async move { summary(&channel.send(&d, 1).await) };
+    assert!(send(message(robot, None, "disk full on db-1")).await.starts_with("accepted"));
+    assert!(send(message(robot, Some("Deploy"), "v1.2 is live")).await.starts_with("accepted"));
+    assert_eq!(send(message("nobody", None, "x")).await, "fail invalid_recipient unknown_robot");
+    fake.set_mode(Mode::Busy(2));
+    assert_eq!(send(message(robot, None, "x")).await, busy);
+    fake.set_mode(Mode::Down);
+    assert_eq!(send(message(robot, None, "x")).await, down);
+    fake.set_mode(Mode::Accept);
+    let log = fake.log();
+    assert!(log.refused.is_empty(), "{:?}", log.refused);
+    let texts: Vec<&str> = log.accepted.iter().map(|r| r.body.as_str()).collect();
+    assert_eq!(texts.len(), 2);
+    assert!(texts[0] == "disk full on db-1" && texts[1].contains("Deploy") && texts[1].contains("v1.2 is live"), "{texts:?}");
+}
+
+#[tokio::test]
+async fn dingtalk_robot_signs_every_request() {
+    let fake = fake::dingtalk("dt-token", "SEC-dt-secret").await;
+    let config = |signing: &str| DingTalkConfig {
+        endpoint: fake.endpoint.clone(),
+        robots: robots("ops", secret("NOTIFLOW_IT_DT_TOKEN", "dt-token"), Some(secret(signing, if signing.ends_with("BAD") { "SEC-wrong" } else { "SEC-dt-secret" }))),
+        timeout_ms: 2000,
+    };
+    let channel = DingTalkChannel::new("dingtalk", &config("NOTIFLOW_IT_DT_SECRET")).unwrap();
+    common_outcomes(&channel, &fake, "ops", "retry rate_limited 130101", "retry provider_error 503").await;
+    assert_eq!(fake.log().accepted.iter().map(|r| r.to.as_str()).collect::<Vec<_>>(), ["text", "markdown"]);
+    let wrong = DingTalkChannel::new("dingtalk", &config("NOTIFLOW_IT_DT_SECRET_BAD")).unwrap();
+    assert_eq!(summary(&wrong.send(&message("ops", None, "x"), 1).await), "fail auth 310000");
+    let unsigned = DingTalkConfig { robots: robots("ops", secret("NOTIFLOW_IT_DT_TOKEN", "dt-token"), None), ..config("NOTIFLOW_IT_DT_SECRET") };
+    assert!(DingTalkChannel::new("dingtalk", &unsigned).err().unwrap().contains("signing `secret`"));
+}
+
+#[tokio::test]
+async fn feishu_bot_signs_in_the_body() {
+    let fake = fake::feishu("hook-123", "fs-secret").await;
+    let config = |value: &str| FeishuConfig {
+        endpoint: fake.endpoint.clone(),
+        robots: robots("ops", secret("NOTIFLOW_IT_FS_TOKEN", "hook-123"), Some(secret(&format!("NOTIFLOW_IT_FS_{value}"), value))),
+        timeout_ms: 2000,
+    };
+    let channel = FeishuChannel::new("feishu", &config("fs-secret")).unwrap();
+    common_outcomes(&channel, &fake, "ops", "retry rate_limited 11232", "retry provider_error 503").await;
+    assert_eq!(fake.log().accepted.iter().map(|r| r.to.as_str()).collect::<Vec<_>>(), ["text", "post"]);
+    let wrong = FeishuChannel::new("feishu", &config("not-it")).unwrap();
+    assert_eq!(summary(&wrong.send(&message("ops", None, "x"), 1).await), "fail auth 19021");
+}
+
+#[tokio::test]
+async fn wecom_robot_is_addressed_by_key() {
+    let fake = fake::wecom("wc-key").await;
+    let config = |key: &str| WeComConfig {
+        endpoint: fake.endpoint.clone(),
+        robots: robots("ops", secret(&format!("NOTIFLOW_IT_WC_{}", key.len()), key), None),
+        timeout_ms: 2000,
+    };
+    let channel = WeComChannel::new("wecom", &config("wc-key")).unwrap();
+    common_outcomes(&channel, &fake, "ops", "retry rate_limited 45009", "retry provider_error 503").await;
+    let wrong = WeComChannel::new("wecom", &config("other-key")).unwrap();
+    assert_eq!(summary(&wrong.send(&message("ops", None, "x"), 1).await), "fail auth 93000");
+}
+
+#[tokio::test]
+async fn slack_webhook_posts_escaped_mrkdwn() {
+    let fake = fake::slack("T000/B000/XXXX").await;
+    let config = SlackConfig { endpoint: fake.endpoint.clone(), robots: robots("alerts", secret("NOTIFLOW_IT_SLACK", "T000/B000/XXXX"), None), timeout_ms: 2000 };
+    let channel = SlackChannel::new("slack", &config).unwrap();
+    common_outcomes(&channel, &fake, "alerts", "retry rate_limited 429", "retry provider_error 503").await;
+    assert_eq!(summary(&channel.send(&message("alerts", None, "a <b> & c"), 1).await), "accepted ");
+    assert_eq!(fake.log().accepted[2].body, "a &lt;b&gt; &amp; c");
+}
+
+#[tokio::test]
+async fn telegram_bot_sends_to_the_chat_id() {
+    let fake = fake::telegram("123:ABC").await;
+    let config = |token: &str| TelegramConfig { endpoint: fake.endpoint.clone(), bot_token: secret(&format!("NOTIFLOW_IT_TG_{}", token.len()), token), timeout_ms: 2000 };
+    let channel = TelegramChannel::new("telegram", &config("123:ABC")).unwrap();
+    let send = |d: Delivery| {
+        let channel = &channel;
+        async move { summary(&channel.send(&d, 1).await) }
+    };
+    assert_eq!(send(message("7001", Some("Deploy <prod>"), "done")).await, "accepted 1");
+    assert_eq!(fake.log().accepted[0].body, "<b>Deploy &lt;prod&gt;</b>\ndone");
+    assert_eq!(send(message("404", None, "x")).await, "fail invalid_recipient 400");
+    assert_eq!(send(message("403", None, "x")).await, "fail invalid_recipient 403");
+    assert_eq!(send(message("", None, "x")).await, "fail invalid_recipient no_chat_id");
+    fake.set_mode(Mode::Busy(3));
+    assert_eq!(send(message("7001", None, "x")).await, "retry rate_limited 429");
+    fake.set_mode(Mode::Accept);
+    let wrong = TelegramChannel::new("telegram", &config("123:XYZ")).unwrap();
+    assert_eq!(summary(&wrong.send(&message("7001", None, "x"), 1).await), "fail auth 401");
+}
