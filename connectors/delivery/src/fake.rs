@@ -51,6 +51,8 @@ pub struct FakeState {
     pub credential: (String, String),
     /// Nonces seen, for APIs that refuse replays.
     pub nonces: Mutex<HashSet<String>>,
+    /// Access tokens handed out and still honoured, and how many were handed out.
+    tokens: Mutex<(HashSet<String>, usize)>,
 }
 
 /// A running fake provider.
@@ -65,6 +67,16 @@ impl FakeProvider {
         *self.shared.mode.lock().unwrap() = mode;
     }
 
+    /// Every access token issued so far stops being honoured (as at expiry).
+    pub fn expire_tokens(&self) {
+        self.shared.tokens.lock().unwrap().0.clear();
+    }
+
+    /// How many access tokens the fake has issued.
+    pub fn tokens_issued(&self) -> usize {
+        self.shared.tokens.lock().unwrap().1
+    }
+
     pub fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         self.shared.log.lock().unwrap()
     }
@@ -76,6 +88,7 @@ impl FakeProvider {
             log: Mutex::new(Log::default()),
             credential: (user.to_string(), secret.to_string()),
             nonces: Mutex::new(HashSet::new()),
+            tokens: Mutex::new((HashSet::new(), 0)),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
@@ -113,6 +126,19 @@ impl FakeState {
                 None
             }
         }
+    }
+
+    /// A new access token, honoured until the fake's tokens are expired.
+    pub fn issue_token(&self) -> String {
+        let mut tokens = self.tokens.lock().unwrap();
+        tokens.1 += 1;
+        let token = format!("token-{}", tokens.1);
+        tokens.0.insert(token.clone());
+        token
+    }
+
+    pub fn token_valid(&self, token: &str) -> bool {
+        self.tokens.lock().unwrap().0.contains(token)
     }
 
     /// How many messages were accepted so far (for ids the fake hands out).

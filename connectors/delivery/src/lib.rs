@@ -18,6 +18,7 @@ mod outcome;
 mod retry;
 mod scheduler;
 mod secret;
+mod token;
 
 #[cfg(feature = "fake")]
 pub mod fake;
@@ -34,6 +35,7 @@ pub use outcome::{Accepted, FailureReason, SendError, summary};
 pub use retry::{Final, RetryPolicy, SendResult, deliver};
 pub use scheduler::{Done, Job, Scheduler};
 pub use secret::{Secret, SecretRef};
+pub use token::TokenCache;
 
 /// What [`Channel::send`] returns (boxed so providers of one channel can sit
 /// side by side in a [`ProviderGroup`]).

@@ -37,6 +37,13 @@ pub async fn slack(path: &str) -> FakeProvider {
     FakeProvider::start(path, "", Router::new().route("/services/{a}/{b}/{c}", post(slack_send))).await
 }
 
+/// WeChat official account `app_id` / `app_secret`; openids starting `o` follow it,
+/// `o-unfollowed` does not; template `TPL_OK` exists.
+pub async fn wechat(app_id: &str, app_secret: &str) -> FakeProvider {
+    let routes = Router::new().route("/cgi-bin/stable_token", post(wechat_token)).route("/cgi-bin/message/template/send", post(wechat_send));
+    FakeProvider::start(app_id, app_secret, routes).await
+}
+
 /// Telegram bot with `token`; chat id `404` does not exist, `403` blocked the bot.
 pub async fn telegram(token: &str) -> FakeProvider {
     FakeProvider::start(token, "", Router::new().route("/{bot}/sendMessage", post(telegram_send))).await
@@ -193,4 +200,48 @@ async fn telegram_send(State(shared): State<Arc<FakeState>>, Path(bot): Path<Str
     let id = shared.accepted_count() as i64 + 1;
     shared.accept(&chat, text, id.to_string(), None);
     answer(StatusCode::OK, json!({"ok": true, "result": {"message_id": id, "chat": {"id": chat}, "text": text}}))
+}
+
+async fn wechat_token(State(shared): State<Arc<FakeState>>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let (app_id, secret) = &shared.credential;
+    if body["grant_type"] != "client_credential" || body["appid"].as_str() != Some(app_id) {
+        shared.refuse("wechat: appid".into());
+        return answer(StatusCode::OK, json!({"errcode": 40013, "errmsg": "invalid appid"}));
+    }
+    if body["secret"].as_str() != Some(secret) {
+        shared.refuse("wechat: secret".into());
+        return answer(StatusCode::OK, json!({"errcode": 40125, "errmsg": "invalid appsecret"}));
+    }
+    answer(StatusCode::OK, json!({"access_token": shared.issue_token(), "expires_in": 7200}))
+}
+
+async fn wechat_send(State(shared): State<Arc<FakeState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let busy = |_| answer(StatusCode::OK, json!({"errcode": 45009, "errmsg": "reach max api daily quota limit"}));
+    if let Some(early) = shared.interfere(busy, || answer(StatusCode::SERVICE_UNAVAILABLE, json!({"errcode": -1, "errmsg": "system error"}))).await {
+        return early;
+    }
+    let token = form(query.unwrap_or_default().as_bytes()).get("access_token").cloned().unwrap_or_default();
+    if !shared.token_valid(&token) {
+        return answer(StatusCode::OK, json!({"errcode": 42001, "errmsg": "access_token expired"}));
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let openid = body["touser"].as_str().unwrap_or_default();
+    if !openid.starts_with('o') {
+        return answer(StatusCode::OK, json!({"errcode": 40003, "errmsg": "invalid openid"}));
+    }
+    if openid == "o-unfollowed" {
+        return answer(StatusCode::OK, json!({"errcode": 43004, "errmsg": "require subscribe"}));
+    }
+    if body["template_id"] != "TPL_OK" {
+        return answer(StatusCode::OK, json!({"errcode": 40037, "errmsg": "invalid template_id"}));
+    }
+    let Some(data) = body["data"].as_object().filter(|d| !d.is_empty() && d.values().all(|v| v["value"].is_string())) else {
+        shared.refuse("wechat: data".into());
+        return answer(StatusCode::OK, json!({"errcode": 47003, "errmsg": "argument invalid! data.value invalid"}));
+    };
+    let text = data.iter().map(|(k, v)| format!("{k}={}", v["value"].as_str().unwrap_or(""))).collect::<Vec<_>>().join("; ");
+    let id = 200_000_000 + shared.accepted_count() as i64 + 1;
+    shared.accept(openid, &text, id.to_string(), body["client_msg_id"].as_str().map(str::to_string));
+    answer(StatusCode::OK, json!({"errcode": 0, "errmsg": "ok", "msgid": id}))
 }

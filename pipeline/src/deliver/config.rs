@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, RetryPolicy, SecretRef};
 use notiflow_email::{SmtpChannel, SmtpConfig};
-use notiflow_im::{DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig, WeComChannel, WeComConfig};
+use notiflow_im::{
+    DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig, WeChatChannel, WeChatConfig,
+    WeComChannel, WeComConfig,
+};
 use notiflow_sms::{AliyunChannel, AliyunConfig, TwilioChannel, TwilioConfig};
 use notiflow_webhook::{SigningKey, WebhookChannel, WebhookConfig};
 use serde::Deserialize;
@@ -59,7 +62,7 @@ impl Default for DeliveryConfig {
 }
 
 /// One provider account. Exactly one of the kind tables (`twilio`, `aliyun`,
-/// `smtp`, `dingtalk`, `feishu`, `wecom`, `slack`, `telegram`, `webhook`)
+/// `smtp`, `dingtalk`, `feishu`, `wecom`, `slack`, `telegram`, `wechat`, `webhook`)
 /// says which API it speaks, and so which channel it serves.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +106,9 @@ pub struct ProviderConfig {
     /// A Telegram bot (channel `telegram`; the address is the chat id).
     #[serde(default)]
     pub telegram: Option<TelegramConfig>,
+    /// A WeChat official account's template messages (channel `wechat`; the address is the openid).
+    #[serde(default)]
+    pub wechat: Option<WeChatConfig>,
     #[serde(default)]
     pub webhook: Option<WebhookSettings>,
 }
@@ -183,10 +189,11 @@ impl ProviderConfig {
         built.extend(self.wecom.as_ref().map(|c| shared(WeComChannel::new(name, c))));
         built.extend(self.slack.as_ref().map(|c| shared(SlackChannel::new(name, c))));
         built.extend(self.telegram.as_ref().map(|c| shared(TelegramChannel::new(name, c))));
+        built.extend(self.wechat.as_ref().map(|c| shared(WeChatChannel::new(name, c.clone()))));
         built.extend(self.webhook.as_ref().map(|w| shared(webhook(name, w))));
         match built.len() {
             1 => built.pop().expect("one"),
-            _ => Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [dingtalk], [feishu], [wecom], [slack], [telegram], [webhook]")),
+            _ => Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [dingtalk], [feishu], [wecom], [slack], [telegram], [wechat], [webhook]")),
         }
     }
 }

@@ -8,7 +8,7 @@ use notiflow_delivery::{Channel, Delivery, SecretRef, summary};
 use notiflow_im::fake::{self, FakeProvider, Mode};
 use notiflow_im::{
     DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, RobotSecrets, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig,
-    WeComChannel, WeComConfig,
+    WeChatChannel, WeChatConfig, WeChatTemplate, WeComChannel, WeComConfig,
 };
 
 fn secret(name: &str, value: &str) -> SecretRef {
@@ -120,4 +120,46 @@ async fn telegram_bot_sends_to_the_chat_id() {
     fake.set_mode(Mode::Accept);
     let wrong = TelegramChannel::new("telegram", &config("123:XYZ")).unwrap();
     assert_eq!(summary(&wrong.send(&message("7001", None, "x"), 1).await), "fail auth 401");
+}
+
+#[tokio::test]
+async fn wechat_template_messages_share_one_access_token_and_refresh_it_when_refused() {
+    let fake = fake::wechat("wx-app", "wx-secret").await;
+    let config = |value: &str| WeChatConfig {
+        endpoint: fake.endpoint.clone(),
+        app_id: "wx-app".into(),
+        app_secret: secret(&format!("NOTIFLOW_IT_WX_{}", value.len()), value),
+        templates: [(
+            "order_shipped".to_string(),
+            WeChatTemplate { id: "TPL_OK".into(), subject_field: Some("thing1".into()), body_field: "thing2".into(), url: None },
+        )]
+        .into(),
+        timeout_ms: 2000,
+    };
+    let channel = WeChatChannel::new("wechat", config("wx-secret")).unwrap();
+    let send = |openid: &str, template: &str| {
+        let mut delivery = message(openid, Some("Shipped"), "Order 1 is on its way");
+        delivery.template = Some(template.into());
+        let channel = &channel;
+        async move { summary(&channel.send(&delivery, 1).await) }
+    };
+    for _ in 0..5 {
+        assert!(send("o-ann", "order_shipped").await.starts_with("accepted 2000000"));
+    }
+    assert_eq!(fake.tokens_issued(), 1, "one token for every send");
+    fake.expire_tokens();
+    assert!(send("o-ann", "order_shipped").await.starts_with("accepted"), "an expired token is refetched and the send repeated once");
+    assert_eq!(fake.tokens_issued(), 2);
+    assert_eq!(send("o-unfollowed", "order_shipped").await, "fail invalid_recipient 43004");
+    assert_eq!(send("x-not-an-openid", "order_shipped").await, "fail invalid_recipient 40003");
+    assert_eq!(send("o-ann", "unmapped").await, "fail content_rejected no_template");
+    let log = fake.log();
+    assert!(log.refused.is_empty(), "{:?}", log.refused);
+    assert_eq!(log.accepted[0].body, "thing1=Shipped; thing2=Order 1 is on its way");
+    assert_eq!(log.accepted[0].our_id.as_deref(), Some("d_1"), "client_msg_id is the delivery id");
+    drop(log);
+    let wrong = WeChatChannel::new("wechat", config("not-the-secret")).unwrap();
+    let mut delivery = message("o-ann", None, "x");
+    delivery.template = Some("order_shipped".into());
+    assert_eq!(summary(&wrong.send(&delivery, 1).await), "fail auth 40125");
 }
