@@ -137,6 +137,11 @@ impl FakeState {
         token
     }
 
+    /// Honours `token` from now on (for tokens the client mints itself, like APNs JWTs).
+    pub fn honour_token(&self, token: &str) {
+        self.tokens.lock().unwrap().0.insert(token.to_string());
+    }
+
     pub fn token_valid(&self, token: &str) -> bool {
         self.tokens.lock().unwrap().0.contains(token)
     }

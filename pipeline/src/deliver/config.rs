@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, RetryPolicy, SecretRef};
 use notiflow_email::{SmtpChannel, SmtpConfig};
+use notiflow_push::{ApnsChannel, ApnsConfig, FcmChannel, FcmConfig};
 use notiflow_im::{
     DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig, WeChatChannel, WeChatConfig,
     WeComChannel, WeComConfig,
@@ -62,7 +63,8 @@ impl Default for DeliveryConfig {
 }
 
 /// One provider account. Exactly one of the kind tables (`twilio`, `aliyun`,
-/// `smtp`, `dingtalk`, `feishu`, `wecom`, `slack`, `telegram`, `wechat`, `webhook`)
+/// `smtp`, `dingtalk`, `feishu`, `wecom`, `slack`, `telegram`, `wechat`, `fcm`,
+/// `apns`, `webhook`)
 /// says which API it speaks, and so which channel it serves.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +111,12 @@ pub struct ProviderConfig {
     /// A WeChat official account's template messages (channel `wechat`; the address is the openid).
     #[serde(default)]
     pub wechat: Option<WeChatConfig>,
+    /// Firebase Cloud Messaging (channel `push`; the address is the registration token).
+    #[serde(default)]
+    pub fcm: Option<FcmConfig>,
+    /// Apple Push Notification service (channel `apns`; the address is the device token).
+    #[serde(default)]
+    pub apns: Option<ApnsConfig>,
     #[serde(default)]
     pub webhook: Option<WebhookSettings>,
 }
@@ -190,10 +198,12 @@ impl ProviderConfig {
         built.extend(self.slack.as_ref().map(|c| shared(SlackChannel::new(name, c))));
         built.extend(self.telegram.as_ref().map(|c| shared(TelegramChannel::new(name, c))));
         built.extend(self.wechat.as_ref().map(|c| shared(WeChatChannel::new(name, c.clone()))));
+        built.extend(self.fcm.as_ref().map(|c| shared(FcmChannel::new(name, c))));
+        built.extend(self.apns.as_ref().map(|c| shared(ApnsChannel::new(name, c.clone()))));
         built.extend(self.webhook.as_ref().map(|w| shared(webhook(name, w))));
         match built.len() {
             1 => built.pop().expect("one"),
-            _ => Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [dingtalk], [feishu], [wecom], [slack], [telegram], [wechat], [webhook]")),
+            _ => Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [dingtalk], [feishu], [wecom], [slack], [telegram], [wechat], [fcm], [apns], [webhook]")),
         }
     }
 }

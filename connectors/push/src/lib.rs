@@ -1,0 +1,33 @@
+//! App push. Two providers, two channels:
+//! - `push`: Firebase Cloud Messaging HTTP v1, Android and iOS through FCM
+//!   registration tokens (the address). OAuth access token from a signed
+//!   service-account assertion, cached and refreshed.
+//! - `apns`: Apple Push Notification service for apps that register raw APNs
+//!   device tokens, over HTTP/2 with an ES256 provider token (reused for 50
+//!   minutes: Apple refuses fresher rotation).
+//!
+//! Priority follows the message: `high` is delivered at once (FCM HIGH,
+//! APNs 10), others are power-friendly (NORMAL, 5); an expiry becomes the
+//! push TTL so a stale notification is never shown.
+
+pub mod apns;
+pub mod fcm;
+mod jwt;
+
+#[cfg(feature = "fake")]
+pub mod fake;
+
+pub use apns::{ApnsChannel, ApnsConfig};
+pub use fcm::{FcmChannel, FcmConfig};
+pub use jwt::{b64url, pem_to_der};
+
+use notiflow_delivery::Delivery;
+
+/// Seconds until the delivery expires (at least 0); None without an expiry.
+pub(crate) fn ttl_seconds(delivery: &Delivery) -> Option<i64> {
+    delivery.expires_at_ms().map(|at| ((at - chrono::Utc::now().timestamp_millis()) / 1000).max(0))
+}
+
+pub(crate) fn is_high(delivery: &Delivery) -> bool {
+    delivery.priority.as_deref() == Some("high")
+}
