@@ -276,6 +276,7 @@ id = "acme"
         let config = Config::parse(include_str!("../../config/notiflow.example.toml"), "notiflow.example.toml").unwrap();
         let names: Vec<&str> = config.delivery.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["sms-aliyun", "sms-twilio", "email-relay", "dingtalk", "webhooks"]);
+        assert_eq!(config.inbox.as_ref().map(|i| (i.listen.as_str(), i.keep_per_user)), Some(("0.0.0.0:8090", 500)));
         let err = config.delivery.provider_groups().err().unwrap();
         assert!(err.contains("sms-aliyun") && err.contains("ALIYUN_SMS_SECRET"), "{err}");
         let two_kinds = "[[delivery.providers]]\nname = \"x\"\n[delivery.providers.webhook]\nsigning_secret = { env = \"A\" }\n\

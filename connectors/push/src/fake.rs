@@ -1,4 +1,4 @@
-//! Local FCM and APNs stand-ins. The FCM one is also the OAuth token endpoint:
+//! Local FCM, APNs and Web Push stand-ins. The FCM one is also the OAuth token endpoint:
 //! it verifies the service-account assertion (RS256 signature with the
 //! account's public key, issuer, scope, audience, lifetime) before issuing a
 //! token. The APNs one only speaks HTTP/2 and verifies each provider token
@@ -164,5 +164,118 @@ async fn apns_send(State(shared): State<Arc<FakeState>>, Path(device): Path<Stri
     shared.accept(&device, &text, id.clone(), payload["delivery_id"].as_str().map(str::to_string));
     let mut response = StatusCode::OK.into_response();
     response.headers_mut().insert("apns-id", id.parse().unwrap());
+    response
+}
+
+/// Subscriptions of the fake push service: the browser-side keys of each.
+type Browsers = Arc<std::sync::Mutex<std::collections::HashMap<String, (ring::agreement::EphemeralPrivateKey, Vec<u8>, Vec<u8>)>>>;
+
+/// A browser push service that also plays the browsers subscribed to it: it
+/// checks VAPID (ES256 JWT for its origin, signed by the expected application
+/// server key) and decrypts each message as the browser would (RFC 8291).
+/// A subscription decrypts one message (ring keeps ECDH private keys single-use).
+pub struct FakeWebPush {
+    pub provider: FakeProvider,
+    browsers: Browsers,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl FakeWebPush {
+    /// Trusts VAPID tokens signed by the key whose public point is `vapid_public`.
+    pub async fn start(vapid_public: &[u8]) -> FakeWebPush {
+        let browsers: Browsers = Arc::default();
+        let shared = browsers.clone();
+        let route = post(move |state: State<Arc<FakeState>>, path: Path<String>, headers: HeaderMap, body: Bytes| {
+            let browsers = shared.clone();
+            async move { webpush_receive(state, path, headers, body, browsers).await }
+        });
+        let provider = FakeProvider::start("webpush", &STANDARD.encode(vapid_public), Router::new().route("/push/{id}", route)).await;
+        FakeWebPush { provider, browsers, next: std::sync::atomic::AtomicUsize::new(1) }
+    }
+
+    fn subscription(&self, id: String) -> String {
+        let rng = ring::rand::SystemRandom::new();
+        let private = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::ECDH_P256, &rng).unwrap();
+        let public = private.compute_public_key().unwrap().as_ref().to_vec();
+        let mut auth = vec![0u8; 16];
+        ring::rand::SecureRandom::fill(&rng, &mut auth).unwrap();
+        let json = json!({"endpoint": format!("{}/push/{id}", self.provider.endpoint), "expirationTime": null,
+            "keys": {"p256dh": URL_SAFE_NO_PAD.encode(&public), "auth": URL_SAFE_NO_PAD.encode(&auth)}});
+        self.browsers.lock().unwrap().insert(id, (private, public, auth));
+        json.to_string()
+    }
+
+    /// A new browser subscription (`PushSubscription.toJSON()`), good for one message.
+    pub fn subscribe(&self) -> String {
+        self.subscription(format!("sub-{}", self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+    }
+
+    /// A subscription the service has dropped: answered 410 Gone.
+    pub fn expired_subscription(&self) -> String {
+        self.subscription(format!("gone-{}", self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
+async fn webpush_receive(State(shared): State<Arc<FakeState>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes, browsers: Browsers) -> Response {
+    let busy = |seconds: u64| {
+        let mut r = StatusCode::TOO_MANY_REQUESTS.into_response();
+        r.headers_mut().insert("retry-after", seconds.into());
+        r
+    };
+    if let Some(early) = shared.interfere(busy, || StatusCode::SERVICE_UNAVAILABLE.into_response()).await {
+        return early;
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // Authorization: vapid t=<jwt>, k=<public key>
+    let authorization = header("authorization");
+    let field = |name: &str| authorization.strip_prefix("vapid ")?.split(',').map(str::trim).find_map(|p| p.strip_prefix(&format!("{name}=")).map(str::to_string));
+    let expected_key = STANDARD.decode(&shared.credential.1).unwrap();
+    let key = field("k").and_then(|k| URL_SAFE_NO_PAD.decode(k).ok());
+    if key.as_deref() != Some(expected_key.as_slice()) {
+        shared.refuse("webpush: VAPID key".into());
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let origin = format!("http://{}", header("host"));
+    match verified_claims(&field("t").unwrap_or_default(), &ECDSA_P256_SHA256_FIXED, &expected_key) {
+        Ok((h, c)) if h["alg"] == "ES256" && c["aud"].as_str() == Some(&origin) => {
+            let exp = c["exp"].as_i64().unwrap_or(0);
+            let sub = c["sub"].as_str().unwrap_or("");
+            if exp <= now() || exp > now() + 24 * 3600 || !(sub.starts_with("mailto:") || sub.starts_with("https://")) {
+                shared.refuse("webpush: VAPID claims".into());
+                return StatusCode::FORBIDDEN.into_response();
+            }
+        }
+        other => {
+            shared.refuse(format!("webpush: VAPID token {:?}", other.err()));
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+    }
+    if header("content-encoding") != "aes128gcm" || header("ttl").parse::<u64>().is_err() || !matches!(header("urgency").as_str(), "very-low" | "low" | "normal" | "high") {
+        shared.refuse("webpush: headers".into());
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    if id.starts_with("gone") {
+        return StatusCode::GONE.into_response();
+    }
+    let Some((private, public, auth)) = browsers.lock().unwrap().remove(&id) else {
+        shared.refuse(format!("webpush: subscription {id} unknown or used twice"));
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let agree = |sender: &[u8]| {
+        let peer = ring::agreement::UnparsedPublicKey::new(&ring::agreement::ECDH_P256, sender.to_vec());
+        ring::agreement::agree_ephemeral(private, &peer, |secret| secret.to_vec()).map_err(|_| "ECDH".to_string())
+    };
+    let payload = match crate::ece::open(&body, &public, &auth, agree).map(|p| serde_json::from_slice::<Value>(&p)) {
+        Ok(Ok(payload)) => payload,
+        other => {
+            shared.refuse(format!("webpush: cannot decrypt: {:?}", other.err()));
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+    };
+    let location = format!("/m/{}", shared.accepted_count() + 1);
+    let text = format!("{} {}|{}", header("urgency"), payload["title"].as_str().unwrap_or(""), payload["body"].as_str().unwrap_or(""));
+    shared.accept(&id, &text, location.clone(), payload["delivery_id"].as_str().map(str::to_string));
+    let mut response = StatusCode::CREATED.into_response();
+    response.headers_mut().insert("location", location.parse().unwrap());
     response
 }

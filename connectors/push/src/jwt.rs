@@ -35,6 +35,15 @@ impl Signer {
             .map_err(|e| format!("P-256 key: {e}"))
     }
 
+    /// The public key: uncompressed point for P-256 (VAPID's `k`), DER RSAPublicKey for RSA.
+    pub fn public_key(&self) -> &[u8] {
+        use ring::signature::KeyPair;
+        match self {
+            Signer::Rs256(key) => key.public().as_ref(),
+            Signer::Es256(key) => key.public_key().as_ref(),
+        }
+    }
+
     /// `header.claims.signature`, each part base64url.
     pub fn jwt(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
         let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));

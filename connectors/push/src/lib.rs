@@ -1,18 +1,22 @@
-//! App push. Two providers, two channels:
+//! App and browser push, one provider per channel:
 //! - `push`: Firebase Cloud Messaging HTTP v1, Android and iOS through FCM
 //!   registration tokens (the address). OAuth access token from a signed
 //!   service-account assertion, cached and refreshed.
 //! - `apns`: Apple Push Notification service for apps that register raw APNs
 //!   device tokens, over HTTP/2 with an ES256 provider token (reused for 50
 //!   minutes: Apple refuses fresher rotation).
+//! - `webpush`: browsers' push services, payload encrypted for the
+//!   subscription (RFC 8291) and signed for with VAPID (RFC 8292).
 //!
 //! Priority follows the message: `high` is delivered at once (FCM HIGH,
 //! APNs 10), others are power-friendly (NORMAL, 5); an expiry becomes the
 //! push TTL so a stale notification is never shown.
 
 pub mod apns;
+pub mod ece;
 pub mod fcm;
 mod jwt;
+pub mod webpush;
 
 #[cfg(feature = "fake")]
 pub mod fake;
@@ -20,6 +24,7 @@ pub mod fake;
 pub use apns::{ApnsChannel, ApnsConfig};
 pub use fcm::{FcmChannel, FcmConfig};
 pub use jwt::{b64url, pem_to_der};
+pub use webpush::{WebPushChannel, WebPushConfig};
 
 use notiflow_delivery::Delivery;
 

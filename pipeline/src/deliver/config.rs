@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, RetryPolicy, SecretRef};
 use notiflow_email::{SmtpChannel, SmtpConfig};
-use notiflow_push::{ApnsChannel, ApnsConfig, FcmChannel, FcmConfig};
+use notiflow_push::{ApnsChannel, ApnsConfig, FcmChannel, FcmConfig, WebPushChannel, WebPushConfig};
 use notiflow_im::{
     DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig, WeChatChannel, WeChatConfig,
     WeComChannel, WeComConfig,
@@ -64,7 +64,7 @@ impl Default for DeliveryConfig {
 
 /// One provider account. Exactly one of the kind tables (`twilio`, `aliyun`,
 /// `smtp`, `dingtalk`, `feishu`, `wecom`, `slack`, `telegram`, `wechat`, `fcm`,
-/// `apns`, `webhook`)
+/// `apns`, `webpush`, `webhook`)
 /// says which API it speaks, and so which channel it serves.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +117,9 @@ pub struct ProviderConfig {
     /// Apple Push Notification service (channel `apns`; the address is the device token).
     #[serde(default)]
     pub apns: Option<ApnsConfig>,
+    /// Browser push with VAPID (channel `webpush`; the address is the subscription JSON).
+    #[serde(default)]
+    pub webpush: Option<WebPushConfig>,
     #[serde(default)]
     pub webhook: Option<WebhookSettings>,
 }
@@ -200,10 +203,11 @@ impl ProviderConfig {
         built.extend(self.wechat.as_ref().map(|c| shared(WeChatChannel::new(name, c.clone()))));
         built.extend(self.fcm.as_ref().map(|c| shared(FcmChannel::new(name, c))));
         built.extend(self.apns.as_ref().map(|c| shared(ApnsChannel::new(name, c.clone()))));
+        built.extend(self.webpush.as_ref().map(|c| shared(WebPushChannel::new(name, c.clone()))));
         built.extend(self.webhook.as_ref().map(|w| shared(webhook(name, w))));
         match built.len() {
             1 => built.pop().expect("one"),
-            _ => Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [dingtalk], [feishu], [wecom], [slack], [telegram], [wechat], [fcm], [apns], [webhook]")),
+            _ => Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [dingtalk], [feishu], [wecom], [slack], [telegram], [wechat], [fcm], [apns], [webpush], [webhook]")),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use notiflow_delivery::{Channel, Delivery, SecretRef, summary};
 use notiflow_push::fake::{self, Mode};
-use notiflow_push::{ApnsChannel, ApnsConfig, FcmChannel, FcmConfig, pem_to_der};
+use notiflow_push::{ApnsChannel, ApnsConfig, FcmChannel, FcmConfig, WebPushChannel, WebPushConfig, pem_to_der};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RsaKeyPair};
 
@@ -114,4 +114,43 @@ fn base64_lines(der: &[u8]) -> String {
     use base64::Engine;
     let text = base64::engine::general_purpose::STANDARD.encode(der);
     text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn web_push_encrypts_for_the_subscription_and_signs_with_vapid() {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", base64_lines(pkcs8.as_ref()));
+    let service = fake::FakeWebPush::start(key.public_key().as_ref()).await;
+    let config = WebPushConfig {
+        vapid_private_key: secret("NOTIFLOW_IT_VAPID", &pem),
+        vapid_subject: "mailto:ops@acme.test".into(),
+        allowed_hosts: vec!["127.0.0.1".into()],
+        default_ttl_s: 3600,
+        timeout_ms: 2000,
+    };
+    let channel = WebPushChannel::new("webpush", config.clone()).unwrap();
+    let send = |address: String, priority: &str| {
+        let delivery = push("1", &address, priority);
+        let channel = &channel;
+        async move { summary(&channel.send(&delivery, 1).await) }
+    };
+    assert_eq!(send(service.subscribe(), "high").await, "accepted /m/1");
+    assert_eq!(send(service.subscribe(), "low").await, "accepted /m/2");
+    assert_eq!(send(service.expired_subscription(), "high").await, "fail invalid_recipient 410");
+    assert_eq!(send("{\"endpoint\": 3}".into(), "high").await, "fail invalid_recipient bad_subscription");
+    let elsewhere = service.subscribe().replace("127.0.0.1", "localhost");
+    assert_eq!(send(elsewhere, "high").await, "fail blocked_target push_service_not_allowed", "only listed push services");
+    let log = service.provider.log();
+    assert!(log.refused.is_empty(), "{:?}", log.refused);
+    let bodies: Vec<&str> = log.accepted.iter().map(|r| r.body.as_str()).collect();
+    assert_eq!(bodies, ["high Order shipped|Order 1 is on its way", "low Order shipped|Order 1 is on its way"], "decrypted by the browser side");
+    drop(log);
+
+    // Another application server key: the push service refuses the VAPID token.
+    let other = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let other_pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", base64_lines(other.as_ref()));
+    let stranger = WebPushChannel::new("webpush", WebPushConfig { vapid_private_key: secret("NOTIFLOW_IT_VAPID2", &other_pem), ..config }).unwrap();
+    assert_eq!(summary(&stranger.send(&push("2", &service.subscribe(), "high"), 1).await), "fail auth 403");
 }
