@@ -15,14 +15,15 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     pub fn new(config: &KafkaConfig) -> Result<Self, ConnectorError> {
-        let producer = config
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", "30000")
-            .create()
-            .map_err(classify)?;
+        let mut client = config.client_config();
+        // Defaults that [kafka.properties] may override (latency/patience trade-offs)...
+        for (key, value) in [("linger.ms", config.linger_ms.to_string()), ("message.timeout.ms", "30000".to_string())] {
+            if !config.properties.contains_key(key) {
+                client.set(key, value);
+            }
+        }
+        // ...and what exactly-once output needs, which they may not.
+        let producer = client.set("enable.idempotence", "true").set("acks", "all").create().map_err(classify)?;
         Ok(KafkaSink { producer })
     }
 
