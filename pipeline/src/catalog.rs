@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// Channels a template or profile may name (the request contract's list).
 pub const CHANNELS: &[&str] =
-    &["email", "sms", "wecom", "dingtalk", "feishu", "wechat", "push", "apns", "webpush", "inbox", "webhook", "slack", "teams", "telegram"];
+    &["email", "sms", "wecom", "wecom_robot", "dingtalk", "dingtalk_robot", "feishu", "wechat", "push", "apns", "webpush", "inbox", "webhook", "slack", "teams", "telegram"];
 const CATEGORIES: &[&str] = &["otp", "transactional", "marketing"];
 
 /// What one channel shows. `body` is text; `html` is the HTML part (email).

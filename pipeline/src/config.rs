@@ -275,7 +275,7 @@ id = "acme"
     fn the_example_config_parses_and_a_missing_secret_names_its_provider() {
         let config = Config::parse(include_str!("../../config/notiflow.example.toml"), "notiflow.example.toml").unwrap();
         let names: Vec<&str> = config.delivery.providers.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["sms-aliyun", "sms-twilio", "email-relay", "dingtalk", "webhooks"]);
+        assert_eq!(names, ["sms-aliyun", "sms-twilio", "email-relay", "dingtalk-ops", "webhooks"]);
         assert_eq!(config.inbox.as_ref().map(|i| (i.listen.as_str(), i.keep_per_user)), Some(("0.0.0.0:8090", 500)));
         let err = config.delivery.provider_groups().err().unwrap();
         assert!(err.contains("sms-aliyun") && err.contains("ALIYUN_SMS_SECRET"), "{err}");

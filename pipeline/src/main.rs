@@ -250,8 +250,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = Config::load(&config)?;
             let t = notiflow::deliver::run(&config, exit_when_idle_ms.map(Duration::from_millis)).await?;
             println!(
-                "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls",
-                t.read, t.accepted, t.failed, t.attempts, t.not_sendable, t.recalls
+                "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls, {} parked",
+                t.read, t.accepted, t.failed, t.attempts, t.not_sendable, t.recalls, t.parked
             );
             Ok(ExitCode::SUCCESS)
         }

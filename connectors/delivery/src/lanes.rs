@@ -23,6 +23,10 @@ impl Lane {
             Lane::Low => "low",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Lane> {
+        Lane::ALL.into_iter().find(|lane| lane.as_str() == text)
+    }
 }
 
 struct State<T> {
@@ -73,6 +77,18 @@ impl<T> LaneQueue<T> {
             }
             writable.await;
         }
+    }
+
+    /// Queues `item` if its lane has room; otherwise hands it back at once.
+    pub fn try_push(&self, lane: Lane, item: T) -> Result<(), T> {
+        let mut state = self.state();
+        if state.closed || state.lanes[lane as usize].len() >= self.capacity {
+            return Err(item);
+        }
+        state.lanes[lane as usize].push_back(item);
+        drop(state);
+        self.readable.notify_one();
+        Ok(())
     }
 
     /// Waits until something is queued: true, or the queue is closed and empty: false.

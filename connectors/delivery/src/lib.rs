@@ -33,7 +33,7 @@ pub use group::{Lease, ProviderGroup, ProviderLimits};
 pub use lanes::{Lane, LaneQueue};
 pub use outcome::{Accepted, FailureReason, SendError, summary};
 pub use retry::{Final, RetryPolicy, SendResult, deliver};
-pub use scheduler::{Done, Job, Scheduler};
+pub use scheduler::{Done, Job, Refused, Scheduler};
 pub use secret::{Secret, SecretRef};
 pub use token::TokenCache;
 
@@ -51,4 +51,30 @@ pub trait Channel: Send + Sync {
     /// One attempt. Never counts a transport-level OK as accepted without
     /// reading what the provider answered.
     fn send<'a>(&'a self, delivery: &'a Delivery, attempt: u32) -> SendFuture<'a>;
+}
+
+/// Implements [`Channel`] for a provider type: its channel name, the field
+/// holding its provider name, and its `async fn(&self, &Delivery) ->
+/// Result<Accepted, SendError>` that makes one attempt.
+///
+/// ```ignore
+/// notiflow_delivery::impl_channel!(TwilioChannel, "sms", name, post);
+/// ```
+#[macro_export]
+macro_rules! impl_channel {
+    ($provider:ty, $channel:literal, $($name:ident).+, $attempt:ident) => {
+        impl $crate::Channel for $provider {
+            fn channel(&self) -> &str {
+                $channel
+            }
+
+            fn provider(&self) -> &str {
+                &self.$($name).+
+            }
+
+            fn send<'a>(&'a self, delivery: &'a $crate::Delivery, _attempt: u32) -> $crate::SendFuture<'a> {
+                Box::pin(self.$attempt(delivery))
+            }
+        }
+    };
 }

@@ -30,6 +30,13 @@ pub struct Done<T> {
     pub handoff: Duration,
 }
 
+/// Why [`Scheduler::try_submit`] handed a job back.
+pub enum Refused<T> {
+    /// The channel's lane is full (or the scheduler stopped).
+    Full(Job<T>),
+    NoProvider(Job<T>),
+}
+
 pub struct Scheduler<T> {
     queues: HashMap<String, Arc<LaneQueue<Job<T>>>>,
     workers: JoinSet<()>,
@@ -53,6 +60,17 @@ impl<T: Send + 'static> Scheduler<T> {
 
     pub fn channels(&self) -> impl Iterator<Item = &str> {
         self.queues.keys().map(String::as_str)
+    }
+
+    /// Queues a job if its channel's lane has room, else hands it back at once
+    /// (the caller parks it, so one full channel never blocks a reader that
+    /// also feeds other channels).
+    pub fn try_submit(&self, job: Job<T>) -> Result<(), Refused<T>> {
+        let channel = job.delivery.channel.as_deref().unwrap_or_default();
+        match self.queues.get(channel) {
+            Some(queue) => queue.try_push(job.lane, job).map_err(Refused::Full),
+            None => Err(Refused::NoProvider(job)),
+        }
     }
 
     /// Queues a job on its channel (waiting while that channel's lane is

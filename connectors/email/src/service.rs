@@ -7,7 +7,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::TlsParameters;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::Error as SmtpError;
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SendError, SendFuture};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, SendError};
 
 use crate::pool::{Failure, Pool, Relay};
 use crate::{MessageBuilder, Security, SmtpConfig};
@@ -108,19 +108,7 @@ fn enhanced_status(text: &str) -> Option<String> {
     })
 }
 
-impl Channel for SmtpChannel {
-    fn channel(&self) -> &str {
-        "email"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.submit(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(SmtpChannel, "email", name, submit);
 
 #[cfg(test)]
 mod tests {

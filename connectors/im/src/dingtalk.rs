@@ -1,15 +1,15 @@
-//! DingTalk group robot (自定义机器人): `POST /robot/send?access_token=..`,
+//! DingTalk group robot (自定义机器人), channel `dingtalk_robot`: `POST /robot/send?access_token=..`,
 //! signed ("加签") with `timestamp` (ms) and `sign` = Base64(HMAC-SHA256(key =
 //! secret, data = "{timestamp}\n{secret}")) in the query. Text, or markdown
 //! when the message has a title. Answers `{"errcode": 0, "errmsg": "ok"}`.
 
 use std::collections::BTreeMap;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SendError, SendFuture};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, SendError};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::robots::{self, RobotSecrets, Robots, Verdict};
+use crate::robots::{self, RobotAccount, RobotSecrets, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,10 +29,7 @@ fn default_endpoint() -> String {
 }
 
 pub struct DingTalkChannel {
-    name: String,
-    endpoint: String,
-    robots: Robots,
-    client: reqwest::Client,
+    account: RobotAccount,
 }
 
 /// The `sign` of a request made at `timestamp_ms`.
@@ -50,16 +47,15 @@ pub fn body(delivery: &Delivery) -> serde_json::Value {
 
 impl DingTalkChannel {
     pub fn new(name: &str, config: &DingTalkConfig) -> Result<Self, String> {
-        let robots = Robots::resolve(&format!("dingtalk provider {name}"), &config.robots, true)?;
-        Ok(DingTalkChannel { name: name.into(), endpoint: config.endpoint.trim_end_matches('/').into(), robots, client: robots::client(config.timeout_ms)? })
+        Ok(DingTalkChannel { account: RobotAccount::new("dingtalk", name, &config.endpoint, &config.robots, true, config.timeout_ms)? })
     }
 
     async fn post(&self, delivery: &Delivery) -> Result<Accepted, SendError> {
-        let robot = self.robots.pick(delivery)?;
+        let robot = self.account.robots.pick(delivery)?;
         let timestamp = chrono::Utc::now().timestamp_millis();
         let secret = robot.secret.as_ref().expect("signed robots have a secret");
         let query = [("access_token", robot.token.expose().to_string()), ("timestamp", timestamp.to_string()), ("sign", sign(timestamp, secret.expose()))];
-        let request = self.client.post(format!("{}/robot/send", self.endpoint)).query(&query);
+        let request = self.account.client.post(format!("{}/robot/send", self.account.endpoint)).query(&query);
         let (status, retry_after, text) = robots::post_json(request, &body(delivery)).await?;
         classify(status, retry_after, &text)
     }
@@ -77,19 +73,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<std::time::Duration
     })
 }
 
-impl Channel for DingTalkChannel {
-    fn channel(&self) -> &str {
-        "dingtalk"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(DingTalkChannel, "dingtalk_robot", account.name, post);
 
 #[cfg(test)]
 mod tests {

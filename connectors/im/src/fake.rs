@@ -44,6 +44,24 @@ pub async fn wechat(app_id: &str, app_secret: &str) -> FakeProvider {
     FakeProvider::start(app_id, app_secret, routes).await
 }
 
+/// Teams workflow webhook at `/teams/{id}?sig=<sig>`.
+pub async fn teams(id: &str, sig: &str) -> FakeProvider {
+    FakeProvider::start(id, sig, Router::new().route("/teams/{id}", post(teams_send))).await
+}
+
+/// WeCom app of `corp_id` with `secret`; members whose id starts `gone` are unknown.
+pub async fn wecom_app(corp_id: &str, secret: &str) -> FakeProvider {
+    let routes = Router::new().route("/cgi-bin/gettoken", axum::routing::get(wecom_token)).route("/cgi-bin/message/send", post(wecom_app_send));
+    FakeProvider::start(corp_id, secret, routes).await
+}
+
+/// DingTalk app with `app_key` / `app_secret`; users whose id starts `gone` are unknown.
+pub async fn dingtalk_work(app_key: &str, app_secret: &str) -> FakeProvider {
+    let routes =
+        Router::new().route("/gettoken", axum::routing::get(dingtalk_token)).route("/topapi/message/corpconversation/asyncsend_v2", post(dingtalk_work_send));
+    FakeProvider::start(app_key, app_secret, routes).await
+}
+
 /// Telegram bot with `token`; chat id `404` does not exist, `403` blocked the bot.
 pub async fn telegram(token: &str) -> FakeProvider {
     FakeProvider::start(token, "", Router::new().route("/{bot}/sendMessage", post(telegram_send))).await
@@ -244,4 +262,93 @@ async fn wechat_send(State(shared): State<Arc<FakeState>>, RawQuery(query): RawQ
     let id = 200_000_000 + shared.accepted_count() as i64 + 1;
     shared.accept(openid, &text, id.to_string(), body["client_msg_id"].as_str().map(str::to_string));
     answer(StatusCode::OK, json!({"errcode": 0, "errmsg": "ok", "msgid": id}))
+}
+
+async fn teams_send(State(shared): State<Arc<FakeState>>, Path(id): Path<String>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    if let Some(early) = shared.interfere(|_| StatusCode::TOO_MANY_REQUESTS.into_response(), || StatusCode::BAD_GATEWAY.into_response()).await {
+        return early;
+    }
+    if id != shared.credential.0 || form(query.unwrap_or_default().as_bytes()).get("sig") != Some(&shared.credential.1) {
+        shared.refuse("teams: webhook signature".into());
+        return (StatusCode::UNAUTHORIZED, "DirectApiAuthorizationRequired").into_response();
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let card = &body["attachments"][0];
+    let blocks = card["content"]["body"].as_array().cloned().unwrap_or_default();
+    let texts: Vec<&str> = blocks.iter().filter(|b| b["type"] == "TextBlock").filter_map(|b| b["text"].as_str()).collect();
+    if body["type"] != "message" || card["contentType"] != "application/vnd.microsoft.card.adaptive" || card["content"]["type"] != "AdaptiveCard" || texts.is_empty() {
+        shared.refuse("teams: not an adaptive card message".into());
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    shared.accept("teams", &texts.join("\n"), String::new(), None);
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// `GET ...?<id_param>=..&<secret_param>=..` -> a token, as WeCom and DingTalk answer it.
+fn query_token(shared: &FakeState, query: Option<String>, (id_param, secret_param): (&str, &str)) -> Response {
+    let query = form(query.unwrap_or_default().as_bytes());
+    let (id, secret) = &shared.credential;
+    if query.get(id_param) != Some(id) || query.get(secret_param) != Some(secret) {
+        shared.refuse(format!("gettoken: {id_param}/{secret_param}"));
+        return answer(StatusCode::OK, json!({"errcode": 40001, "errmsg": "invalid credential"}));
+    }
+    answer(StatusCode::OK, json!({"errcode": 0, "errmsg": "ok", "access_token": shared.issue_token(), "expires_in": 7200}))
+}
+
+async fn wecom_token(State(shared): State<Arc<FakeState>>, RawQuery(query): RawQuery) -> Response {
+    query_token(&shared, query, ("corpid", "corpsecret"))
+}
+
+async fn dingtalk_token(State(shared): State<Arc<FakeState>>, RawQuery(query): RawQuery) -> Response {
+    query_token(&shared, query, ("appkey", "appsecret"))
+}
+
+/// The token of a send, or the expired-token answer.
+fn token_of(shared: &FakeState, query: Option<String>) -> Result<(), Response> {
+    let token = form(query.unwrap_or_default().as_bytes()).get("access_token").cloned().unwrap_or_default();
+    if shared.token_valid(&token) { Ok(()) } else { Err(answer(StatusCode::OK, json!({"errcode": 42001, "errmsg": "access_token expired"}))) }
+}
+
+async fn wecom_app_send(State(shared): State<Arc<FakeState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let busy = |_| answer(StatusCode::OK, json!({"errcode": 45009, "errmsg": "api freq out of limit"}));
+    if let Some(early) = shared.interfere(busy, || answer(StatusCode::SERVICE_UNAVAILABLE, json!({"errcode": -1, "errmsg": "system busy"}))).await {
+        return early;
+    }
+    if let Err(expired) = token_of(&shared, query) {
+        return expired;
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let user = body["touser"].as_str().unwrap_or("").to_string();
+    let (Some(_), Some((kind, text))) = (body["agentid"].as_i64(), robot_text(&body)) else {
+        shared.refuse("wecom app: agentid or content".into());
+        return answer(StatusCode::OK, json!({"errcode": 41011, "errmsg": "missing agentid"}));
+    };
+    if user.starts_with("gone") {
+        return answer(StatusCode::OK, json!({"errcode": 0, "errmsg": "ok", "invaliduser": user, "msgid": ""}));
+    }
+    let id = format!("wx-msg-{}", shared.accepted_count() + 1);
+    shared.accept(&user, &format!("{kind}: {text}"), id.clone(), None);
+    answer(StatusCode::OK, json!({"errcode": 0, "errmsg": "ok", "invaliduser": "", "invalidparty": "", "invalidtag": "", "unlicenseduser": "", "msgid": id}))
+}
+
+async fn dingtalk_work_send(State(shared): State<Arc<FakeState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let busy = |_| answer(StatusCode::OK, json!({"errcode": 90018, "errmsg": "请求过于频繁"}));
+    if let Some(early) = shared.interfere(busy, || answer(StatusCode::SERVICE_UNAVAILABLE, json!({"errcode": -1, "errmsg": "系统繁忙"}))).await {
+        return early;
+    }
+    if let Err(expired) = token_of(&shared, query) {
+        return expired;
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let user = body["userid_list"].as_str().unwrap_or("").to_string();
+    let (Some(_), Some((kind, text))) = (body["agent_id"].as_i64(), robot_text(&body["msg"])) else {
+        shared.refuse("dingtalk work: agent_id or msg".into());
+        return answer(StatusCode::OK, json!({"errcode": 40035, "errmsg": "缺少参数"}));
+    };
+    if user.starts_with("gone") {
+        return answer(StatusCode::OK, json!({"errcode": 60121, "errmsg": "找不到该用户"}));
+    }
+    let task = 256_271_667_000 + shared.accepted_count() as i64 + 1;
+    shared.accept(&user, &format!("{kind}: {text}"), task.to_string(), None);
+    answer(StatusCode::OK, json!({"errcode": 0, "task_id": task, "request_id": "fake"}))
 }

@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SendError, SendFuture};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, SendError};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::robots::{self, RobotSecrets, Robots, Verdict};
+use crate::robots::{self, RobotAccount, RobotSecrets, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,10 +30,7 @@ fn default_endpoint() -> String {
 }
 
 pub struct FeishuChannel {
-    name: String,
-    endpoint: String,
-    robots: Robots,
-    client: reqwest::Client,
+    account: RobotAccount,
 }
 
 /// The `sign` of a request made at `timestamp_s`.
@@ -51,18 +48,17 @@ pub fn body(delivery: &Delivery) -> serde_json::Value {
 
 impl FeishuChannel {
     pub fn new(name: &str, config: &FeishuConfig) -> Result<Self, String> {
-        let robots = Robots::resolve(&format!("feishu provider {name}"), &config.robots, true)?;
-        Ok(FeishuChannel { name: name.into(), endpoint: config.endpoint.trim_end_matches('/').into(), robots, client: robots::client(config.timeout_ms)? })
+        Ok(FeishuChannel { account: RobotAccount::new("feishu", name, &config.endpoint, &config.robots, true, config.timeout_ms)? })
     }
 
     async fn post(&self, delivery: &Delivery) -> Result<Accepted, SendError> {
-        let robot = self.robots.pick(delivery)?;
+        let robot = self.account.robots.pick(delivery)?;
         let timestamp = chrono::Utc::now().timestamp();
         let secret = robot.secret.as_ref().expect("signed robots have a secret");
         let mut body = body(delivery);
         body["timestamp"] = json!(timestamp.to_string());
         body["sign"] = json!(sign(timestamp, secret.expose()));
-        let request = self.client.post(format!("{}/open-apis/bot/v2/hook/{}", self.endpoint, robot.token.expose()));
+        let request = self.account.client.post(format!("{}/open-apis/bot/v2/hook/{}", self.account.endpoint, robot.token.expose()));
         let (status, retry_after, text) = robots::post_json(request, &body).await?;
         classify(status, retry_after, &text)
     }
@@ -79,19 +75,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<std::time::Duration
     })
 }
 
-impl Channel for FeishuChannel {
-    fn channel(&self) -> &str {
-        "feishu"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(FeishuChannel, "feishu", account.name, post);
 
 #[cfg(test)]
 mod tests {

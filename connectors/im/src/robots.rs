@@ -52,6 +52,22 @@ impl Robots {
     }
 }
 
+/// A robot provider entry: its name, API base URL, robots and HTTP client.
+pub struct RobotAccount {
+    pub name: String,
+    pub endpoint: String,
+    pub robots: Robots,
+    pub client: reqwest::Client,
+}
+
+impl RobotAccount {
+    /// `signed`: every robot must have its signing secret (APIs that verify signatures).
+    pub fn new(kind: &str, name: &str, endpoint: &str, robots: &BTreeMap<String, RobotSecrets>, signed: bool, timeout_ms: u64) -> Result<Self, String> {
+        let robots = Robots::resolve(&format!("{kind} provider {name}"), robots, signed)?;
+        Ok(RobotAccount { name: name.into(), endpoint: endpoint.trim_end_matches('/').into(), robots, client: client(timeout_ms)? })
+    }
+}
+
 /// The message's title (the rendered subject, if any) and text.
 pub fn title_and_text(delivery: &Delivery) -> (Option<&str>, &str) {
     (delivery.subject.as_deref().filter(|s| !s.is_empty()), delivery.body.as_deref().unwrap_or(""))

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SendError, SendFuture};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, SendError};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::robots::{self, RobotSecrets, Robots};
+use crate::robots::{self, RobotAccount, RobotSecrets};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,10 +29,7 @@ fn default_endpoint() -> String {
 }
 
 pub struct SlackChannel {
-    name: String,
-    endpoint: String,
-    robots: Robots,
-    client: reqwest::Client,
+    account: RobotAccount,
 }
 
 /// mrkdwn escaping Slack asks for: `&`, `<` and `>`.
@@ -49,13 +46,12 @@ pub fn body(delivery: &Delivery) -> serde_json::Value {
 
 impl SlackChannel {
     pub fn new(name: &str, config: &SlackConfig) -> Result<Self, String> {
-        let robots = Robots::resolve(&format!("slack provider {name}"), &config.robots, false)?;
-        Ok(SlackChannel { name: name.into(), endpoint: config.endpoint.trim_end_matches('/').into(), robots, client: robots::client(config.timeout_ms)? })
+        Ok(SlackChannel { account: RobotAccount::new("slack", name, &config.endpoint, &config.robots, false, config.timeout_ms)? })
     }
 
     async fn post(&self, delivery: &Delivery) -> Result<Accepted, SendError> {
-        let robot = self.robots.pick(delivery)?;
-        let request = self.client.post(format!("{}/services/{}", self.endpoint, robot.token.expose().trim_matches('/')));
+        let robot = self.account.robots.pick(delivery)?;
+        let request = self.account.client.post(format!("{}/services/{}", self.account.endpoint, robot.token.expose().trim_matches('/')));
         let (status, retry_after, text) = robots::post_json(request, &body(delivery)).await?;
         classify(status, retry_after, &text)
     }
@@ -76,19 +72,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<std::time::Duration
     }
 }
 
-impl Channel for SlackChannel {
-    fn channel(&self) -> &str {
-        "slack"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(SlackChannel, "slack", account.name, post);
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, Secret, SecretRef, SendError, SendFuture, http};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, Secret, SecretRef, SendError, http};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -100,19 +100,7 @@ fn classify(status: reqwest::StatusCode, body: &str) -> Result<Accepted, SendErr
     Err(SendError::permanent(reason, code.to_string(), detail))
 }
 
-impl Channel for TelegramChannel {
-    fn channel(&self) -> &str {
-        "telegram"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(TelegramChannel, "telegram", name, post);
 
 #[cfg(test)]
 mod tests {

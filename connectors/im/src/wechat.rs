@@ -10,11 +10,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, Secret, SecretRef, SendError, SendFuture, TokenCache, http};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, Secret, SecretRef, SendError, TokenCache};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::robots::{self, Verdict};
+use crate::token;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,11 +75,6 @@ pub fn body(delivery: &Delivery, template: &WeChatTemplate, openid: &str) -> ser
     body
 }
 
-/// Invalid credential, expired or invalid access token: refetch and resend once.
-fn stale_token(code: i64) -> bool {
-    matches!(code, 40001 | 40014 | 42001)
-}
-
 impl WeChatChannel {
     pub fn new(name: &str, config: WeChatConfig) -> Result<Self, String> {
         let secret = config.app_secret.resolve().map_err(|e| format!("wechat provider {name}: app_secret: {e}"))?;
@@ -89,21 +85,7 @@ impl WeChatChannel {
     async fn fetch_token(&self) -> Result<(Secret, Duration), SendError> {
         let url = format!("{}/cgi-bin/stable_token", self.config.endpoint.trim_end_matches('/'));
         let request = json!({"grant_type": "client_credential", "appid": self.config.app_id, "secret": self.secret.expose(), "force_refresh": false});
-        let (status, _, text) = robots::post_json(self.client.post(url), &request).await?;
-        let answer: serde_json::Value = serde_json::from_str(&text).map_err(|_| http::unreadable(status, &text))?;
-        match (answer["access_token"].as_str(), answer["expires_in"].as_u64()) {
-            (Some(token), Some(seconds)) => Ok((Secret::new(token), Duration::from_secs(seconds))),
-            _ => {
-                let code = answer["errcode"].as_i64().unwrap_or(-1);
-                let detail = format!("access token: {}", answer["errmsg"].as_str().unwrap_or(""));
-                // -1: system busy; anything else (bad appid/secret, IP not whitelisted) is our configuration.
-                Err(if code == -1 || status.is_server_error() {
-                    SendError::retryable(FailureReason::ProviderError, code.to_string(), detail)
-                } else {
-                    SendError::permanent(FailureReason::Auth, code.to_string(), detail)
-                })
-            }
-        }
+        token::fetch(self.client.post(url).json(&request)).await
     }
 
     async fn post(&self, delivery: &Delivery) -> Result<Accepted, SendError> {
@@ -115,16 +97,15 @@ impl WeChatChannel {
         })?;
         let body = body(delivery, template, openid);
         let url = format!("{}/cgi-bin/message/template/send", self.config.endpoint.trim_end_matches('/'));
-        for resent in [false, true] {
-            let token = self.tokens.get(|| self.fetch_token()).await?;
-            let request = self.client.post(&url).query(&[("access_token", token.expose())]);
-            let (status, retry_after, text) = robots::post_json(request, &body).await?;
-            match classify(status, retry_after, &text) {
-                Err(e) if !resent && e.provider_code().parse().is_ok_and(stale_token) => self.tokens.invalidate(&token).await,
-                outcome => return outcome,
+        let send = |token: Secret| {
+            let request = self.client.post(&url).query(&[("access_token", token.expose().to_string())]);
+            let body = &body;
+            async move {
+                let (status, retry_after, text) = robots::post_json(request, body).await?;
+                classify(status, retry_after, &text)
             }
-        }
-        unreachable!("the second pass returns")
+        };
+        token::send_with(&self.tokens, || self.fetch_token(), send).await
     }
 }
 
@@ -134,7 +115,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &s
         -1 => Verdict::Retry(FailureReason::ProviderError),
         // Daily quota or frequency limit reached.
         45009 | 45047 => Verdict::Retry(FailureReason::RateLimited),
-        code if stale_token(code) => Verdict::Retry(FailureReason::Auth),
+        code if token::is_stale(code) => Verdict::Retry(FailureReason::Auth),
         // Invalid openid, the user unfollowed, refused this template, or is blocked.
         40003 | 43004 | 43101 | 43019 => Verdict::Fail(FailureReason::InvalidRecipient),
         _ => Verdict::Fail(FailureReason::ContentRejected),
@@ -142,19 +123,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &s
     outcome.map(|_| Accepted { provider_message_id: msgid.map(|id| id.to_string()) })
 }
 
-impl Channel for WeChatChannel {
-    fn channel(&self) -> &str {
-        "wechat"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(WeChatChannel, "wechat", name, post);
 
 #[cfg(test)]
 mod tests {

@@ -1,15 +1,15 @@
-//! WeCom (企业微信) group robot: `POST /cgi-bin/webhook/send?key=..`; the key
+//! WeCom (企业微信) group robot, channel `wecom_robot`: `POST /cgi-bin/webhook/send?key=..`; the key
 //! is the only credential (WeCom robots are not signed: keep the key secret).
 //! Text, or markdown when the message has a title. Answers
 //! `{"errcode": 0, "errmsg": "ok"}`.
 
 use std::collections::BTreeMap;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SendError, SendFuture};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, SendError};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::robots::{self, RobotSecrets, Robots, Verdict};
+use crate::robots::{self, RobotAccount, RobotSecrets, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,10 +29,7 @@ fn default_endpoint() -> String {
 }
 
 pub struct WeComChannel {
-    name: String,
-    endpoint: String,
-    robots: Robots,
-    client: reqwest::Client,
+    account: RobotAccount,
 }
 
 pub fn body(delivery: &Delivery) -> serde_json::Value {
@@ -44,13 +41,12 @@ pub fn body(delivery: &Delivery) -> serde_json::Value {
 
 impl WeComChannel {
     pub fn new(name: &str, config: &WeComConfig) -> Result<Self, String> {
-        let robots = Robots::resolve(&format!("wecom provider {name}"), &config.robots, false)?;
-        Ok(WeComChannel { name: name.into(), endpoint: config.endpoint.trim_end_matches('/').into(), robots, client: robots::client(config.timeout_ms)? })
+        Ok(WeComChannel { account: RobotAccount::new("wecom", name, &config.endpoint, &config.robots, false, config.timeout_ms)? })
     }
 
     async fn post(&self, delivery: &Delivery) -> Result<Accepted, SendError> {
-        let robot = self.robots.pick(delivery)?;
-        let request = self.client.post(format!("{}/cgi-bin/webhook/send", self.endpoint)).query(&[("key", robot.token.expose())]);
+        let robot = self.account.robots.pick(delivery)?;
+        let request = self.account.client.post(format!("{}/cgi-bin/webhook/send", self.account.endpoint)).query(&[("key", robot.token.expose())]);
         let (status, retry_after, text) = robots::post_json(request, &body(delivery)).await?;
         classify(status, retry_after, &text)
     }
@@ -67,19 +63,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<std::time::Duration
     })
 }
 
-impl Channel for WeComChannel {
-    fn channel(&self) -> &str {
-        "wecom"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(WeComChannel, "wecom_robot", account.name, post);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, Secret, SecretRef, SendError, SendFuture, TokenCache, http};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, Secret, SecretRef, SendError, TokenCache, http};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -140,19 +140,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &s
     Err(SendError::permanent(reason, code, format!("HTTP {status}")))
 }
 
-impl Channel for ApnsChannel {
-    fn channel(&self) -> &str {
-        "apns"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(ApnsChannel, "apns", name, post);
 
 #[cfg(test)]
 mod tests {

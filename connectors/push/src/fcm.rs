@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, Secret, SecretRef, SendError, SendFuture, TokenCache, http};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, Secret, SecretRef, SendError, TokenCache, http};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -156,19 +156,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &s
     Err(SendError::permanent(reason, fcm_code, detail))
 }
 
-impl Channel for FcmChannel {
-    fn channel(&self) -> &str {
-        "push"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(FcmChannel, "push", name, post);
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SecretRef, SendError, SendFuture, http};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, SecretRef, SendError, http};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -154,19 +154,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &s
     Err(SendError::permanent(reason, code, detail))
 }
 
-impl Channel for WebPushChannel {
-    fn channel(&self) -> &str {
-        "webpush"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(WebPushChannel, "webpush", name, post);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! Local stand-ins for Twilio and Aliyun SMS: each checks a request as the
+//! Local stand-ins for Twilio, Aliyun and Tencent Cloud SMS: each checks a request as the
 //! provider does (auth, signature, replay, fields) and answers as documented.
 
 use std::sync::Arc;
@@ -16,6 +16,11 @@ use notiflow_delivery::fake::{FakeState, form};
 /// Fake Twilio for account `sid` with auth token `token`.
 pub async fn twilio(sid: &str, token: &str) -> FakeProvider {
     FakeProvider::start(sid, token, Router::new().route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio_messages))).await
+}
+
+/// Fake Tencent Cloud SMS for SecretId `secret_id` / `secret_key`.
+pub async fn tencent(secret_id: &str, secret_key: &str) -> FakeProvider {
+    FakeProvider::start(secret_id, secret_key, Router::new().route("/", post(tencent_send_sms))).await
 }
 
 /// Fake Aliyun Dysmsapi for AccessKey `key_id` / `secret`.
@@ -115,4 +120,85 @@ async fn aliyun_send_sms(State(shared): State<Arc<FakeState>>, body: Bytes) -> R
     let biz_id = format!("{:018}^0", shared.accepted_count() + 1);
     shared.accept(phone, &text, biz_id.clone(), params.get("OutId").cloned());
     (StatusCode::OK, axum::Json(serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": "fake"}))).into_response()
+}
+
+fn tencent_answer(status: StatusCode, response: serde_json::Value) -> Response {
+    (status, axum::Json(serde_json::json!({"Response": response}))).into_response()
+}
+
+fn tencent_error(code: &str, message: &str) -> Response {
+    tencent_answer(StatusCode::OK, serde_json::json!({"Error": {"Code": code, "Message": message}, "RequestId": "fake"}))
+}
+
+/// TC3-HMAC-SHA256 as the documentation gives it, driven by the request's own SignedHeaders.
+fn tencent_expected_signature(secret_key: &str, headers: &HeaderMap, signed_headers: &str, date: &str, timestamp: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mac = |key: &[u8], data: &[u8]| {
+        let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    };
+    let canonical_headers: String = signed_headers
+        .split(';')
+        .map(|name| {
+            let value = headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
+            format!("{name}:{}\n", if name == "x-tc-action" { value.to_ascii_lowercase() } else { value.to_string() })
+        })
+        .collect();
+    let canonical = format!("POST\n/\n\n{canonical_headers}\n{signed_headers}\n{}", hex(&Sha256::digest(body)));
+    let to_sign = format!("TC3-HMAC-SHA256\n{timestamp}\n{date}/sms/tc3_request\n{}", hex(&Sha256::digest(canonical.as_bytes())));
+    let key = mac(&mac(&mac(format!("TC3{secret_key}").as_bytes(), date.as_bytes()), b"sms"), b"tc3_request");
+    hex(&mac(&key, to_sign.as_bytes()))
+}
+
+async fn tencent_send_sms(State(shared): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let busy = |_| tencent_error("RequestLimitExceeded", "request too frequent");
+    if let Some(answer) = shared.interfere(busy, || (StatusCode::SERVICE_UNAVAILABLE, "down").into_response()).await {
+        return answer;
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if header("x-tc-action") != "SendSms" || header("x-tc-version") != "2021-01-11" || !header("content-type").starts_with("application/json") {
+        shared.refuse("tencent: action/version/content-type".into());
+        return tencent_error("InvalidParameter", "action, version or content type");
+    }
+    // Authorization: TC3-HMAC-SHA256 Credential=<id>/<date>/sms/tc3_request, SignedHeaders=<list>, Signature=<hex>
+    let authorization = header("authorization");
+    let field = |name: &str| authorization.split(", ").find_map(|p| p.split_once(&format!("{name}=")).map(|(_, v)| v.to_string())).unwrap_or_default();
+    let credential = field("Credential");
+    let scope: Vec<&str> = credential.split('/').collect();
+    let (secret_id, secret_key) = &shared.credential;
+    if !authorization.starts_with("TC3-HMAC-SHA256 ") || scope.len() != 4 || scope[0] != secret_id || scope[2] != "sms" || scope[3] != "tc3_request" {
+        shared.refuse("tencent: credential".into());
+        return tencent_error("AuthFailure.SecretIdNotFound", "credential scope");
+    }
+    let timestamp = header("x-tc-timestamp");
+    let fresh = timestamp.parse::<i64>().is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() < 300);
+    let date_matches = timestamp.parse::<i64>().ok().and_then(|t| chrono::DateTime::from_timestamp(t, 0)).is_some_and(|t| t.format("%Y-%m-%d").to_string() == scope[1]);
+    let signed_headers = field("SignedHeaders");
+    if !fresh || !date_matches || !signed_headers.split(';').any(|h| h == "content-type") || !signed_headers.split(';').any(|h| h == "host") {
+        shared.refuse("tencent: timestamp or signed headers".into());
+        return tencent_error("AuthFailure.SignatureExpire", "timestamp");
+    }
+    if field("Signature") != tencent_expected_signature(secret_key, &headers, &signed_headers, scope[1], &timestamp, &body) {
+        shared.refuse("tencent: signature".into());
+        return tencent_error("AuthFailure.SignatureFailure", "The provided credentials could not be validated.");
+    }
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let phone = request["PhoneNumberSet"][0].as_str().unwrap_or("").to_string();
+    let text = request["TemplateParamSet"][0].as_str().unwrap_or("").to_string();
+    if ["SmsSdkAppId", "SignName", "TemplateId"].iter().any(|k| request[*k].as_str().is_none_or(str::is_empty)) || text.is_empty() {
+        shared.refuse("tencent: missing fields".into());
+        return tencent_error("MissingParameter", "SmsSdkAppId, SignName, TemplateId, TemplateParamSet");
+    }
+    let valid = phone.starts_with('+') && phone[1..].bytes().all(|b| b.is_ascii_digit()) && (!phone.starts_with("+86") || phone.len() == 14);
+    let status = if valid {
+        let serial = format!("2433:{}", shared.accepted_count() + 1);
+        shared.accept(&phone, &text, serial.clone(), request["SessionContext"].as_str().map(str::to_string));
+        serde_json::json!({"SerialNo": serial, "PhoneNumber": phone, "Fee": 1, "Code": "Ok", "Message": "send success", "IsoCode": "CN"})
+    } else {
+        serde_json::json!({"SerialNo": "", "PhoneNumber": phone, "Fee": 0, "Code": "InvalidParameterValue.IncorrectPhoneNumber", "Message": "incorrect number"})
+    };
+    tencent_answer(StatusCode::OK, serde_json::json!({"SendStatusSet": [status], "RequestId": "fake"}))
 }

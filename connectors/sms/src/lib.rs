@@ -4,9 +4,11 @@
 pub mod aliyun;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod tencent;
 pub mod twilio;
 
 pub use aliyun::{AliyunChannel, AliyunConfig};
+pub use tencent::{TencentChannel, TencentConfig};
 pub use twilio::{TwilioChannel, TwilioConfig};
 
 /// `+8613800138000` -> `13800138000` for providers that take national

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, Secret, SecretRef, SendError, SendFuture, http};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, Secret, SecretRef, SendError, http};
 use serde::Deserialize;
 
 /// A Twilio account as an SMS provider.
@@ -136,19 +136,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &s
     Err(SendError::permanent(reason, code, detail))
 }
 
-impl Channel for TwilioChannel {
-    fn channel(&self) -> &str {
-        "sms"
-    }
-
-    fn provider(&self) -> &str {
-        &self.name
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(TwilioChannel, "sms", name, post);
 
 #[cfg(test)]
 mod tests {

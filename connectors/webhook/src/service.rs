@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, SendError, SendFuture};
+use notiflow_delivery::{Accepted, Delivery, FailureReason, SendError};
 use reqwest::{StatusCode, Url};
 
 use crate::guard::Blocked;
@@ -90,19 +90,7 @@ fn classify_status(status: StatusCode, retry_after: Option<Duration>, answer: &s
     }
 }
 
-impl Channel for WebhookChannel {
-    fn channel(&self) -> &str {
-        "webhook"
-    }
-
-    fn provider(&self) -> &str {
-        &self.config.provider
-    }
-
-    fn send<'a>(&'a self, delivery: &'a Delivery, _attempt: u32) -> SendFuture<'a> {
-        Box::pin(self.post(delivery))
-    }
-}
+notiflow_delivery::impl_channel!(WebhookChannel, "webhook", config.provider, post);
 
 impl WebhookChannel {
     async fn post(&self, delivery: &Delivery) -> Result<Accepted, SendError> {

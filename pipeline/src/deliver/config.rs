@@ -19,10 +19,10 @@ use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, R
 use notiflow_email::{SmtpChannel, SmtpConfig};
 use notiflow_push::{ApnsChannel, ApnsConfig, FcmChannel, FcmConfig, WebPushChannel, WebPushConfig};
 use notiflow_im::{
-    DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig, WeChatChannel, WeChatConfig,
-    WeComChannel, WeComConfig,
+    DingTalkChannel, DingTalkConfig, DingTalkWorkChannel, DingTalkWorkConfig, FeishuChannel, FeishuConfig, SlackChannel, SlackConfig, TeamsChannel,
+    TeamsConfig, TelegramChannel, TelegramConfig, WeChatChannel, WeChatConfig, WeComAppChannel, WeComAppConfig, WeComChannel, WeComConfig,
 };
-use notiflow_sms::{AliyunChannel, AliyunConfig, TwilioChannel, TwilioConfig};
+use notiflow_sms::{AliyunChannel, AliyunConfig, TencentChannel, TencentConfig, TwilioChannel, TwilioConfig};
 use notiflow_webhook::{SigningKey, WebhookChannel, WebhookConfig};
 use serde::Deserialize;
 
@@ -62,10 +62,11 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// One provider account. Exactly one of the kind tables (`twilio`, `aliyun`,
-/// `smtp`, `dingtalk`, `feishu`, `wecom`, `slack`, `telegram`, `wechat`, `fcm`,
-/// `apns`, `webpush`, `webhook`)
-/// says which API it speaks, and so which channel it serves.
+/// One provider account. Exactly one kind table (`twilio`, `aliyun`,
+/// `tencent`, `smtp`, `dingtalk_robot`, `dingtalk_work`, `feishu`,
+/// `wecom_robot`, `wecom_app`, `slack`, `teams`, `telegram`, `wechat`, `fcm`,
+/// `apns`, `webpush`, `webhook`) says which API it speaks, and so which
+/// channel it serves.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
@@ -93,15 +94,27 @@ pub struct ProviderConfig {
     /// An SMTP relay (channel `email`).
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
-    /// DingTalk group robots (channel `dingtalk`; the address names the robot).
+    /// Tencent Cloud SMS (channel `sms`).
     #[serde(default)]
-    pub dingtalk: Option<DingTalkConfig>,
+    pub tencent: Option<TencentConfig>,
+    /// DingTalk group robots (channel `dingtalk_robot`; the address names the robot).
+    #[serde(default)]
+    pub dingtalk_robot: Option<DingTalkConfig>,
+    /// DingTalk work notices from an app (channel `dingtalk`; the address is the userid).
+    #[serde(default)]
+    pub dingtalk_work: Option<DingTalkWorkConfig>,
     /// Feishu/Lark bots (channel `feishu`).
     #[serde(default)]
     pub feishu: Option<FeishuConfig>,
-    /// WeCom group robots (channel `wecom`).
+    /// WeCom group robots (channel `wecom_robot`; the address names the robot).
     #[serde(default)]
-    pub wecom: Option<WeComConfig>,
+    pub wecom_robot: Option<WeComConfig>,
+    /// WeCom app messages (channel `wecom`; the address is the member's UserID).
+    #[serde(default)]
+    pub wecom_app: Option<WeComAppConfig>,
+    /// Microsoft Teams workflow webhooks (channel `teams`; the address names the webhook).
+    #[serde(default)]
+    pub teams: Option<TeamsConfig>,
     /// Slack incoming webhooks (channel `slack`).
     #[serde(default)]
     pub slack: Option<SlackConfig>,
@@ -195,9 +208,13 @@ impl ProviderConfig {
         built.extend(self.twilio.as_ref().map(|c| shared(TwilioChannel::new(name, c.clone()))));
         built.extend(self.aliyun.as_ref().map(|c| shared(AliyunChannel::new(name, c.clone()))));
         built.extend(self.smtp.as_ref().map(|c| shared(SmtpChannel::new(name, c))));
-        built.extend(self.dingtalk.as_ref().map(|c| shared(DingTalkChannel::new(name, c))));
+        built.extend(self.tencent.as_ref().map(|c| shared(TencentChannel::new(name, c.clone()))));
+        built.extend(self.dingtalk_robot.as_ref().map(|c| shared(DingTalkChannel::new(name, c))));
+        built.extend(self.dingtalk_work.as_ref().map(|c| shared(DingTalkWorkChannel::new(name, c.clone()))));
         built.extend(self.feishu.as_ref().map(|c| shared(FeishuChannel::new(name, c))));
-        built.extend(self.wecom.as_ref().map(|c| shared(WeComChannel::new(name, c))));
+        built.extend(self.wecom_robot.as_ref().map(|c| shared(WeComChannel::new(name, c))));
+        built.extend(self.wecom_app.as_ref().map(|c| shared(WeComAppChannel::new(name, c.clone()))));
+        built.extend(self.teams.as_ref().map(|c| shared(TeamsChannel::new(name, c))));
         built.extend(self.slack.as_ref().map(|c| shared(SlackChannel::new(name, c))));
         built.extend(self.telegram.as_ref().map(|c| shared(TelegramChannel::new(name, c))));
         built.extend(self.wechat.as_ref().map(|c| shared(WeChatChannel::new(name, c.clone()))));
@@ -207,7 +224,7 @@ impl ProviderConfig {
         built.extend(self.webhook.as_ref().map(|w| shared(webhook(name, w))));
         match built.len() {
             1 => built.pop().expect("one"),
-            _ => Err(format!("provider {name}: give exactly one of [twilio], [aliyun], [smtp], [dingtalk], [feishu], [wecom], [slack], [telegram], [wechat], [fcm], [apns], [webpush], [webhook]")),
+            _ => Err(format!("provider {name}: give exactly one kind table ([twilio], [aliyun], [tencent], [smtp], [dingtalk_robot], [dingtalk_work], [feishu], [wecom_robot], [wecom_app], [slack], [teams], [telegram], [wechat], [fcm], [apns], [webpush], [webhook])")),
         }
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! One consumer per lane (high, normal, low; each its own group) feeds the
 //! [`Scheduler`]: per channel, strict-priority lanes and workers, so a high
-//! message never waits behind queued normal/low ones and a stalled provider
-//! only holds up its own channel. Every attempt goes to `notify.sends`, the
+//! message never waits behind queued normal/low ones. A lane topic mixes
+//! channels, so a reader never waits for one channel: when a channel's lane
+//! is full (its providers stalled), the record is parked on that channel's
+//! own topic `notify.dispatch.parked.<channel>`, read by that channel's own
+//! consumer, which alone waits for room. A stalled provider holds up only its
+//! channel. Every attempt goes to `notify.sends`, the
 //! end of each delivery to `notify.events` (`sent` / `send_failed`), and
 //! deliveries that failed for good to the dead-letter topic with the original
 //! bytes. Offsets are committed up to the oldest unfinished delivery, after
@@ -14,13 +18,14 @@ pub mod bench;
 pub mod config;
 mod progress;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use notiflow_connector::{BatchLimits, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
-use notiflow_delivery::{Delivery, Done, Final, Job, Lane, ProviderGroup, Scheduler, SendResult};
+use notiflow_connector::{BatchLimits, Header, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
+use notiflow_delivery::{Delivery, Done, Final, Job, Lane, ProviderGroup, Refused, Scheduler, SendResult};
 use notiflow_inbox::{InboxChannel, SinkJournal};
 use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource};
 use serde_json::json;
@@ -41,6 +46,8 @@ enum Output {
     Done(Done<Token>),
     /// Ended before any attempt (unreadable, no provider, a recall).
     Skipped { record: Record, lane: Lane, delivery: Option<Delivery>, reason: &'static str, error: String },
+    /// Its channel's lane was full: moved to the channel's parked topic.
+    Parked { record: Record, lane: Lane, channel: String },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -53,6 +60,8 @@ pub struct DeliverTotals {
     pub not_sendable: u64,
     /// Recall records (applied to the inbox when it is configured).
     pub recalls: u64,
+    /// Records moved to their channel's parked topic because its lane was full.
+    pub parked: u64,
 }
 
 struct Topics {
@@ -61,7 +70,12 @@ struct Topics {
     dlq: Arc<str>,
     /// The inbox log, when the inbox channel is on: recalls are appended to it.
     inbox: Option<Arc<str>>,
+    /// Channel -> its parked topic.
+    parked: BTreeMap<String, Arc<str>>,
 }
+
+/// The lane a parked record came from (a header, so the record stays byte for byte).
+const LANE_HEADER: &str = "notiflow.lane";
 
 pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::Result<DeliverTotals> {
     let kafka = config.kafka.as_ref().context("notiflow deliver needs [kafka] in the config")?;
@@ -69,19 +83,22 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     let mut groups = delivery.provider_groups().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let resolve = |name: &str| -> Arc<str> { Arc::from(config.topics.resolve(name)) };
     let inbox = config.inbox.as_ref().map(|_| resolve(crate::inbox::INBOX_TOPIC));
-    let topics = Topics { sends: resolve("notify.sends"), events: resolve(&config.topics.events), dlq: resolve("notify.dlq"), inbox: inbox.clone() };
+    let mut topics =
+        Topics { sends: resolve("notify.sends"), events: resolve(&config.topics.events), dlq: resolve("notify.dlq"), inbox: inbox.clone(), parked: BTreeMap::new() };
     let sink = Arc::new(KafkaSink::new(kafka)?);
     if let Some(inbox) = &inbox {
         let journal = Arc::new(SinkJournal::new(sink.clone(), inbox, None));
         groups.push(Arc::new(ProviderGroup::one(InboxChannel::new(journal))));
     }
     anyhow::ensure!(!groups.is_empty(), "[delivery]: no providers configured (and no [inbox])");
+    topics.parked = groups.iter().map(|g| (g.channel().to_string(), resolve(&format!("notify.dispatch.parked.{}", g.channel())))).collect();
     let lane_topics: Vec<(Lane, Arc<str>)> = Lane::ALL.iter().map(|lane| (*lane, resolve(&format!("notify.dispatch.{}", lane.as_str())))).collect();
     let specs: Vec<TopicSpec> = lane_topics
         .iter()
         .map(|(_, t)| t.to_string())
         .chain([topics.sends.to_string(), topics.events.to_string(), topics.dlq.to_string()])
         .chain(topics.inbox.iter().map(|t| t.to_string()))
+        .chain(topics.parked.values().map(|t| t.to_string()))
         .map(|name| TopicSpec::new(name, config.topics.partitions))
         .collect();
     KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
@@ -97,9 +114,11 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     let totals = Arc::new(Mutex::new(DeliverTotals::default()));
 
     let mut readers = Vec::new();
-    for (lane, topic) in &lane_topics {
-        let source = KafkaSource::new(kafka, &format!("{}.{}", delivery.group_id, lane.as_str()), &[topic], "earliest")?;
-        let reader = LaneReader { lane: *lane, scheduler: scheduler.clone(), skip: skip_tx.clone(), progress: progress.clone(), last_read: last_read.clone(), totals: totals.clone() };
+    let lane_readers = lane_topics.iter().map(|(lane, topic)| (ReaderKind::Lane(*lane), format!("{}.{}", delivery.group_id, lane.as_str()), topic.clone()));
+    let parked_readers = topics.parked.iter().map(|(channel, topic)| (ReaderKind::Parked, format!("{}.parked.{channel}", delivery.group_id), topic.clone()));
+    for (kind, group, topic) in lane_readers.chain(parked_readers).collect::<Vec<_>>() {
+        let source = KafkaSource::new(kafka, &group, &[&topic], "earliest")?;
+        let reader = LaneReader { kind, scheduler: scheduler.clone(), skip: skip_tx.clone(), progress: progress.clone(), last_read: last_read.clone(), totals: totals.clone() };
         readers.push(tokio::spawn(reader.run(source, stop.clone(), Duration::from_millis(delivery.commit_interval_ms))));
     }
     drop(skip_tx);
@@ -140,8 +159,16 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// What a reader reads: a dispatch lane (never waits for a channel), or a
+/// channel's parked topic (waits for that channel only).
+#[derive(Clone, Copy)]
+enum ReaderKind {
+    Lane(Lane),
+    Parked,
+}
+
 struct LaneReader {
-    lane: Lane,
+    kind: ReaderKind,
     scheduler: Arc<Scheduler<Token>>,
     skip: mpsc::Sender<Output>,
     progress: Arc<Mutex<Progress>>,
@@ -177,16 +204,27 @@ impl LaneReader {
     }
 
     async fn submit(&self, record: Record) -> anyhow::Result<()> {
-        let lane = self.lane;
+        let lane = match self.kind {
+            ReaderKind::Lane(lane) => lane,
+            ReaderKind::Parked => {
+                let header = record.headers.iter().find(|h| h.name == LANE_HEADER);
+                header.and_then(|h| std::str::from_utf8(&h.value).ok()).and_then(Lane::parse).unwrap_or(Lane::Low)
+            }
+        };
         let skip = |record, delivery, reason, error: String| Output::Skipped { record, lane, delivery, reason, error };
         let parsed = record.payload.as_deref().map(serde_json::from_slice::<Delivery>);
         let output = match parsed {
             Some(Ok(delivery)) if delivery.kind == "recall" => skip(record, Some(delivery), "recall", String::new()),
             Some(Ok(delivery)) => {
                 let job = Job { delivery, lane, token: Token { record }, enqueued: Instant::now() };
-                match self.scheduler.submit(job).await {
+                let queued = match self.kind {
+                    ReaderKind::Lane(_) => self.scheduler.try_submit(job),
+                    ReaderKind::Parked => self.scheduler.submit(job).await.map_err(Refused::NoProvider),
+                };
+                match queued {
                     Ok(()) => return Ok(()),
-                    Err(job) => {
+                    Err(Refused::Full(job)) => Output::Parked { record: job.token.record, lane, channel: job.delivery.channel.unwrap_or_default() },
+                    Err(Refused::NoProvider(job)) => {
                         let channel = job.delivery.channel.clone().unwrap_or_default();
                         skip(job.token.record, Some(job.delivery), "no_provider", format!("no provider serves channel `{channel}`"))
                     }
@@ -280,6 +318,14 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
                 totals.accepted += 1;
             }
             records.push(event_record(&fields, &delivery.message_id, &topics.events));
+            record
+        }
+        Output::Parked { record, lane, channel } => {
+            totals.parked += 1;
+            let mut headers: Vec<Header> = record.headers.iter().filter(|h| h.name != LANE_HEADER).cloned().collect();
+            headers.push(Header::new(LANE_HEADER, lane.as_str()));
+            let topic = topics.parked.get(channel).expect("a parked topic per channel with a provider").clone();
+            records.push(OutRecord { topic, key: record.key.clone(), payload: record.payload.clone().unwrap_or_default(), headers });
             record
         }
         Output::Skipped { record, lane, delivery, reason, error } => {

@@ -108,7 +108,7 @@ pool_size = 3
 
 [[delivery.providers]]
 name = "dingtalk"
-[delivery.providers.dingtalk]
+[delivery.providers.dingtalk_robot]
 endpoint = "{dingtalk}"
 robots = {{ ops = {{ token = {{ env = "NOTIFLOW_IT_DELIVER_DT_TOKEN" }}, secret = {{ env = "NOTIFLOW_IT_DELIVER_DT_SECRET" }} }} }}
 
@@ -161,8 +161,8 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
         ("normal".into(), email)
     }));
     records.push(("normal".into(), dispatch("bounce", "email", "gone@example.com", "normal")));
-    records.extend((0..DINGTALK).map(|i| ("high".into(), dispatch(&format!("dt{i}"), "dingtalk", "ops", "high"))));
-    records.push(("high".into(), dispatch("dt-nobody", "dingtalk", "nobody", "high")));
+    records.extend((0..DINGTALK).map(|i| ("high".into(), dispatch(&format!("dt{i}"), "dingtalk_robot", "ops", "high"))));
+    records.push(("high".into(), dispatch("dt-nobody", "dingtalk_robot", "nobody", "high")));
     records.push(("high".into(), json!({"type": "recall", "message_id": "m_r", "request_id": "r", "tenant": "acme"})));
     let mut out: Vec<OutRecord> = records
         .iter()
@@ -271,4 +271,93 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     let again_out = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success() && again_out.contains("delivery: 0 read"), "{again_out}\n{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(aliyun.log().accepted.len() + twilio.log().accepted.len(), SMS + HIGH);
+}
+
+/// A stalled channel holds up only itself: email's relay answers slowly and
+/// its lanes are tiny, so email records overflow to the email parked topic
+/// while SMS records of the same lane topics keep flowing; everything is
+/// still delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_channel_parks_its_overflow_and_never_holds_up_another() {
+    const SLOW_EMAILS: usize = 12;
+    const FAST_SMS: usize = 150;
+    let _turn = support::one_at_a_time().await;
+    let config = support::kafka_config(1);
+    let kafka = config.kafka.clone().unwrap();
+    let topic = |name: &str| config.topics.resolve(name);
+    let specs: Vec<TopicSpec> = ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| TopicSpec::new(topic(t), 1)).collect();
+    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
+    let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
+    let relay = FakeSmtp::start("mailer", "smtp-pw").await;
+    relay.set_mode(notiflow_email::fake::Mode::Slow(Duration::from_millis(300)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+    toml.push_str(&format!(
+        r#"
+[delivery]
+group_id = "{group}"
+workers_per_channel = 2
+lane_capacity = 2
+commit_interval_ms = 200
+
+[[delivery.providers]]
+name = "twilio"
+[delivery.providers.twilio]
+endpoint = "{twilio}"
+account_sid = "AC0123"
+auth_token = {{ env = "NOTIFLOW_IT_PARK_TWILIO" }}
+from = "+15005550006"
+
+[[delivery.providers]]
+name = "relay"
+[delivery.providers.smtp]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+username = "mailer"
+password = {{ env = "NOTIFLOW_IT_PARK_SMTP" }}
+from = "alerts@acme.test"
+pool_size = 1
+"#,
+        group = support::unique("park"),
+        twilio = twilio.endpoint,
+        port = relay.port,
+    ));
+    std::fs::write(dir.path().join("notiflow.toml"), &toml).unwrap();
+
+    // Emails first, then the SMS behind them in the same lane topic.
+    let mut records: Vec<Value> = (0..SLOW_EMAILS).map(|i| dispatch(&format!("e{i}"), "email", &format!("u{i}@example.com"), "normal")).collect();
+    records.extend((0..FAST_SMS).map(|i| dispatch(&format!("s{i}"), "sms", &format!("+86138{i:08}"), "normal")));
+    let out = records.iter().map(|v| OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: v.to_string().into_bytes(), headers: vec![] });
+    KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
+
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
+        .args(["deliver", "--config", dir.path().join("notiflow.toml").to_str().unwrap(), "--exit-when-idle-ms", "2000"])
+        .env("NOTIFLOW_IT_PARK_TWILIO", "tw-token")
+        .env("NOTIFLOW_IT_PARK_SMTP", "smtp-pw")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // When the last SMS is accepted, most emails are still waiting for the slow relay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while twilio.log().accepted.len() < FAST_SMS {
+        assert!(std::time::Instant::now() < deadline, "SMS stalled behind email: {} accepted", twilio.log().accepted.len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let emails_by_then = relay.log().accepted.len();
+    assert!(emails_by_then < SLOW_EMAILS / 2, "{emails_by_then} of {SLOW_EMAILS} emails were already sent: the SMS did wait");
+
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    eprintln!("{stdout}");
+    let parked: usize = stdout.split(", ").find_map(|p| p.trim().strip_suffix(" parked")?.parse().ok()).unwrap();
+    assert!(parked > 0, "{stdout}");
+    assert!(stdout.contains(&format!("delivery: {} read, {} sent, 0 failed", SLOW_EMAILS + FAST_SMS + parked, SLOW_EMAILS + FAST_SMS)), "{stdout}");
+    let mut mail_ids: Vec<String> = relay.log().accepted.iter().map(|m| m.message_id.clone()).collect();
+    mail_ids.sort();
+    mail_ids.dedup();
+    assert_eq!(mail_ids.len(), SLOW_EMAILS, "every email once, parked or not");
+    assert_eq!(twilio.log().accepted.len(), FAST_SMS);
 }

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use notiflow_delivery::{Channel, Delivery, SecretRef, summary};
 use notiflow_im::fake::{self, FakeProvider, Mode};
 use notiflow_im::{
-    DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, RobotSecrets, SlackChannel, SlackConfig, TelegramChannel, TelegramConfig,
+    DingTalkChannel, DingTalkConfig, FeishuChannel, FeishuConfig, RobotSecrets, SlackChannel, SlackConfig, TeamsChannel, TeamsConfig, TelegramChannel,
+    TelegramConfig,
     WeChatChannel, WeChatConfig, WeChatTemplate, WeComChannel, WeComConfig,
 };
+use notiflow_im::{DingTalkWorkChannel, DingTalkWorkConfig, WeComAppChannel, WeComAppConfig};
 
 fn secret(name: &str, value: &str) -> SecretRef {
     // SAFETY: every test sets its own variable names.
@@ -162,4 +164,57 @@ async fn wechat_template_messages_share_one_access_token_and_refresh_it_when_ref
     let mut delivery = message("o-ann", None, "x");
     delivery.template = Some("order_shipped".into());
     assert_eq!(summary(&wrong.send(&delivery, 1).await), "fail auth 40125");
+}
+
+#[tokio::test]
+async fn teams_workflow_gets_an_adaptive_card() {
+    let fake = fake::teams("wf-1", "sig-secret").await;
+    let url = |sig: &str| format!("{}/teams/wf-1?api-version=1&sig={sig}", fake.endpoint);
+    let config = |sig: &str| TeamsConfig { robots: robots("ops", secret(&format!("NOTIFLOW_IT_TEAMS_{sig}"), &url(sig)), None), timeout_ms: 2000 };
+    let channel = TeamsChannel::new("teams", &config("sig-secret")).unwrap();
+    common_outcomes(&channel, &fake, "ops", "retry rate_limited 429", "retry provider_error 502").await;
+    assert_eq!(fake.log().accepted[1].body, "Deploy\nv1.2 is live", "title and text as two text blocks");
+    let wrong = TeamsChannel::new("teams", &config("forged")).unwrap();
+    assert_eq!(summary(&wrong.send(&message("ops", None, "x"), 1).await), "fail auth 401");
+}
+
+/// Messages to members of WeCom and DingTalk apps: a token shared by every
+/// send and renewed when refused, unknown members failing for good.
+async fn member_outcomes(channel: &dyn Channel, fake: &FakeProvider, busy: &str) {
+    let send = |d: Delivery| async move { summary(&channel.send(&d, 1).await) };
+    assert!(send(message("zhangsan", None, "Leave approved")).await.starts_with("accepted"));
+    assert!(send(message("lisi", Some("Expense"), "Reimbursed")).await.starts_with("accepted"));
+    assert_eq!(fake.tokens_issued(), 1);
+    fake.expire_tokens();
+    assert!(send(message("zhangsan", None, "again")).await.starts_with("accepted"), "expired token renewed, send repeated");
+    assert_eq!(fake.tokens_issued(), 2);
+    assert!(send(message("gone-wangwu", None, "x")).await.starts_with("fail invalid_recipient"));
+    fake.set_mode(Mode::Busy(1));
+    assert_eq!(send(message("zhangsan", None, "x")).await, busy);
+    fake.set_mode(Mode::Accept);
+    let log = fake.log();
+    assert!(log.refused.is_empty(), "{:?}", log.refused);
+    let got: Vec<(&str, &str)> = log.accepted.iter().map(|r| (r.to.as_str(), r.body.as_str())).collect();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0], ("zhangsan", "text: Leave approved"));
+    assert!(got[1].0 == "lisi" && got[1].1.starts_with("markdown: ") && got[1].1.contains("Expense"), "{got:?}");
+}
+
+#[tokio::test]
+async fn wecom_app_messages_reach_members() {
+    let fake = fake::wecom_app("ww-corp", "app-secret").await;
+    let config = WeComAppConfig { endpoint: fake.endpoint.clone(), corp_id: "ww-corp".into(), agent_id: 1000002, secret: secret("NOTIFLOW_IT_WECOM_APP", "app-secret"), timeout_ms: 2000 };
+    let channel = WeComAppChannel::new("wecom-app", config.clone()).unwrap();
+    member_outcomes(&channel, &fake, "retry rate_limited 45009").await;
+    let wrong = WeComAppChannel::new("wecom-app", WeComAppConfig { secret: secret("NOTIFLOW_IT_WECOM_APP_BAD", "nope"), ..config }).unwrap();
+    assert_eq!(summary(&wrong.send(&message("zhangsan", None, "x"), 1).await), "fail auth 40001");
+}
+
+#[tokio::test]
+async fn dingtalk_work_notices_reach_members() {
+    let fake = fake::dingtalk_work("ding-key", "ding-secret").await;
+    let config =
+        DingTalkWorkConfig { endpoint: fake.endpoint.clone(), agent_id: 42, app_key: "ding-key".into(), app_secret: secret("NOTIFLOW_IT_DT_WORK", "ding-secret"), timeout_ms: 2000 };
+    let channel = DingTalkWorkChannel::new("dingtalk-work", config).unwrap();
+    member_outcomes(&channel, &fake, "retry rate_limited 90018").await;
 }

@@ -9,7 +9,7 @@ use notiflow_delivery::{
     BreakerConfig, Channel, Delivery, FailureReason, Final, Job, Lane, ProviderGroup, ProviderLimits, RetryPolicy, Scheduler, SecretRef, deliver,
 };
 use notiflow_sms::fake::{FakeProvider, Mode};
-use notiflow_sms::{AliyunChannel, AliyunConfig, TwilioChannel, TwilioConfig};
+use notiflow_sms::{AliyunChannel, AliyunConfig, TencentChannel, TencentConfig, TwilioChannel, TwilioConfig};
 
 fn secret(name: &str, value: &str) -> SecretRef {
     // SAFETY: every test sets its own variable names, to the same values.
@@ -94,6 +94,37 @@ async fn aliyun_requests_carry_a_signature_the_fake_verifies() {
         ]
     );
     assert_eq!(log.refused, ["aliyun: signature"]);
+}
+
+#[tokio::test]
+async fn tencent_requests_carry_a_tc3_signature_the_fake_verifies() {
+    let fake = notiflow_sms::fake::tencent("AKID-test", "tc-secret").await;
+    let config = |value: &str| TencentConfig {
+        endpoint: fake.endpoint.clone(),
+        secret_id: "AKID-test".into(),
+        secret_key: secret(&format!("NOTIFLOW_IT_TENCENT_{}", value.len()), value),
+        sdk_app_id: "1400000000".into(),
+        sign_name: "notiflow".into(),
+        templates: [("otp".to_string(), "1234567".to_string())].into(),
+        default_template: None,
+        region: "ap-guangzhou".into(),
+        timeout_ms: 2000,
+    };
+    let channel = TencentChannel::new("tencent", config("tc-secret")).unwrap();
+    let accepted = channel.send(&sms("1", "+8613800138000"), 1).await.unwrap();
+    assert_eq!(accepted.provider_message_id.as_deref(), Some("2433:1"));
+    let invalid = channel.send(&sms("2", "+86123"), 1).await.unwrap_err();
+    assert_eq!((invalid.reason(), invalid.provider_code()), (FailureReason::InvalidRecipient, "InvalidParameterValue.IncorrectPhoneNumber"));
+    fake.set_mode(Mode::Busy(1));
+    let busy = channel.send(&sms("3", "+8613800138000"), 1).await.unwrap_err();
+    assert_eq!((busy.reason(), busy.provider_code(), matches!(busy, notiflow_delivery::SendError::Retryable { .. })), (FailureReason::RateLimited, "RequestLimitExceeded", true));
+    fake.set_mode(Mode::Accept);
+    let forged = TencentChannel::new("tencent", config("wrong-key")).unwrap().send(&sms("4", "+8613800138000"), 1).await.unwrap_err();
+    assert_eq!((forged.reason(), forged.provider_code()), (FailureReason::Auth, "AuthFailure.SignatureFailure"));
+    let log = fake.log();
+    assert_eq!(log.refused, ["tencent: signature"]);
+    let got: Vec<_> = log.accepted.iter().map(|r| (r.to.as_str(), r.body.as_str(), r.our_id.as_deref())).collect();
+    assert_eq!(got, [("+8613800138000", "Your code is 1", Some("d_1"))]);
 }
 
 fn group(primary: AliyunChannel, secondary: TwilioChannel, rate: Option<f64>) -> Arc<ProviderGroup> {
