@@ -36,6 +36,9 @@ pub struct Config {
     /// present, the `inbox` channel of `notiflow deliver`.
     #[serde(default)]
     pub inbox: Option<crate::inbox::InboxConfig>,
+    /// The endpoint providers push delivery reports to (`notiflow receipts serve`).
+    #[serde(default)]
+    pub receipts: Option<crate::receipts::ReceiptsConfig>,
     /// Tenants allowed to send. A request naming another tenant is dead-lettered
     /// as `unknown_tenant`.
     #[serde(default, rename = "tenants")]
@@ -225,6 +228,7 @@ impl Config {
             udfs: UdfsConfig::default(),
             delivery: Default::default(),
             inbox: None,
+            receipts: None,
             tenants: vec![
                 TenantConfig { id: "acme".into(), name: Some("Acme Retail".into()) },
                 TenantConfig { id: "globex".into(), name: Some("Globex Bank".into()) },

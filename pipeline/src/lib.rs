@@ -15,6 +15,7 @@ pub mod job;
 pub mod logs;
 pub mod metrics_http;
 pub mod report;
+pub mod receipts;
 pub mod samples;
 pub mod sql;
 pub mod trace;

@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         action: InboxAction,
     },
+    /// Receive providers' delivery reports (verified) into notify.receipts, until interrupted.
+    Receipts {
+        #[command(subcommand)]
+        action: ReceiptsAction,
+    },
     /// Parse and plan the pipeline in DIR (no I/O): errors name file:line.
     Validate {
         #[arg(default_value = "sql")]
@@ -136,6 +141,15 @@ enum Command {
         file: PathBuf,
         #[arg(long, short, env = "NOTIFLOW_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptsAction {
+    /// Serve the callback endpoints configured under [receipts].
+    Serve {
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -253,6 +267,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls, {} parked",
                 t.read, t.accepted, t.failed, t.attempts, t.not_sendable, t.recalls, t.parked
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Receipts { action: ReceiptsAction::Serve { config } } => {
+            notiflow::receipts::serve(&Config::load(&config)?).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { action: InboxAction::Serve { config } } => {

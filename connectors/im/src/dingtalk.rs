@@ -67,7 +67,7 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<std::time::Duration
         130101 | 410100 => Verdict::Retry(FailureReason::RateLimited),
         -1 => Verdict::Retry(FailureReason::ProviderError),
         // 310000 covers a bad signature, a stale timestamp, a missing keyword and a refused IP.
-        310000 if message.contains("sign") || message.contains("timestamp") || message.contains("ip") => Verdict::Fail(FailureReason::Auth),
+        310000 if ["sign", "timestamp", "whitelist", "ip not in"].iter().any(|w| message.contains(w)) => Verdict::Fail(FailureReason::Auth),
         300001 | 300005 | 400102 => Verdict::Fail(FailureReason::Auth),
         _ => Verdict::Fail(FailureReason::ContentRejected),
     })

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use notiflow_connector::{OutRecord, Sink};
+use notiflow_delivery::Receipt;
 
 use crate::InboxOp;
 
@@ -33,9 +34,20 @@ impl<S: Sink> SinkJournal<S> {
             let payload = serde_json::to_vec(op).expect("inbox ops serialize");
             records.push(OutRecord { topic: self.topic.clone(), key: Some(op.key().into_bytes()), payload, headers: vec![] });
             if let (Some(receipts), InboxOp::Read { tenant, user, delivery_id, at }) = (&self.receipts, op) {
-                let receipt = serde_json::json!({"kind": "read", "channel": "inbox", "provider": "inbox", "tenant": tenant, "recipient": user,
-                    "delivery_id": delivery_id, "provider_message_id": delivery_id, "at": at});
-                records.push(OutRecord { topic: receipts.clone(), key: Some(delivery_id.clone().into_bytes()), payload: receipt.to_string().into_bytes(), headers: vec![] });
+                let receipt = Receipt {
+                    kind: "read".into(),
+                    channel: "inbox".into(),
+                    provider: "inbox".into(),
+                    provider_message_id: delivery_id.clone(),
+                    delivery_id: Some(delivery_id.clone()),
+                    tenant: Some(tenant.clone()),
+                    recipient: Some(user.clone()),
+                    status: "read".into(),
+                    error_code: None,
+                    at: at.clone(),
+                };
+                let payload = serde_json::to_vec(&receipt).expect("receipts serialize");
+                records.push(OutRecord { topic: receipts.clone(), key: Some(delivery_id.clone().into_bytes()), payload, headers: vec![] });
             }
         }
         records

@@ -65,7 +65,24 @@ async fn twilio_messages(State(shared): State<Arc<FakeState>>, Path(sid): Path<S
     }
     let message_sid = format!("SM{:032x}", shared.accepted_count() as u128 + 1);
     shared.accept(&to, &text, message_sid.clone(), None);
+    if let Some(callback) = form.get("StatusCallback") {
+        tokio::spawn(status_callback(callback.clone(), token.clone(), sid.clone(), message_sid.clone(), to.clone()));
+    }
     (StatusCode::CREATED, axum::Json(serde_json::json!({"sid": message_sid, "status": "queued", "to": to, "body": text}))).into_response()
+}
+
+/// Reports the message's fate as Twilio does: a signed form POST to its
+/// StatusCallback. Numbers ending in 0000 are unreachable (30003).
+async fn status_callback(url: String, token: String, account: String, message_sid: String, to: String) {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (status, error) = if to.ends_with("0000") { ("undelivered", "30003") } else { ("delivered", "") };
+    let params: Vec<(String, String)> = [("MessageSid", message_sid.as_str()), ("MessageStatus", status), ("To", &to), ("AccountSid", &account), ("ApiVersion", "2010-04-01"), ("ErrorCode", error)]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let signature = crate::twilio::callback_signature(&token, &url, &params);
+    let _ = reqwest::Client::new().post(&url).header("x-twilio-signature", signature).form(&params).send().await;
 }
 
 fn aliyun_answer(status: StatusCode, code: &str, message: &str) -> Response {

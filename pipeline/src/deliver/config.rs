@@ -167,6 +167,12 @@ fn default_timeout_ms() -> u64 {
 }
 
 impl DeliveryConfig {
+    /// The Twilio providers by name, for verifying their status callbacks.
+    pub fn twilio_receivers(&self) -> Result<BTreeMap<String, TwilioChannel>, String> {
+        let twilio = self.providers.iter().filter_map(|p| Some((p.name.clone(), p.twilio.clone()?)));
+        twilio.map(|(name, config)| Ok((name.clone(), TwilioChannel::new(&name, config)?))).collect()
+    }
+
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts.max(1),

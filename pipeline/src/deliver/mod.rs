@@ -91,7 +91,9 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
         groups.push(Arc::new(ProviderGroup::one(InboxChannel::new(journal))));
     }
     anyhow::ensure!(!groups.is_empty(), "[delivery]: no providers configured (and no [inbox])");
-    topics.parked = groups.iter().map(|g| (g.channel().to_string(), resolve(&format!("notify.dispatch.parked.{}", g.channel())))).collect();
+    // One name renamed as a whole (`notify.dispatch.parked`), suffixed per channel.
+    let parked_prefix = config.topics.resolve("notify.dispatch.parked");
+    topics.parked = groups.iter().map(|g| (g.channel().to_string(), Arc::from(format!("{parked_prefix}.{}", g.channel())))).collect();
     let lane_topics: Vec<(Lane, Arc<str>)> = Lane::ALL.iter().map(|lane| (*lane, resolve(&format!("notify.dispatch.{}", lane.as_str())))).collect();
     let specs: Vec<TopicSpec> = lane_topics
         .iter()

@@ -430,7 +430,8 @@ from = "+15005550006"
     let committed = notiflow_kafka::committed_offsets(&kafka, &format!("{group_id}.normal"), &topic("notify.dispatch.normal")).unwrap();
     eprintln!("at kill: {at_kill} sent, committed {committed:?}");
 
-    let second = run(Some("5000")).wait_with_output().unwrap();
+    // A static member rejoins in about 6 s on tansu; the idle limit must outlast that.
+    let second = run(Some("15000")).wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&second.stderr));
     let bodies: Vec<String> = twilio.log().accepted.iter().map(|r| r.body.clone()).collect();

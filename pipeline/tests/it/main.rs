@@ -9,6 +9,7 @@ mod demo;
 mod exactly_once;
 mod inbox;
 mod kafka_pipeline;
+mod receipts;
 mod semantics;
 mod sql_engine;
 mod support;

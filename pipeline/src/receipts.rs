@@ -1,0 +1,97 @@
+//! `notiflow receipts serve`: the endpoint providers push delivery reports
+//! to. Each report is verified the provider's way (unsigned or forged ones
+//! are refused with 403 and never written), turned into a [`Receipt`] and
+//! written to `notify.receipts`; the provider gets its 2xx only once the
+//! broker has it, so a failed write is retried by the provider.
+//!
+//! ```toml
+//! [receipts]
+//! listen = "0.0.0.0:8091"
+//! # and per Twilio provider: status_callback = "https://hooks.example.com/v1/receipts/twilio/<provider name>"
+//! ```
+//!
+//! Routes: `POST /v1/receipts/twilio/{provider}` (form, `X-Twilio-Signature`), `GET /healthz`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
+use notiflow_delivery::Receipt;
+use notiflow_kafka::{KafkaAdmin, KafkaSink};
+use notiflow_sms::TwilioChannel;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::Config;
+
+/// `[receipts]` in notiflow.toml.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// Where providers' callbacks arrive (behind the public URL configured at each provider).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8091".into()
+}
+
+struct Receivers {
+    twilio: BTreeMap<String, TwilioChannel>,
+    sink: KafkaSink,
+    topic: Arc<str>,
+}
+
+/// Serves until interrupted; prints the bound address first.
+pub async fn serve(config: &Config) -> anyhow::Result<()> {
+    let settings = config.receipts.as_ref().context("notiflow receipts needs [receipts] in the config")?;
+    let kafka = config.kafka.as_ref().context("notiflow receipts needs [kafka] in the config")?;
+    let topic = config.topics.resolve(crate::inbox::RECEIPTS_TOPIC);
+    KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec::new(&topic, config.topics.partitions)]).await?;
+    let twilio = config.delivery.twilio_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
+    let receivers = Arc::new(Receivers { twilio, sink: KafkaSink::new(kafka)?, topic: Arc::from(topic) });
+    let app = Router::new().route("/healthz", get(|| async { StatusCode::OK })).route("/v1/receipts/twilio/{provider}", post(twilio_callback)).with_state(receivers);
+    let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[receipts] listen {}", settings.listen))?;
+    println!("receipts: listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+    Ok(())
+}
+
+fn refuse(status: StatusCode, error: &str, message: String) -> Response {
+    metrics::counter!("notiflow_receipts_refused_total", "reason" => error.to_string()).increment(1);
+    (status, axum::Json(json!({"error": error, "message": message}))).into_response()
+}
+
+async fn twilio_callback(State(receivers): State<Arc<Receivers>>, Path(provider): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(channel) = receivers.twilio.get(&provider) else {
+        return refuse(StatusCode::NOT_FOUND, "unknown_provider", format!("no twilio provider `{provider}`"));
+    };
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
+    match channel.receipt(signature, &params) {
+        Ok(receipt) => write(&receivers, receipt).await,
+        Err(why) => refuse(StatusCode::FORBIDDEN, "bad_signature", why),
+    }
+}
+
+/// Durable before the provider hears 2xx.
+async fn write(receivers: &Receivers, receipt: Receipt) -> Response {
+    let record = OutRecord {
+        topic: receivers.topic.clone(),
+        key: Some(receipt.provider_message_id.clone().into_bytes()),
+        payload: serde_json::to_vec(&receipt).expect("receipts serialize"),
+        headers: vec![],
+    };
+    match receivers.sink.send_all(vec![record]).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => refuse(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", err.to_string()),
+    }
+}
