@@ -57,6 +57,7 @@ SELECT x.*,
          WHEN x.r['phone'] IS NOT NULL THEN '["sms"]'
          WHEN x.r['email'] IS NOT NULL THEN '["email"]'
          WHEN x.r['platform'] = 'webpush' THEN '["webpush"]'
+         WHEN x.r['platform'] = 'apns' THEN '["apns"]'
          WHEN x.r['device_token'] IS NOT NULL THEN '["push"]'
          WHEN x.r['open_id'] IS NOT NULL THEN '["wechat"]'
          ELSE '["inbox"]' END AS reachable,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
 use notiflow_kafka::{KafkaAdmin, KafkaSink, read_topic_to_end};
 use serde_json::{Value, json};
 
-use crate::support;
+use crate::support::{self, Killed};
 
 const SECRET_VAR: &str = "NOTIFLOW_IT_INBOX_SECRET";
 
@@ -30,18 +30,8 @@ fn notiflow(args: &[&str], config: &std::path::Path) -> Command {
     command
 }
 
-/// The server process, killed when the test ends however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the inbox server and returns it with its base URL, once it serves.
-async fn start_server(config: &std::path::Path) -> (Server, String) {
+async fn start_server(config: &std::path::Path) -> (Killed, String) {
     let mut child = notiflow(&["inbox", "serve"], config).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
@@ -51,7 +41,7 @@ async fn start_server(config: &std::path::Path) -> (Server, String) {
         assert!(Instant::now() < deadline, "the inbox never became ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (Server(child), base)
+    (Killed(child), base)
 }
 
 async fn deliver(config: &std::path::Path) -> String {
