@@ -46,7 +46,6 @@ fn default_max_page() -> usize {
 }
 
 pub const INBOX_TOPIC: &str = "notify.inbox";
-pub const RECEIPTS_TOPIC: &str = "notify.receipts";
 
 impl InboxConfig {
     pub fn tokens(&self) -> anyhow::Result<UserTokens> {
@@ -59,7 +58,7 @@ impl InboxConfig {
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let settings = config.inbox.as_ref().context("notiflow inbox needs [inbox] in the config")?;
     let kafka = config.kafka.as_ref().context("notiflow inbox needs [kafka] in the config")?;
-    let (topic, receipts) = (config.topics.resolve(INBOX_TOPIC), config.topics.resolve(RECEIPTS_TOPIC));
+    let (topic, receipts) = (config.topics.resolve(INBOX_TOPIC), config.topics.resolve(crate::receipts::RECEIPTS_TOPIC));
     let specs = [TopicSpec::new(&topic, config.topics.partitions), TopicSpec::new(&receipts, config.topics.partitions)];
     KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
 

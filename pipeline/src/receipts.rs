@@ -44,6 +44,8 @@ fn default_listen() -> String {
     "127.0.0.1:8091".into()
 }
 
+pub const RECEIPTS_TOPIC: &str = "notify.receipts";
+
 struct Receivers {
     twilio: BTreeMap<String, TwilioChannel>,
     sink: KafkaSink,
@@ -54,7 +56,7 @@ struct Receivers {
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let settings = config.receipts.as_ref().context("notiflow receipts needs [receipts] in the config")?;
     let kafka = config.kafka.as_ref().context("notiflow receipts needs [kafka] in the config")?;
-    let topic = config.topics.resolve(crate::inbox::RECEIPTS_TOPIC);
+    let topic = config.topics.resolve(RECEIPTS_TOPIC);
     KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec::new(&topic, config.topics.partitions)]).await?;
     let twilio = config.delivery.twilio_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let receivers = Arc::new(Receivers { twilio, sink: KafkaSink::new(kafka)?, topic: Arc::from(topic) });

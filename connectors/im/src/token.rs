@@ -7,7 +7,7 @@ use std::time::Duration;
 use notiflow_delivery::{Accepted, FailureReason, Secret, SendError, TokenCache, http};
 
 /// Codes these APIs use for an invalid or expired access token.
-const STALE_TOKEN: [&str; 3] = ["40001", "40014", "42001"];
+const STALE_TOKEN: [i64; 3] = [40001, 40014, 42001];
 
 /// Reads `{"access_token": ..., "expires_in": s}`, or classifies the error answer.
 pub async fn fetch(request: reqwest::RequestBuilder) -> Result<(Secret, Duration), SendError> {
@@ -37,7 +37,7 @@ where
 {
     let token = tokens.get(&fetch).await?;
     match send(token.clone()).await {
-        Err(e) if STALE_TOKEN.contains(&e.provider_code()) => {
+        Err(e) if e.provider_code().parse().is_ok_and(is_stale) => {
             tokens.invalidate(&token).await;
             send(tokens.get(&fetch).await?).await
         }
@@ -47,5 +47,5 @@ where
 
 /// Whether a code means the token is stale (for classification: retry, not fail).
 pub fn is_stale(code: i64) -> bool {
-    STALE_TOKEN.contains(&code.to_string().as_str())
+    STALE_TOKEN.contains(&code)
 }

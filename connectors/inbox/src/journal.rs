@@ -15,6 +15,12 @@ pub trait Journal: Send + Sync {
     fn append(&self, ops: Vec<InboxOp>) -> AppendFuture<'_>;
 }
 
+/// An op as a record of the inbox log `topic`.
+pub fn op_record(op: &InboxOp, topic: &Arc<str>) -> OutRecord {
+    let payload = serde_json::to_vec(op).expect("inbox ops serialize");
+    OutRecord { topic: topic.clone(), key: Some(op.key().into_bytes()), payload, headers: vec![] }
+}
+
 /// The inbox log on a topic of a [`Sink`] (Kafka, or the in-process log).
 pub struct SinkJournal<S> {
     sink: S,
@@ -31,8 +37,7 @@ impl<S: Sink> SinkJournal<S> {
     fn records(&self, ops: &[InboxOp]) -> Vec<OutRecord> {
         let mut records = Vec::with_capacity(ops.len());
         for op in ops {
-            let payload = serde_json::to_vec(op).expect("inbox ops serialize");
-            records.push(OutRecord { topic: self.topic.clone(), key: Some(op.key().into_bytes()), payload, headers: vec![] });
+            records.push(op_record(op, &self.topic));
             if let (Some(receipts), InboxOp::Read { tenant, user, delivery_id, at }) = (&self.receipts, op) {
                 let receipt = Receipt {
                     kind: "read".into(),

@@ -18,6 +18,6 @@ mod store;
 pub use api::{Inbox, InboxSettings, router};
 pub use auth::UserTokens;
 pub use channel::InboxChannel;
-pub use journal::{Journal, SinkJournal};
+pub use journal::{Journal, SinkJournal, op_record};
 pub use ops::InboxOp;
 pub use store::{Change, Entry, Store};

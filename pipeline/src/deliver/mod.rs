@@ -334,9 +334,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
             if *reason == "recall" {
                 totals.recalls += 1;
                 if let (Some(inbox), Some(recall)) = (&topics.inbox, delivery) {
-                    let op = InboxChannel::recall(recall);
-                    let payload = serde_json::to_vec(&op).expect("inbox ops serialize");
-                    records.push(OutRecord { topic: inbox.clone(), key: Some(op.key().into_bytes()), payload, headers: vec![] });
+                    records.push(notiflow_inbox::op_record(&InboxChannel::recall(recall), inbox));
                 }
                 return record;
             }
