@@ -78,19 +78,19 @@ FROM first_requests;
 CREATE TABLE dispatch_high (
     type TEXT, delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
-    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, reason TEXT
+    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, requested_at TIMESTAMP, reason TEXT
 ) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.high');
 
 CREATE TABLE dispatch_normal (
     type TEXT, delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
-    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, reason TEXT
+    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, requested_at TIMESTAMP, reason TEXT
 ) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.normal');
 
 CREATE TABLE dispatch_low (
     type TEXT, delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
-    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, reason TEXT
+    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, requested_at TIMESTAMP, reason TEXT
 ) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.low');
 
 -- Lifecycle events, keyed by message id (one request's timeline stays in
@@ -113,7 +113,7 @@ INSERT INTO dispatch_high
 SELECT type, CAST(NULL AS TEXT) AS delivery_id, message_id, request_id, tenant, CAST(NULL AS TEXT) AS template,
     CAST(NULL AS BIGINT) AS template_version, CAST(NULL AS TEXT) AS recipient, CAST(NULL AS TEXT) AS channel,
     CAST(NULL AS TEXT) AS address, priority, category, locale, CAST(NULL AS TEXT) AS subject, CAST(NULL AS TEXT) AS body,
-    CAST(NULL AS TEXT) AS html, expires_at, reason
+    CAST(NULL AS TEXT) AS html, expires_at, requested_at, reason
 FROM accepted WHERE type = 'recall';
 
 INSERT INTO events

@@ -73,12 +73,12 @@ FROM timed;
 CREATE TABLE deferred (
     delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
-    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, release_at TIMESTAMP, recall_key TEXT, partition_key TEXT
+    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, requested_at TIMESTAMP, release_at TIMESTAMP, recall_key TEXT, partition_key TEXT
 ) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.deferred', 'sink.key_field' = 'partition_key');
 
 INSERT INTO deferred
 SELECT delivery_id, message_id, request_id, tenant, template, template_version, recipient, channel, address,
-    priority, category, locale, subject, body, html, expires_at, release_at,
+    priority, category, locale, subject, body, html, expires_at, requested_at, release_at,
     concat(tenant, '/', request_id) AS recall_key, concat(tenant, '/', recipient) AS partition_key
 FROM decided WHERE hold IS NOT NULL AND (expires_at IS NULL OR expires_at > release_at);
 

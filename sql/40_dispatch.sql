@@ -13,7 +13,7 @@
 CREATE TABLE deferred_in (
     delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
-    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, release_at TIMESTAMP, recall_key TEXT
+    subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, requested_at TIMESTAMP, release_at TIMESTAMP, recall_key TEXT
 ) WITH (
     connector = 'kafka', type = 'source', format = 'json', topic = 'notify.deferred',
     'hold.until_field' = 'release_at',
@@ -27,12 +27,12 @@ FROM deferred_in r LEFT JOIN recalls c ON r.recall_key = c.id;
 
 CREATE VIEW outgoing AS
 SELECT delivery_id, message_id, request_id, tenant, template, template_version, recipient, channel, address,
-    priority, category, locale, subject, body, html, expires_at, recalled_by,
+    priority, category, locale, subject, body, html, expires_at, requested_at, recalled_by,
     concat('notify.messages/', _partition, '/', _offset) AS source
 FROM due_now
 UNION ALL
 SELECT delivery_id, message_id, request_id, tenant, template, template_version, recipient, channel, address,
-    priority, category, locale, subject, body, html, expires_at, recalled_by,
+    priority, category, locale, subject, body, html, expires_at, requested_at, recalled_by,
     concat('notify.deferred/', _partition, '/', _offset) AS source
 FROM released;
 
@@ -40,17 +40,17 @@ CREATE VIEW sendable AS SELECT * FROM outgoing WHERE recalled_by IS NULL;
 
 INSERT INTO dispatch_high
 SELECT 'send' AS type, delivery_id, message_id, request_id, tenant, template, template_version, recipient, channel,
-    address, priority, category, locale, subject, body, html, expires_at, CAST(NULL AS TEXT) AS reason
+    address, priority, category, locale, subject, body, html, expires_at, requested_at, CAST(NULL AS TEXT) AS reason
 FROM sendable WHERE priority = 'high';
 
 INSERT INTO dispatch_normal
 SELECT 'send' AS type, delivery_id, message_id, request_id, tenant, template, template_version, recipient, channel,
-    address, priority, category, locale, subject, body, html, expires_at, CAST(NULL AS TEXT) AS reason
+    address, priority, category, locale, subject, body, html, expires_at, requested_at, CAST(NULL AS TEXT) AS reason
 FROM sendable WHERE priority = 'normal';
 
 INSERT INTO dispatch_low
 SELECT 'send' AS type, delivery_id, message_id, request_id, tenant, template, template_version, recipient, channel,
-    address, priority, category, locale, subject, body, html, expires_at, CAST(NULL AS TEXT) AS reason
+    address, priority, category, locale, subject, body, html, expires_at, requested_at, CAST(NULL AS TEXT) AS reason
 FROM sendable WHERE priority = 'low';
 
 INSERT INTO events

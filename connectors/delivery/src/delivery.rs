@@ -38,6 +38,10 @@ pub struct Delivery {
     /// Not sent after this instant (RFC 3339 or `YYYY-MM-DDTHH:MM:SS` UTC, as the JSON sinks write it).
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// When the producer's request was accepted (stage 10), as the JSON sinks write it: the start of
+    /// the enqueue -> provider-accepted latency.
+    #[serde(default)]
+    pub requested_at: Option<String>,
     #[serde(default)]
     pub reason: Option<String>,
 }

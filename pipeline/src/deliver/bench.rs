@@ -46,6 +46,7 @@ fn delivery(id: usize) -> Delivery {
         body: Some("code 123456".into()),
         html: None,
         expires_at: None,
+        requested_at: None,
         reason: None,
     }
 }

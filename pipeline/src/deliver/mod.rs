@@ -296,7 +296,10 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
             let key = delivery.delivery_id.as_deref().unwrap_or(&delivery.message_id).as_bytes().to_vec();
             for result in &done.results {
                 let payload = serde_json::to_vec(result).expect("send results serialize");
-                records.push(OutRecord { topic: topics.sends.clone(), key: Some(key.clone()), payload, headers: vec![] });
+                // An accepted attempt is keyed like its receipts (provider message id), so stage 50
+                // finds both in the same partition.
+                let key = result.provider_message_id.as_deref().map_or_else(|| key.clone(), |id| id.as_bytes().to_vec());
+                records.push(OutRecord { topic: topics.sends.clone(), key: Some(key), payload, headers: vec![] });
             }
             totals.attempts += done.results.len() as u64;
             let last: Option<&SendResult> = done.results.last();
