@@ -3,8 +3,12 @@
 //! (docker-compose): no TTL clauses, no DateTime64, no Map; retention is by
 //! dropping day partitions.
 
+pub mod sink;
+
 use clickhouse::Client;
 use serde::Deserialize;
+
+pub use sink::{PreparedRow, TableSink};
 
 /// How to reach ClickHouse over HTTP.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -38,6 +42,10 @@ pub enum ClickHouseError {
     MissingPassword(String),
     #[error("{file}: statement {index} failed: {source}")]
     Ddl { file: String, index: usize, source: clickhouse::error::Error },
+    #[error("{what}: {source}")]
+    Query { what: String, source: clickhouse::error::Error },
+    #[error("table {table} does not match what notiflow writes: {}", problems.join("; "))]
+    Schema { table: String, problems: Vec<String> },
 }
 
 impl ClickHouseConfig {

@@ -2,6 +2,11 @@
 //! `dt=YYYY-MM-DD/hour=HH` (Hive style, as Arroyo's filesystem sink writes),
 //! zstd-compressed. A file is written under a hidden temporary name and
 //! renamed into place when complete, so readers never see a partial file.
+//! [`DatasetArchive`] commits files together with the Kafka offsets they cover.
+
+pub mod commit;
+
+pub use commit::DatasetArchive;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -42,12 +47,6 @@ impl ParquetArchive {
 
     /// Writes `batches` as one file in the partition of `at`; returns its path.
     pub fn commit_file(&self, dataset: &str, at: DateTime<Utc>, batches: &[RecordBatch]) -> Result<PathBuf, ArchiveError> {
-        let Some(first) = batches.first() else {
-            return Err(ArchiveError::Io {
-                path: self.dataset_dir(dataset),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no batches to write"),
-            });
-        };
         let dir = self.dataset_dir(dataset).join(format!("dt={}", at.format("%Y-%m-%d"))).join(format!("hour={}", at.format("%H")));
         fs::create_dir_all(&dir).map_err(|source| ArchiveError::Io { path: dir.clone(), source })?;
         let name = format!(
@@ -57,21 +56,26 @@ impl ParquetArchive {
             self.sequence.fetch_add(1, Ordering::Relaxed)
         );
         let final_path = dir.join(&name);
-        // A leading dot hides the file from DataFusion/Spark/Arroyo readers until the rename.
-        let temp_path = dir.join(format!(".{name}.inprogress"));
-        let file = fs::File::create(&temp_path).map_err(|source| ArchiveError::Io { path: temp_path.clone(), source })?;
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-            .build();
-        let mut writer = ArrowWriter::try_new(file, first.schema(), Some(properties))?;
-        for batch in batches {
-            writer.write(batch)?;
-        }
-        let file = writer.into_inner()?;
-        file.sync_all().map_err(|source| ArchiveError::Io { path: temp_path.clone(), source })?;
+        let temp_path = commit::temp_path(&final_path);
+        write_parquet(&temp_path, batches, 3)?;
         fs::rename(&temp_path, &final_path).map_err(|source| ArchiveError::Io { path: final_path.clone(), source })?;
         Ok(final_path)
     }
+}
+
+/// Writes `batches` (one schema) to `path` as zstd Parquet and syncs it.
+pub(crate) fn write_parquet(path: &Path, batches: &[RecordBatch], zstd_level: i32) -> Result<(), ArchiveError> {
+    let Some(first) = batches.first() else {
+        return Err(ArchiveError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no batches to write") });
+    };
+    let file = fs::File::create(path).map_err(|source| ArchiveError::Io { path: path.into(), source })?;
+    let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?)).build();
+    let mut writer = ArrowWriter::try_new(file, first.schema(), Some(properties))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    let file = writer.into_inner()?;
+    file.sync_all().map_err(|source| ArchiveError::Io { path: path.into(), source })
 }
 
 #[cfg(test)]
