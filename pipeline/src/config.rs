@@ -26,6 +26,9 @@ pub struct Config {
     /// Where local Parquet archives go (the embedded default's reports read them).
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// ClickHouse, for `notiflow sink` and `notiflow report` (absent: reports read the Parquet archive).
+    #[serde(default)]
+    pub clickhouse: Option<notiflow_clickhouse::ClickHouseConfig>,
     /// Where the Rust UDFs are.
     #[serde(default)]
     pub udfs: UdfsConfig,
@@ -122,11 +125,22 @@ impl Default for MetricsConfig {
 pub struct ArchiveConfig {
     /// Directory of the local Parquet archive.
     pub dir: PathBuf,
+    /// A file is committed at the latest this long after its first row (Arroyo's option name).
+    pub rollover_seconds: u64,
+    /// ...or once its buffered rows reach about this many bytes (Arroyo's option name).
+    pub target_file_size: usize,
+    /// Only `zstd` (Arroyo's option name; level 3).
+    pub parquet_compression: String,
 }
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { dir: PathBuf::from("notiflow-data/archive") }
+        ArchiveConfig {
+            dir: PathBuf::from("notiflow-data/archive"),
+            rollover_seconds: 60,
+            target_file_size: 128 * 1024 * 1024,
+            parquet_compression: "zstd".into(),
+        }
     }
 }
 
@@ -225,6 +239,7 @@ impl Config {
             pipeline: PipelineConfig::default(),
             metrics: MetricsConfig { listen: String::new() },
             archive: ArchiveConfig::default(),
+            clickhouse: None,
             udfs: UdfsConfig::default(),
             delivery: Default::default(),
             inbox: None,

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use notiflow_connector::memory::MemoryBroker;
 use notiflow_connector::{OutRecord, TopicAdmin};
-use notiflow_parquet::ParquetArchive;
+use notiflow_parquet::DatasetArchive;
+
+use crate::warehouse::EVENTS;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -95,30 +97,36 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
     anyhow::ensure!(records_in >= produced as u64, "consumed {records_in} records, fewer than the {produced} produced");
     let totals = RunTotals { records_in, batches, ..pipeline.totals.clone() };
 
-    // Archive the lifecycle events (what the ClickHouse sink does on a cluster).
-    let events_dir = config.archive.dir.join("events");
-    if events_dir.exists() {
-        std::fs::remove_dir_all(&events_dir)?;
+    // Archive the lifecycle events (what `notiflow sink` does on a cluster).
+    for dir in [config.archive.dir.join(EVENTS.name), config.archive.dir.join("_manifests").join(EVENTS.name)] {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
     }
     let events = broker.read_all(&config.topics.resolve(&config.topics.events));
-    let payloads: Vec<&[u8]> = events.iter().filter_map(|r| r.payload.as_deref()).collect();
-    let batch = report::events_to_batch(&payloads)?;
-    ParquetArchive::new(&config.archive.dir).commit_file("events", chrono::Utc::now(), &[batch])?;
+    let rows = events.iter().map(|r| EVENTS.decode(r).map_err(|why| anyhow::anyhow!("event at offset {}: {why}", r.offset))).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut archive = DatasetArchive::open(&config.archive.dir, EVENTS.name, 3)?;
+    let upto = rows.iter().fold(std::collections::BTreeMap::new(), |mut m, r| {
+        m.insert(r.partition, r.offset + 1);
+        m
+    });
+    archive.commit(&[(chrono::Utc::now(), vec![EVENTS.to_batch(&rows.iter().collect::<Vec<_>>())])], &upto)?;
+    let payloads = rows;
 
     let ctx = report::archive_session(&config.archive.dir).await?;
     let mut summary = String::new();
     for (title, sql) in [
         (
             "Outcome per topic",
-            "SELECT event, topic, count(*) AS records FROM events GROUP BY event, topic ORDER BY event, topic",
+            "SELECT event, topic, count(*) AS records FROM notify_events GROUP BY event, topic ORDER BY event, topic",
         ),
         (
             "Rejections by reason",
-            "SELECT reason, count(*) AS records FROM events WHERE event = 'rejected' GROUP BY reason ORDER BY records DESC, reason",
+            "SELECT reason, count(*) AS records FROM notify_events WHERE event = 'rejected' GROUP BY reason ORDER BY records DESC, reason",
         ),
         (
             "Dispatched per tenant and category",
-            "SELECT tenant, category, count(*) AS requests FROM events WHERE event = 'dispatched' AND kind = 'send' \
+            "SELECT tenant, category, count(*) AS requests FROM notify_events WHERE event = 'dispatched' AND kind = 'send' \
              GROUP BY tenant, category ORDER BY tenant, category",
         ),
     ] {

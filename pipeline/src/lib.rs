@@ -19,6 +19,7 @@ pub mod receipts;
 pub mod samples;
 pub mod sql;
 pub mod trace;
+pub mod warehouse;
 
 use std::path::Path;
 use std::time::Duration;

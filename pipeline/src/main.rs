@@ -66,6 +66,34 @@ enum Command {
         #[command(subcommand)]
         action: ReceiptsAction,
     },
+    /// Load notify.deliveries and notify.events into ClickHouse ([clickhouse]) and the
+    /// Parquet archive ([archive]), exactly once, until interrupted.
+    Sink {
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+        /// Only this destination: clickhouse or parquet.
+        #[arg(long)]
+        only: Option<String>,
+        /// Flush and exit once nothing new arrived for this many ms (tests, backfills).
+        #[arg(long)]
+        exit_when_idle_ms: Option<u64>,
+    },
+    /// Run a report of dashboards/reports (no NAME: list them) against ClickHouse when
+    /// [clickhouse] is set, else against the Parquet archive; print a table.
+    Report {
+        name: Option<String>,
+        /// Only this tenant's rows.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, short, env = "NOTIFLOW_CONFIG")]
+        config: Option<PathBuf>,
+        /// Folder of the report SQL files.
+        #[arg(long, default_value = "dashboards/reports")]
+        reports: PathBuf,
+        /// Read this Parquet archive (instead of [archive] dir), e.g. a demo's `<data-dir>/archive`.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
     /// Parse and plan the pipeline in DIR (no I/O): errors name file:line.
     Validate {
         #[arg(default_value = "sql")]
@@ -267,6 +295,32 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls, {} parked",
                 t.read, t.accepted, t.failed, t.attempts, t.not_sendable, t.recalls, t.parked
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sink { config, only, exit_when_idle_ms } => {
+            let totals = notiflow::warehouse::run(&Config::load(&config)?, only.as_deref(), exit_when_idle_ms.map(Duration::from_millis)).await?;
+            for (destination, t) in totals {
+                println!("sink {destination}: {} rows written, {} records not decodable (skipped)", t.rows, t.undecodable);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { name, tenant, config, reports, archive } => {
+            let mut config = config_or_embedded(config.as_deref())?;
+            if let Some(archive) = archive {
+                config.archive.dir = archive;
+                config.clickhouse = None;
+            }
+            match name {
+                None => {
+                    for report in notiflow::report::list(&reports)? {
+                        println!("{:<24} {}", report.name, report.title);
+                    }
+                }
+                Some(name) => {
+                    let report = notiflow::report::load(&reports, &name)?;
+                    print!("{}", notiflow::report::run(&config, &report, tenant.as_deref()).await?.render());
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Receipts { action: ReceiptsAction::Serve { config } } => {

@@ -26,6 +26,31 @@ pub struct ClickHouseConfig {
     /// password itself: config files end up in repositories).
     #[serde(default)]
     pub password_env: Option<String>,
+    /// `notiflow sink` inserts once this many rows are buffered...
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// ...or once the oldest buffered row waited this long.
+    #[serde(default = "default_batch_interval_ms")]
+    pub batch_interval_ms: u64,
+    /// Attempts per insert before the sink stops with the error.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Create the tables and views (the DDL in dashboards/clickhouse/ddl) at start-up when missing.
+    #[serde(default = "default_create_tables")]
+    pub create_tables: bool,
+}
+
+fn default_batch_rows() -> usize {
+    10_000
+}
+fn default_batch_interval_ms() -> u64 {
+    1_000
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_create_tables() -> bool {
+    true
 }
 
 fn default_database() -> String {
@@ -50,7 +75,16 @@ pub enum ClickHouseError {
 
 impl ClickHouseConfig {
     pub fn new(url: impl Into<String>) -> Self {
-        ClickHouseConfig { url: url.into(), database: default_database(), user: default_user(), password_env: None }
+        ClickHouseConfig {
+            url: url.into(),
+            database: default_database(),
+            user: default_user(),
+            password_env: None,
+            batch_rows: default_batch_rows(),
+            batch_interval_ms: default_batch_interval_ms(),
+            max_attempts: default_max_attempts(),
+            create_tables: default_create_tables(),
+        }
     }
 
     /// A client that speaks RowBinary without the type-validation header

@@ -22,7 +22,7 @@ fn demo_runs_and_its_summary_matches_the_archive() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let rows = runtime.block_on(async {
         let ctx = report::archive_session(&dir.path().join("archive")).await.unwrap();
-        let batches = report::query(&ctx, "SELECT event, count(*) AS n FROM events GROUP BY event ORDER BY event").await.unwrap();
+        let batches = report::query(&ctx, "SELECT event, count(*) AS n FROM notify_events GROUP BY event ORDER BY event").await.unwrap();
         report::render(&batches)
     });
     // 600 generated (every 20th malformed) + 5 examples (4 sends, 1 recall).

@@ -1,0 +1,12 @@
+-- Delivery rate per channel and provider (delivered / all deliveries, %)
+SELECT channel, provider,
+    count(*) AS deliveries,
+    sum(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS delivered,
+    sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed,
+    sum(CASE WHEN state = 'undelivered_timeout' THEN 1 ELSE 0 END) AS undelivered_timeout,
+    sum(CASE WHEN state = 'send_failed' THEN 1 ELSE 0 END) AS send_failed,
+    sum(CASE WHEN state = 'sent' THEN 1 ELSE 0 END) AS sent_unreported,
+    round(100.0 * sum(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) / count(*), 2) AS delivery_rate_pct
+FROM notify_deliveries
+GROUP BY channel, provider
+ORDER BY channel, provider
