@@ -1,9 +1,10 @@
--- Funnel: requested -> dispatched -> sent -> delivered -> read -> clicked
+-- Funnel: requested -> dispatched -> sent -> delivered -> read -> clicked (distinct messages / deliveries)
+-- coalesce: ClickHouse 18.16 answers NULL for a count(DISTINCT) that saw only NULLs.
 SELECT
-    count(DISTINCT CASE WHEN event = 'accepted' THEN message_id ELSE NULL END) AS requested,
-    count(DISTINCT CASE WHEN event = 'dispatched' THEN delivery_id ELSE NULL END) AS dispatched,
-    count(DISTINCT CASE WHEN event = 'sent' THEN delivery_id ELSE NULL END) AS sent,
-    count(DISTINCT CASE WHEN event = 'delivered' THEN delivery_id ELSE NULL END) AS delivered,
-    count(DISTINCT CASE WHEN event = 'read' THEN delivery_id ELSE NULL END) AS read,
-    count(DISTINCT CASE WHEN event = 'clicked' THEN delivery_id ELSE NULL END) AS clicked
+    coalesce(count(DISTINCT CASE WHEN event = 'accepted' THEN message_id ELSE NULL END), 0) AS requested,
+    coalesce(count(DISTINCT CASE WHEN event = 'dispatched' THEN delivery_id ELSE NULL END), 0) AS dispatched,
+    coalesce(count(DISTINCT CASE WHEN event = 'sent' THEN delivery_id ELSE NULL END), 0) AS sent,
+    coalesce(count(DISTINCT CASE WHEN event = 'delivered' THEN delivery_id ELSE NULL END), 0) AS delivered,
+    coalesce(count(DISTINCT CASE WHEN event = 'read' THEN delivery_id ELSE NULL END), 0) AS read,
+    coalesce(count(DISTINCT CASE WHEN event = 'clicked' THEN delivery_id ELSE NULL END), 0) AS clicked
 FROM notify_events

@@ -53,14 +53,26 @@ pub fn load(dir: &Path, name: &str) -> anyhow::Result<Report> {
     Ok(Report { name: name.into(), title, sql: body.trim().trim_end_matches(';').to_string() })
 }
 
-/// A result as text cells.
+/// A result as text cells. Fractional numbers are written the same way
+/// whichever store answered (`95` not `95.0`, as ClickHouse prints them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<String>>,
 }
 
+fn normalize(cell: String) -> String {
+    match cell.parse::<f64>() {
+        Ok(number) if cell.contains('.') && number.is_finite() => format!("{number}"),
+        _ => cell,
+    }
+}
+
 impl Table {
+    fn new(columns: Vec<String>, rows: Vec<Vec<String>>) -> Self {
+        Table { columns, rows: rows.into_iter().map(|r| r.into_iter().map(normalize).collect()).collect() }
+    }
+
     pub fn render(&self) -> String {
         let widths: Vec<usize> = (0..self.columns.len())
             .map(|i| self.rows.iter().map(|r| r[i].chars().count()).chain([self.columns[i].chars().count()]).max().unwrap_or(0))
@@ -152,7 +164,7 @@ pub async fn run_clickhouse(client: &clickhouse::Client, sql: &str) -> anyhow::R
     let text = String::from_utf8_lossy(&body);
     let mut lines = text.lines().map(|l| l.split('\t').map(unescape_tsv).collect::<Vec<_>>());
     let columns = lines.next().unwrap_or_default();
-    Ok(Table { columns, rows: lines.collect() })
+    Ok(Table::new(columns, lines.collect()))
 }
 
 fn unescape_tsv(cell: &str) -> String {
@@ -220,7 +232,7 @@ fn to_table(batches: &[RecordBatch]) -> anyhow::Result<Table> {
             rows.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
         }
     }
-    Ok(Table { columns, rows })
+    Ok(Table::new(columns, rows))
 }
 
 pub fn render(batches: &[RecordBatch]) -> String {
@@ -321,6 +333,6 @@ mod tests {
         let sql = "SELECT quantile_exact(v, 0.5) AS p50, quantile_exact(v, 0.99) AS p99, quantile_exact(v, 0.0) AS p0 FROM \
                    (VALUES (1.0),(2.0),(3.0),(4.0),(5.0),(6.0),(7.0),(8.0),(9.0),(10.0),(NULL)) AS t(v)";
         let table = to_table(&query(&ctx, sql).await.unwrap()).unwrap();
-        assert_eq!(table.rows, vec![vec!["6.0".to_string(), "10.0".to_string(), "1.0".to_string()]]);
+        assert_eq!(table.rows, vec![vec!["6".to_string(), "10".to_string(), "1".to_string()]]);
     }
 }

@@ -53,6 +53,8 @@ pub struct FakeState {
     pub nonces: Mutex<HashSet<String>>,
     /// Access tokens handed out and still honoured, and how many were handed out.
     tokens: Mutex<(HashSet<String>, usize)>,
+    /// Message ids handed out (unique even when requests race).
+    ids: std::sync::atomic::AtomicU64,
 }
 
 /// A running fake provider.
@@ -89,6 +91,7 @@ impl FakeProvider {
             credential: (user.to_string(), secret.to_string()),
             nonces: Mutex::new(HashSet::new()),
             tokens: Mutex::new((HashSet::new(), 0)),
+            ids: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
@@ -147,6 +150,11 @@ impl FakeState {
     }
 
     /// How many messages were accepted so far (for ids the fake hands out).
+    /// A fresh message number (1, 2, ...) for the provider's message id.
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
     pub fn accepted_count(&self) -> usize {
         self.log.lock().unwrap().accepted.len()
     }

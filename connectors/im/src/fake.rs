@@ -215,7 +215,7 @@ async fn telegram_send(State(shared): State<Arc<FakeState>>, Path(bot): Path<Str
     if text.is_empty() || body["parse_mode"].as_str().is_some_and(|m| m != "HTML" && m != "MarkdownV2" && m != "Markdown") {
         return error(400, "Bad Request: message text is empty");
     }
-    let id = shared.accepted_count() as i64 + 1;
+    let id = shared.next_id() as i64;
     shared.accept(&chat, text, id.to_string(), None);
     answer(StatusCode::OK, json!({"ok": true, "result": {"message_id": id, "chat": {"id": chat}, "text": text}}))
 }
@@ -259,7 +259,7 @@ async fn wechat_send(State(shared): State<Arc<FakeState>>, RawQuery(query): RawQ
         return answer(StatusCode::OK, json!({"errcode": 47003, "errmsg": "argument invalid! data.value invalid"}));
     };
     let text = data.iter().map(|(k, v)| format!("{k}={}", v["value"].as_str().unwrap_or(""))).collect::<Vec<_>>().join("; ");
-    let id = 200_000_000 + shared.accepted_count() as i64 + 1;
+    let id = 200_000_000 + shared.next_id() as i64;
     shared.accept(openid, &text, id.to_string(), body["client_msg_id"].as_str().map(str::to_string));
     answer(StatusCode::OK, json!({"errcode": 0, "errmsg": "ok", "msgid": id}))
 }
@@ -326,7 +326,7 @@ async fn wecom_app_send(State(shared): State<Arc<FakeState>>, RawQuery(query): R
     if user.starts_with("gone") {
         return answer(StatusCode::OK, json!({"errcode": 0, "errmsg": "ok", "invaliduser": user, "msgid": ""}));
     }
-    let id = format!("wx-msg-{}", shared.accepted_count() + 1);
+    let id = format!("wx-msg-{}", shared.next_id());
     shared.accept(&user, &format!("{kind}: {text}"), id.clone(), None);
     answer(StatusCode::OK, json!({"errcode": 0, "errmsg": "ok", "invaliduser": "", "invalidparty": "", "invalidtag": "", "unlicenseduser": "", "msgid": id}))
 }
@@ -348,7 +348,7 @@ async fn dingtalk_work_send(State(shared): State<Arc<FakeState>>, RawQuery(query
     if user.starts_with("gone") {
         return answer(StatusCode::OK, json!({"errcode": 60121, "errmsg": "找不到该用户"}));
     }
-    let task = 256_271_667_000 + shared.accepted_count() as i64 + 1;
+    let task = 256_271_667_000 + shared.next_id() as i64;
     shared.accept(&user, &format!("{kind}: {text}"), task.to_string(), None);
     answer(StatusCode::OK, json!({"errcode": 0, "task_id": task, "request_id": "fake"}))
 }

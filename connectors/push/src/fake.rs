@@ -108,7 +108,7 @@ async fn fcm_send(State(shared): State<Arc<FakeState>>, headers: HeaderMap, body
         return fcm_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "Invalid JSON payload received.");
     }
     let title = message["notification"]["title"].as_str().unwrap_or("");
-    let name = format!("projects/p/messages/0:{}", shared.accepted_count() + 1);
+    let name = format!("projects/p/messages/0:{}", shared.next_id());
     shared.accept(token, &format!("{priority} {title}|{text}"), name.clone(), message["data"]["delivery_id"].as_str().map(str::to_string));
     axum::Json(json!({"name": name})).into_response()
 }
@@ -272,7 +272,7 @@ async fn webpush_receive(State(shared): State<Arc<FakeState>>, Path(id): Path<St
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    let location = format!("/m/{}", shared.accepted_count() + 1);
+    let location = format!("/m/{}", shared.next_id());
     let text = format!("{} {}|{}", header("urgency"), payload["title"].as_str().unwrap_or(""), payload["body"].as_str().unwrap_or(""));
     shared.accept(&id, &text, location.clone(), payload["delivery_id"].as_str().map(str::to_string));
     let mut response = StatusCode::CREATED.into_response();

@@ -63,7 +63,7 @@ async fn twilio_messages(State(shared): State<Arc<FakeState>>, Path(sid): Path<S
     if text.is_empty() {
         return twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required.");
     }
-    let message_sid = format!("SM{:032x}", shared.accepted_count() as u128 + 1);
+    let message_sid = format!("SM{:032x}", shared.next_id() as u128);
     shared.accept(&to, &text, message_sid.clone(), None);
     if let Some(callback) = form.get("StatusCallback") {
         tokio::spawn(status_callback(callback.clone(), token.clone(), sid.clone(), message_sid.clone(), to.clone()));
@@ -134,7 +134,7 @@ async fn aliyun_send_sms(State(shared): State<Arc<FakeState>>, body: Bytes) -> R
     let Some(text) = text.as_ref().and_then(|v| v.as_object()).and_then(|o| o.values().next()).and_then(|v| v.as_str()).map(str::to_string) else {
         return aliyun_answer(StatusCode::OK, "isv.TEMPLATE_MISSING_PARAMETERS", "TemplateParam");
     };
-    let biz_id = format!("{:018}^0", shared.accepted_count() + 1);
+    let biz_id = format!("{:018}^0", shared.next_id());
     shared.accept(phone, &text, biz_id.clone(), params.get("OutId").cloned());
     (StatusCode::OK, axum::Json(serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": "fake"}))).into_response()
 }
@@ -211,7 +211,7 @@ async fn tencent_send_sms(State(shared): State<Arc<FakeState>>, headers: HeaderM
     }
     let valid = phone.starts_with('+') && phone[1..].bytes().all(|b| b.is_ascii_digit()) && (!phone.starts_with("+86") || phone.len() == 14);
     let status = if valid {
-        let serial = format!("2433:{}", shared.accepted_count() + 1);
+        let serial = format!("2433:{}", shared.next_id());
         shared.accept(&phone, &text, serial.clone(), request["SessionContext"].as_str().map(str::to_string));
         serde_json::json!({"SerialNo": serial, "PhoneNumber": phone, "Fee": 1, "Code": "Ok", "Message": "send success", "IsoCode": "CN"})
     } else {

@@ -14,3 +14,4 @@ mod semantics;
 mod sql_engine;
 mod support;
 mod udfs;
+mod warehouse;
