@@ -31,6 +31,13 @@ services_install() {
     apt-get update -qq
     apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
   fi
+  # The dashboard's browser test renders the page in headless Chromium.
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "services: installing Debian's chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+  fi
 }
 
 services_start() {
@@ -79,6 +86,8 @@ XML
     sleep 0.3
   done
   export NOTIFLOW_TEST_CLICKHOUSE_URL="http://127.0.0.1:$http_port"
+  NOTIFLOW_TEST_CHROMIUM="$(command -v chromium)"
+  export NOTIFLOW_TEST_CHROMIUM
   echo "services: tansu at $NOTIFLOW_TEST_KAFKA, clickhouse at $NOTIFLOW_TEST_CLICKHOUSE_URL (state in $SERVICES_DIR)"
 }
 

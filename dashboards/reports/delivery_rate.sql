@@ -1,4 +1,5 @@
 -- Delivery rate per channel and provider (delivered / all deliveries, %)
+-- chart: delivered, failed, undelivered_timeout, send_failed, sent_unreported
 SELECT channel, provider,
     count(*) AS deliveries,
     sum(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS delivered,

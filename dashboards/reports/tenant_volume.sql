@@ -1,4 +1,5 @@
 -- Volume per tenant: requests accepted, deliveries dispatched, sent, failed to send
+-- chart: requests, dispatched, sent, send_failed
 SELECT tenant,
     sum(CASE WHEN event = 'accepted' THEN 1 ELSE 0 END) AS requests,
     sum(CASE WHEN event = 'dispatched' THEN 1 ELSE 0 END) AS dispatched,

@@ -27,6 +27,8 @@ pub struct BenchOptions {
     pub rate: usize,
     /// Broker for the Kafka cases; `None` runs the compute-only cases.
     pub brokers: Option<String>,
+    /// ClickHouse HTTP URL for the sink cases; `None` skips them.
+    pub clickhouse: Option<String>,
     pub records: usize,
     /// Distinct keys for the dedupe case.
     pub dedupe_keys: usize,
@@ -214,6 +216,12 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
         let name = format!("whole request pipeline at {} requests/s (latency)", options.rate);
         if wanted(&name) {
             results.push(latency_case(&kafka, &name, options).await?);
+        }
+    }
+    if let Some(url) = &options.clickhouse {
+        if wanted("sink") {
+            reset_peak_rss();
+            results.extend(crate::warehouse::bench::sink_throughput(url, options.records).await?);
         }
     }
     if wanted("whole request pipeline, in-process") {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod contract;
+pub mod dashboard;
 pub mod deliver;
 pub mod demo;
 pub mod dlq;

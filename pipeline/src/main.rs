@@ -94,6 +94,20 @@ enum Command {
         #[arg(long)]
         archive: Option<PathBuf>,
     },
+    /// Serve the built-in dashboard page (a chart and a table per report) until interrupted.
+    Dashboard {
+        #[arg(long, short, env = "NOTIFLOW_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where the page listens (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8092")]
+        listen: String,
+        /// Folder of the report SQL files.
+        #[arg(long, default_value = "dashboards/reports")]
+        reports: PathBuf,
+        /// Read this Parquet archive (instead of [archive] dir and ClickHouse).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
     /// Parse and plan the pipeline in DIR (no I/O): errors name file:line.
     Validate {
         #[arg(default_value = "sql")]
@@ -128,6 +142,9 @@ enum Command {
         /// Kafka bootstrap servers for the broker cases (omit: compute-only cases).
         #[arg(long)]
         brokers: Option<String>,
+        /// ClickHouse HTTP URL for the sink cases (rows/s into ClickHouse and Parquet vs a raw insert).
+        #[arg(long)]
+        clickhouse: Option<String>,
         /// Requests per case.
         #[arg(long, default_value_t = 300_000)]
         records: usize,
@@ -268,6 +285,16 @@ fn config_or_embedded(path: Option<&Path>) -> anyhow::Result<Config> {
     })
 }
 
+/// The config reports read; `--archive` points them at a Parquet archive instead of ClickHouse.
+fn reports_config(path: Option<&Path>, archive: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = config_or_embedded(path)?;
+    if let Some(archive) = archive {
+        config.archive.dir = archive;
+        config.clickhouse = None;
+    }
+    Ok(config)
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo { sql, requests, malformed_every, data_dir } => {
@@ -304,12 +331,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard { config, listen, reports, archive } => {
+            let config = reports_config(config.as_deref(), archive)?;
+            notiflow::dashboard::serve(config, reports, &listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Report { name, tenant, config, reports, archive } => {
-            let mut config = config_or_embedded(config.as_deref())?;
-            if let Some(archive) = archive {
-                config.archive.dir = archive;
-                config.clickhouse = None;
-            }
+            let config = reports_config(config.as_deref(), archive)?;
             match name {
                 None => {
                     for report in notiflow::report::list(&reports)? {
@@ -372,8 +400,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("topics ready: {}", specs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { brokers, records, dedupe_keys, sql, only, rate } => {
-            let options = notiflow::bench::BenchOptions { only, rate, brokers, records, dedupe_keys, sql_dir: sql };
+        Command::Bench { brokers, clickhouse, records, dedupe_keys, sql, only, rate } => {
+            let options = notiflow::bench::BenchOptions { only, rate, brokers, clickhouse, records, dedupe_keys, sql_dir: sql };
             let results = notiflow::bench::run(&options).await?;
             println!("{}", notiflow::bench::render(&results));
             Ok(ExitCode::SUCCESS)

@@ -27,6 +27,8 @@ pub struct Report {
     pub name: String,
     /// The file's first comment line.
     pub title: String,
+    /// Columns the dashboard charts (a `-- chart: a, b` line); empty: every numeric column.
+    pub chart: Vec<String>,
     pub sql: String,
 }
 
@@ -49,8 +51,13 @@ pub fn load(dir: &Path, name: &str) -> anyhow::Result<Report> {
     let path: PathBuf = dir.join(format!("{name}.sql"));
     let sql = std::fs::read_to_string(&path).with_context(|| format!("no report {name} ({})", path.display()))?;
     let title = sql.lines().next().and_then(|l| l.strip_prefix("--")).map(|t| t.trim().to_string()).unwrap_or_else(|| name.to_string());
+    let chart = sql
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("-- chart:"))
+        .map(|cols| cols.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
+        .unwrap_or_default();
     let body: String = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
-    Ok(Report { name: name.into(), title, sql: body.trim().trim_end_matches(';').to_string() })
+    Ok(Report { name: name.into(), title, chart, sql: body.trim().trim_end_matches(';').to_string() })
 }
 
 /// A result as text cells. Fractional numbers are written the same way

@@ -4,6 +4,7 @@
 
 mod clickhouse_smoke;
 mod compose;
+mod dashboard;
 mod deliver;
 mod demo;
 mod exactly_once;
