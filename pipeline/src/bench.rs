@@ -219,7 +219,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
         }
     }
     if let Some(url) = &options.clickhouse {
-        if wanted("sink") {
+        if wanted("sink: rows into ClickHouse and Parquet") {
             reset_peak_rss();
             results.extend(crate::warehouse::bench::sink_throughput(url, options.records).await?);
         }

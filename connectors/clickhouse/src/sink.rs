@@ -17,15 +17,15 @@ use clickhouse::Client;
 
 use crate::ClickHouseError;
 
-/// One row ready to insert: a JSON object (JSONEachRow) with its origin.
+/// One row ready to insert, in RowBinary (columns in the sink's order), with its origin.
 #[derive(Debug, Clone)]
 pub struct PreparedRow {
     pub partition: i32,
     pub offset: i64,
     /// Day of the table partition this row lands in (days since the epoch).
     pub day: i64,
-    /// `{"col": value, ...}` with `kafka_partition` / `kafka_offset` included.
-    pub json: Vec<u8>,
+    /// The row's RowBinary encoding, `kafka_partition` / `kafka_offset` included.
+    pub bytes: Vec<u8>,
 }
 
 pub struct TableSink {
@@ -114,12 +114,11 @@ impl TableSink {
         let fresh: Vec<&PreparedRow> = rows.iter().filter(|r| r.offset >= self.next.get(&r.partition).copied().unwrap_or(0)).collect();
         let mut inserted = 0;
         for insert in plan_inserts(&fresh) {
-            let mut body = Vec::with_capacity(insert.iter().map(|r| r.json.len() + 1).sum());
+            let mut body = Vec::with_capacity(insert.iter().map(|r| r.bytes.len()).sum());
             for row in &insert {
-                body.extend_from_slice(&row.json);
-                body.push(b'\n');
+                body.extend_from_slice(&row.bytes);
             }
-            let sql = format!("INSERT INTO {} ({}) FORMAT JSONEachRow", self.table, self.columns.join(", "));
+            let sql = format!("INSERT INTO {} ({}) FORMAT RowBinary", self.table, self.columns.join(", "));
             let mut statement = self.client.insert_formatted_with(sql);
             let sent = async {
                 statement.send(body.into()).await?;
@@ -169,7 +168,7 @@ mod tests {
     use super::*;
 
     fn row(partition: i32, offset: i64, day: i64) -> PreparedRow {
-        PreparedRow { partition, offset, day, json: vec![] }
+        PreparedRow { partition, offset, day, bytes: vec![] }
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! `notiflow bench --only sink --clickhouse URL`: delivery rows per second
+//! `notiflow bench --only sink: --clickhouse URL`: delivery rows per second
 //! into ClickHouse and into Parquet the way `notiflow sink` writes them
-//! (from the JSON records of notify.deliveries: decode, JSONEachRow inserts
+//! (from the JSON records of notify.deliveries: decode, RowBinary inserts
 //! of 10,000 rows / Arrow + zstd files with a manifest), against a raw
 //! `clickhouse` crate insert (typed RowBinary, rows built beforehand) of the
 //! same rows into the same table definition, in the same run. The Kafka read
@@ -142,7 +142,7 @@ pub async fn sink_throughput(url: &str, rows: usize) -> anyhow::Result<Vec<CaseR
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(count(&client).await? == rows as u64, "sink insert: row count differs");
     results.push(case(
-        "sink: notiflow sink into ClickHouse (JSON records -> JSONEachRow, offsets kept)",
+        "sink: notiflow sink into ClickHouse (JSON records -> RowBinary, offsets kept)",
         seconds,
         format!("{:.2}x the raw insert's rows/s", raw_seconds / seconds),
     ));

@@ -178,26 +178,34 @@ impl Dataset {
         columns
     }
 
-    /// The row as JSONEachRow (times as epoch seconds: ClickHouse DateTime).
+    /// The row in ClickHouse's RowBinary format, columns in `clickhouse_columns` order (times as
+    /// epoch seconds: DateTime). Binary because the server parses it several times faster than JSON.
     pub fn prepare(&self, row: &Row) -> PreparedRow {
-        let mut object = serde_json::Map::with_capacity(self.columns.len() + 2);
+        let mut bytes = Vec::with_capacity(256);
+        let seconds = |ms: i64| (ms.div_euclid(1000).clamp(0, u32::MAX as i64) as u32).to_le_bytes();
         for (column, cell) in self.columns.iter().zip(&row.cells) {
-            let value = match cell {
-                Cell::Text(s) => Value::from(s.as_str()),
-                Cell::Time(t) => t.map_or(Value::Null, |ms| Value::from(ms.div_euclid(1000))),
-                Cell::Float(f) => f.map_or(Value::Null, Value::from),
-                Cell::Int(i) => Value::from(*i),
-            };
-            object.insert(column.name.into(), value);
+            match (column.kind, cell) {
+                (_, Cell::Text(s)) => {
+                    put_varint(&mut bytes, s.len() as u64);
+                    bytes.extend_from_slice(s.as_bytes());
+                }
+                (Time, Cell::Time(t)) => bytes.extend_from_slice(&seconds(t.unwrap_or(row.time_ms))),
+                (_, Cell::Int(i)) => bytes.extend_from_slice(&i.to_le_bytes()),
+                // Nullable: a 1 byte for NULL, else 0 and the value.
+                (_, Cell::Time(None) | Cell::Float(None)) => bytes.push(1),
+                (_, Cell::Time(Some(ms))) => {
+                    bytes.push(0);
+                    bytes.extend_from_slice(&seconds(*ms));
+                }
+                (_, Cell::Float(Some(v))) => {
+                    bytes.push(0);
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+            }
         }
-        object.insert("kafka_partition".into(), Value::from(row.partition));
-        object.insert("kafka_offset".into(), Value::from(row.offset));
-        PreparedRow {
-            partition: row.partition,
-            offset: row.offset,
-            day: row.time_ms.div_euclid(86_400_000),
-            json: serde_json::to_vec(&object).expect("rows serialize"),
-        }
+        bytes.extend_from_slice(&(row.partition as u32).to_le_bytes());
+        bytes.extend_from_slice(&(row.offset as u64).to_le_bytes());
+        PreparedRow { partition: row.partition, offset: row.offset, day: row.time_ms.div_euclid(86_400_000), bytes }
     }
 
     pub fn arrow_schema(&self) -> SchemaRef {
@@ -256,6 +264,19 @@ impl Dataset {
     }
 }
 
+/// LEB128, as RowBinary prefixes strings with their length.
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,14 +294,22 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(row.time_ms, 1_700_000_000_250);
-        let prepared: Value = serde_json::from_slice(&DELIVERIES.prepare(&row).json).unwrap();
-        assert_eq!(prepared["sent_at"], 1_700_000_000);
-        assert_eq!(prepared["outcome_at"], 1_700_000_005);
-        assert_eq!(prepared["requested_at"], Value::Null);
-        assert_eq!(prepared["tenant"], "");
-        assert_eq!(prepared["attempts"], 2);
-        assert_eq!(prepared["kafka_offset"], 7);
-        assert_eq!(DELIVERIES.prepare(&row).day, 19_675);
+        let prepared = DELIVERIES.prepare(&row);
+        assert_eq!(prepared.day, 19_675);
+        let b = &prepared.bytes;
+        // sent_at DateTime, then delivery_id "d-1" (length-prefixed), then 3 empty strings ...
+        assert_eq!(&b[..4], &1_700_000_000u32.to_le_bytes());
+        assert_eq!(&b[4..8], b"\x03d-1");
+        assert_eq!(&b[8..11], &[0, 0, 0]);
+        // ... and at the end: attempts, requested_at NULL, outcome_at, send/delivery latency, partition, offset.
+        let tail = &b[b.len() - (8 + 1 + 5 + 9 + 1 + 4 + 8)..];
+        assert_eq!(&tail[..8], &2i64.to_le_bytes());
+        assert_eq!(tail[8], 1);
+        assert_eq!(&tail[9..14], &[&[0u8][..], &1_700_000_005u32.to_le_bytes()].concat()[..]);
+        assert_eq!(&tail[14..23], &[&[0u8][..], &500f64.to_le_bytes()].concat()[..]);
+        assert_eq!(tail[23], 1);
+        assert_eq!(&tail[24..28], &2u32.to_le_bytes());
+        assert_eq!(&tail[28..], &7u64.to_le_bytes());
         let batch = DELIVERIES.to_batch(&[&row]);
         assert_eq!(batch.num_rows(), 1);
         assert_eq!(batch.num_columns(), DELIVERIES.clickhouse_columns().len());
