@@ -27,7 +27,7 @@ CREATE TABLE sends_in (
 -- newest one of its partition is late: dropped (gauge notiflow_late_rows).
 CREATE TABLE receipts_in (
     kind TEXT, channel TEXT, provider TEXT, provider_message_id TEXT, delivery_id TEXT, tenant TEXT,
-    recipient TEXT, status TEXT, error_code TEXT, at TIMESTAMP,
+    message_id TEXT, url TEXT, recipient TEXT, status TEXT, error_code TEXT, at TIMESTAMP,
     WATERMARK FOR at AS at - INTERVAL '1' MINUTE
 ) WITH (connector = 'kafka', type = 'source', format = 'json', topic = 'notify.receipts');
 
@@ -86,9 +86,9 @@ SELECT CASE WHEN state = 'delivered' THEN 'delivered' ELSE 'undelivered' END AS 
     to_char(coalesce(outcome_at, sent_at + INTERVAL '1' HOUR), '%Y-%m-%dT%H:%M:%S%.3fZ') AS at
 FROM reported;
 
--- Reads and clicks of anything sent in the last 7 days.
+-- Reads of anything sent in the last 7 days.
 CREATE VIEW engagement_receipts AS
-SELECT * FROM receipts_in WHERE kind IN ('read', 'clicked');
+SELECT * FROM receipts_in WHERE kind = 'read';
 
 CREATE VIEW accepted_sends AS
 SELECT * FROM sends_in WHERE status = 'accepted';
@@ -101,3 +101,13 @@ SELECT r.kind AS event, s.message_id, s.delivery_id, s.tenant, s.request_id, 'se
 FROM accepted_sends s JOIN engagement_receipts r
     ON s.provider = r.provider AND s.provider_message_id = r.provider_message_id
     AND r.at BETWEEN s.at - INTERVAL '10' MINUTE AND s.at + INTERVAL '7' DAY;
+
+-- Clicks on tracked links: the signed link names its delivery, no join needed
+-- (the link itself is in notify.receipts, `url`).
+INSERT INTO events
+SELECT 'clicked' AS event, message_id, delivery_id, tenant, CAST(NULL AS TEXT) AS request_id, 'send' AS kind,
+    CAST(NULL AS TEXT) AS priority, CAST(NULL AS TEXT) AS category, CAST(NULL AS TEXT) AS recipient, channel,
+    CAST(NULL AS TEXT) AS reason, CAST(NULL AS TEXT) AS topic, CAST(NULL AS TEXT) AS release_at,
+    concat('notify.receipts/', _partition, '/', _offset) AS source,
+    to_char(at, '%Y-%m-%dT%H:%M:%S%.3fZ') AS at
+FROM receipts_in WHERE kind = 'clicked' AND message_id IS NOT NULL;

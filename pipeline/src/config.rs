@@ -42,6 +42,9 @@ pub struct Config {
     /// The endpoint providers push delivery reports to (`notiflow receipts serve`).
     #[serde(default)]
     pub receipts: Option<crate::receipts::ReceiptsConfig>,
+    /// Click tracking: links rewritten by `notiflow deliver`, clicks received by `notiflow receipts serve`.
+    #[serde(default)]
+    pub tracking: Option<crate::tracking::TrackingConfig>,
     /// Tenants allowed to send. A request naming another tenant is dead-lettered
     /// as `unknown_tenant`.
     #[serde(default, rename = "tenants")]
@@ -244,6 +247,7 @@ impl Config {
             delivery: Default::default(),
             inbox: None,
             receipts: None,
+            tracking: None,
             tenants: vec![
                 TenantConfig { id: "acme".into(), name: Some("Acme Retail".into()) },
                 TenantConfig { id: "globex".into(), name: Some("Globex Bank".into()) },

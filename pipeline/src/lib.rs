@@ -20,6 +20,7 @@ pub mod receipts;
 pub mod samples;
 pub mod sql;
 pub mod trace;
+pub mod tracking;
 pub mod warehouse;
 
 use std::path::Path;

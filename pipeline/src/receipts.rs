@@ -10,7 +10,8 @@
 //! # and per Twilio provider: status_callback = "https://hooks.example.com/v1/receipts/twilio/<provider name>"
 //! ```
 //!
-//! Routes: `POST /v1/receipts/twilio/{provider}` (form, `X-Twilio-Signature`), `GET /healthz`.
+//! Routes: `POST /v1/receipts/twilio/{provider}` (form, `X-Twilio-Signature`), `GET /c/{token}`
+//! (a tracked link, when `[tracking]` is set: `clicked` receipt, then 302 to the link), `GET /healthz`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::tracking::ClickTracker;
 
 /// `[receipts]` in notiflow.toml.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -48,6 +50,7 @@ pub const RECEIPTS_TOPIC: &str = "notify.receipts";
 
 struct Receivers {
     twilio: BTreeMap<String, TwilioChannel>,
+    tracker: Option<ClickTracker>,
     sink: KafkaSink,
     topic: Arc<str>,
 }
@@ -59,8 +62,13 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let topic = config.topics.resolve(RECEIPTS_TOPIC);
     KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec::new(&topic, config.topics.partitions)]).await?;
     let twilio = config.delivery.twilio_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
-    let receivers = Arc::new(Receivers { twilio, sink: KafkaSink::new(kafka)?, topic: Arc::from(topic) });
-    let app = Router::new().route("/healthz", get(|| async { StatusCode::OK })).route("/v1/receipts/twilio/{provider}", post(twilio_callback)).with_state(receivers);
+    let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?;
+    let receivers = Arc::new(Receivers { twilio, tracker, sink: KafkaSink::new(kafka)?, topic: Arc::from(topic) });
+    let app = Router::new()
+        .route("/healthz", get(|| async { StatusCode::OK }))
+        .route("/v1/receipts/twilio/{provider}", post(twilio_callback))
+        .route("/c/{token}", get(click))
+        .with_state(receivers);
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[receipts] listen {}", settings.listen))?;
     println!("receipts: listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
@@ -82,6 +90,34 @@ async fn twilio_callback(State(receivers): State<Arc<Receivers>>, Path(provider)
         Ok(receipt) => write(&receivers, receipt).await,
         Err(why) => refuse(StatusCode::FORBIDDEN, "bad_signature", why),
     }
+}
+
+/// A tracked link: the click is recorded, then the browser goes on to the
+/// link. A token that is not ours gets 404 (never a redirect: no open
+/// redirect). If the log cannot take the receipt, the reader still gets the
+/// link (counted in `notiflow_clicks_unrecorded_total`).
+async fn click(State(receivers): State<Arc<Receivers>>, Path(token): Path<String>) -> Response {
+    let Some(click) = receivers.tracker.as_ref().and_then(|t| t.verify(&token)) else {
+        return refuse(StatusCode::NOT_FOUND, "unknown_link", "no such tracked link".into());
+    };
+    let receipt = Receipt {
+        kind: "clicked".into(),
+        channel: click.channel.clone(),
+        provider: "tracking".into(),
+        provider_message_id: click.delivery_id.clone(),
+        delivery_id: Some(click.delivery_id.clone()),
+        tenant: Some(click.tenant.clone()),
+        message_id: Some(click.message_id.clone()),
+        url: Some(click.url.clone()),
+        recipient: None,
+        status: "clicked".into(),
+        error_code: None,
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    };
+    if write(&receivers, receipt).await.status() != StatusCode::NO_CONTENT {
+        metrics::counter!("notiflow_clicks_unrecorded_total").increment(1);
+    }
+    (StatusCode::FOUND, [(axum::http::header::LOCATION, click.url)]).into_response()
 }
 
 /// Durable before the provider hears 2xx.

@@ -18,6 +18,12 @@ pub struct Receipt {
     pub delivery_id: Option<String>,
     #[serde(default)]
     pub tenant: Option<String>,
+    /// Our message id, when the receipt knows it (clicks on tracked links).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// The link followed, for `clicked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     #[serde(default)]
     pub recipient: Option<String>,
     /// The provider's own status word.

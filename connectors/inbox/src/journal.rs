@@ -46,6 +46,8 @@ impl<S: Sink> SinkJournal<S> {
                     provider_message_id: delivery_id.clone(),
                     delivery_id: Some(delivery_id.clone()),
                     tenant: Some(tenant.clone()),
+                    message_id: None,
+                    url: None,
                     recipient: Some(user.clone()),
                     status: "read".into(),
                     error_code: None,

@@ -184,6 +184,8 @@ impl TwilioChannel {
             provider_message_id: sid,
             delivery_id: None,
             tenant: None,
+            message_id: None,
+            url: None,
             recipient: get("To"),
             status,
             error_code: get("ErrorCode").filter(|c| !c.is_empty()),

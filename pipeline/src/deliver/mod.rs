@@ -27,6 +27,8 @@ use anyhow::Context;
 use notiflow_connector::{BatchLimits, Header, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
 use notiflow_delivery::{Delivery, Done, Final, Job, Lane, ProviderGroup, Refused, Scheduler, SendResult};
 use notiflow_inbox::{InboxChannel, SinkJournal};
+
+use crate::tracking::ClickTracker;
 use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -105,6 +107,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
         .collect();
     KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
 
+    let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?.map(Arc::new);
     let (done_tx, done_rx) = mpsc::channel::<Done<Token>>(4096);
     let scheduler = Arc::new(Scheduler::start(groups, delivery.retry_policy(), delivery.workers_per_channel, delivery.lane_capacity, done_tx));
     let channels: Vec<String> = scheduler.channels().map(str::to_string).collect();
@@ -120,7 +123,15 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     let parked_readers = topics.parked.iter().map(|(channel, topic)| (ReaderKind::Parked, format!("{}.parked.{channel}", delivery.group_id), topic.clone()));
     for (kind, group, topic) in lane_readers.chain(parked_readers).collect::<Vec<_>>() {
         let source = KafkaSource::new(kafka, &group, &[&topic], "earliest")?;
-        let reader = LaneReader { kind, scheduler: scheduler.clone(), skip: skip_tx.clone(), progress: progress.clone(), last_read: last_read.clone(), totals: totals.clone() };
+        let reader = LaneReader {
+            kind,
+            scheduler: scheduler.clone(),
+            skip: skip_tx.clone(),
+            progress: progress.clone(),
+            last_read: last_read.clone(),
+            totals: totals.clone(),
+            tracker: tracker.clone(),
+        };
         readers.push(tokio::spawn(reader.run(source, stop.clone(), Duration::from_millis(delivery.commit_interval_ms))));
     }
     drop(skip_tx);
@@ -176,6 +187,8 @@ struct LaneReader {
     progress: Arc<Mutex<Progress>>,
     last_read: Arc<AtomicI64>,
     totals: Arc<Mutex<DeliverTotals>>,
+    /// Rewrites links on tracked channels ([tracking]).
+    tracker: Option<Arc<ClickTracker>>,
 }
 
 impl LaneReader {
@@ -217,7 +230,10 @@ impl LaneReader {
         let parsed = record.payload.as_deref().map(serde_json::from_slice::<Delivery>);
         let output = match parsed {
             Some(Ok(delivery)) if delivery.kind == "recall" => skip(record, Some(delivery), "recall", String::new()),
-            Some(Ok(delivery)) => {
+            Some(Ok(mut delivery)) => {
+                if let Some(tracker) = &self.tracker {
+                    tracker.rewrite(&mut delivery);
+                }
                 let job = Job { delivery, lane, token: Token { record }, enqueued: Instant::now() };
                 let queued = match self.kind {
                     ReaderKind::Lane(_) => self.scheduler.try_submit(job),

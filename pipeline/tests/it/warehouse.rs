@@ -23,6 +23,8 @@ use crate::support::{self, Killed};
 const SMS: usize = 40;
 const UNREACHABLE: [usize; 2] = [7, 23];
 const FILLER_EVENTS: usize = 4000;
+/// Deliveries whose link is followed (the first one twice).
+const CLICKED: usize = 5;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -78,6 +80,11 @@ batch_rows = 20
 [receipts]
 listen = "127.0.0.1:{port}"
 
+[tracking]
+base_url = "http://127.0.0.1:{port}"
+secret = {{ env = "NOTIFLOW_IT_WAREHOUSE_TRACKING" }}
+channels = ["sms"]
+
 [delivery]
 group_id = "{group}"
 commit_interval_ms = 200
@@ -101,6 +108,7 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     let notiflow = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_notiflow"));
         command.args(args).arg("--config").arg(&path).env("NOTIFLOW_IT_WAREHOUSE_TWILIO", "tw-token");
+        command.env("NOTIFLOW_IT_WAREHOUSE_TRACKING", "tracking-secret-0123456789");
         command.env("NOTIFLOW_UDF_LIB_DIR", std::env::var("NOTIFLOW_UDF_LIB_DIR").unwrap_or_default());
         command
     };
@@ -114,7 +122,7 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     let out = (0..SMS).map(|i| {
         let phone = if UNREACHABLE.contains(&i) { format!("+86138000{i:02}0000") } else { format!("+861391234{:04}", i + 1) };
         let record = json!({"type": "send", "delivery_id": format!("d_w{i}"), "message_id": format!("m_w{i}"), "request_id": format!("w{i}"),
-            "tenant": if i % 4 == 0 { "globex" } else { "acme" }, "template": "otp", "channel": "sms", "address": phone, "body": format!("code w{i}"),
+            "tenant": if i % 4 == 0 { "globex" } else { "acme" }, "template": "otp", "channel": "sms", "address": phone, "body": format!("code w{i}, details: https://shop.example.com/w/{i}?a=1&b=2."),
             "priority": "normal", "category": "otp", "requested_at": requested_at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()});
         OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
     });
@@ -132,6 +140,25 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     };
     assert_eq!(receipts.len(), SMS);
 
+    // Links went out rewritten; following them records a click and lands on the original link.
+    let bodies: BTreeMap<String, String> = twilio.log().accepted.iter().map(|r| (r.to.clone(), r.body.clone())).collect();
+    assert_eq!(bodies.len(), SMS);
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for (n, body) in bodies.values().take(CLICKED).enumerate() {
+        assert!(!body.contains("shop.example.com"), "{body}");
+        let link = body.split_whitespace().find(|w| w.starts_with(&format!("http://127.0.0.1:{port}/c/"))).unwrap().trim_end_matches('.');
+        let i: usize = body.trim_start_matches("code w").split(',').next().unwrap().parse().unwrap();
+        for _ in 0..if n == 0 { 2 } else { 1 } {
+            let answer = no_redirects.get(link).send().await.unwrap();
+            assert_eq!(answer.status().as_u16(), 302);
+            assert_eq!(answer.headers()["location"], format!("https://shop.example.com/w/{i}?a=1&b=2").as_str());
+        }
+    }
+    let forged = no_redirects.get(format!("http://127.0.0.1:{port}/c/eyJ1IjoiaHR0cHM6Ly9ldmlsLmV4YW1wbGUifQ.AAAAAAAAAAAAAAAAAAAAAA")).send().await.unwrap();
+    assert_eq!(forged.status().as_u16(), 404);
+    let clicks_written = read_topic_to_end(&kafka, &topic("notify.receipts")).await.unwrap().len() - SMS;
+    assert_eq!(clicks_written, CLICKED + 1, "one receipt per click, the repeat included");
+
     // Stage 50 (the whole pipeline folder runs; only sends and receipts have records).
     let run = notiflow(&["run"]).arg(support::sql_dir()).args(["--exit-when-idle-ms", "3000"]).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -142,6 +169,7 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     let sends: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.sends")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
     let sent_at: BTreeMap<&str, i64> = sends.iter().filter(|s| s["status"] == "accepted").map(|s| (s["provider_message_id"].as_str().unwrap(), parse_ms(s["at"].as_str().unwrap()))).collect();
     assert_eq!(sent_at.len(), SMS);
+    let receipts: Vec<Value> = receipts.into_iter().filter(|r| r["kind"] != "clicked").collect();
     let latencies: Vec<f64> = receipts.iter().map(|r| (parse_ms(r["at"].as_str().unwrap()) - sent_at[r["provider_message_id"].as_str().unwrap()]).max(0) as f64).collect();
     let delivered_expected = receipts.iter().filter(|r| r["kind"] == "delivered").count();
     assert_eq!(delivered_expected, SMS - UNREACHABLE.len());
@@ -219,7 +247,7 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     }
     assert_eq!(latency.cell("sms", "send_p50_ms"), Some(rounded(quantile(&send_latencies, 0.5)).as_str()), "{}", latency.render());
     let funnel = report::run_clickhouse(&client, &report::load(&reports, "funnel").unwrap().sql).await.unwrap();
-    assert_eq!(funnel.rows[0][2..4], [SMS.to_string(), delivered_expected.to_string()], "{}", funnel.render());
+    assert_eq!(funnel.rows[0][2..], [SMS.to_string(), delivered_expected.to_string(), "0".into(), CLICKED.to_string()], "{}", funnel.render());
     let per_tenant = report::run(&{
         let mut c = config.clone();
         c.clickhouse = Some({
