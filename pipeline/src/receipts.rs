@@ -10,11 +10,17 @@
 //! # and per Twilio provider: status_callback = "https://hooks.example.com/v1/receipts/twilio/<provider name>"
 //! ```
 //!
+//! Pull-model providers are polled from here too: each Tencent provider with
+//! `pull_receipts_ms` (`PullSmsSendStatus`); pulled reports are written
+//! before the next pull (Tencent hands each report out once, so a write is
+//! retried until the broker takes it).
+//!
 //! Routes: `POST /v1/receipts/twilio/{provider}` (form, `X-Twilio-Signature`), `GET /c/{token}`
 //! (a tracked link, when `[tracking]` is set: `clicked` receipt, then 302 to the link), `GET /healthz`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -24,9 +30,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
-use notiflow_delivery::Receipt;
+use notiflow_delivery::{Channel, Receipt};
 use notiflow_kafka::{KafkaAdmin, KafkaSink};
-use notiflow_sms::TwilioChannel;
+use notiflow_sms::{TencentChannel, TwilioChannel};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -64,6 +70,9 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let twilio = config.delivery.twilio_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?;
     let receivers = Arc::new(Receivers { twilio, tracker, sink: KafkaSink::new(kafka)?, topic: Arc::from(topic) });
+    for channel in config.delivery.tencent_pollers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))? {
+        tokio::spawn(poll_tencent(channel, receivers.clone()));
+    }
     let app = Router::new()
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/v1/receipts/twilio/{provider}", post(twilio_callback))
@@ -120,15 +129,50 @@ async fn click(State(receivers): State<Arc<Receivers>>, Path(token): Path<String
     (StatusCode::FOUND, [(axum::http::header::LOCATION, click.url)]).into_response()
 }
 
+/// Pulls a Tencent provider's delivery reports until the process ends: at
+/// once again while pages come back full, else every `pull_receipts_ms`.
+async fn poll_tencent(channel: TencentChannel, receivers: Arc<Receivers>) {
+    const PAGE: u32 = 100;
+    let every = channel.pull_every().unwrap_or(Duration::from_secs(5));
+    let provider = channel.provider().to_string();
+    loop {
+        let full = match channel.pull_receipts(PAGE).await {
+            Ok(receipts) => {
+                let full = receipts.len() == PAGE as usize;
+                metrics::counter!("notiflow_receipts_pulled_total", "provider" => provider.clone()).increment(receipts.len() as u64);
+                let records: Vec<OutRecord> = receipts.iter().map(|r| receipt_record(&receivers.topic, r)).collect();
+                let mut wait = Duration::from_millis(100);
+                while let Err(err) = receivers.sink.send_all(records.clone()).await {
+                    tracing::warn!(%provider, %err, "writing pulled receipts; retrying (they are only in memory)");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                full
+            }
+            Err(err) => {
+                metrics::counter!("notiflow_receipts_pull_errors_total", "provider" => provider.clone()).increment(1);
+                tracing::warn!(%provider, %err, "pulling delivery reports");
+                false
+            }
+        };
+        if !full {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+fn receipt_record(topic: &Arc<str>, receipt: &Receipt) -> OutRecord {
+    OutRecord {
+        topic: topic.clone(),
+        key: Some(receipt.provider_message_id.clone().into_bytes()),
+        payload: serde_json::to_vec(receipt).expect("receipts serialize"),
+        headers: vec![],
+    }
+}
+
 /// Durable before the provider hears 2xx.
 async fn write(receivers: &Receivers, receipt: Receipt) -> Response {
-    let record = OutRecord {
-        topic: receivers.topic.clone(),
-        key: Some(receipt.provider_message_id.clone().into_bytes()),
-        payload: serde_json::to_vec(&receipt).expect("receipts serialize"),
-        headers: vec![],
-    };
-    match receivers.sink.send_all(vec![record]).await {
+    match receivers.sink.send_all(vec![receipt_record(&receivers.topic, &receipt)]).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(err) => refuse(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", err.to_string()),
     }

@@ -332,6 +332,22 @@ mod tests {
         assert!(for_tenant("SELECT 1", Some("a' OR 1=1 --")).is_err());
     }
 
+    /// Grafana's panels run the same SQL as `notiflow report` (ClickHouse dialect): a changed
+    /// report must be changed there too.
+    #[test]
+    fn grafana_panels_run_the_report_sql() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("dashboards/grafana/provisioning/dashboards/notiflow.json")).unwrap()).unwrap();
+        let reports = list(&root.join("dashboards/reports")).unwrap();
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert_eq!(panels.len(), reports.len(), "one panel per report");
+        for report in &reports {
+            let panel = panels.iter().find(|p| p["title"] == report.title.as_str()).unwrap_or_else(|| panic!("no panel titled {:?}", report.title));
+            assert_eq!(panel["targets"][0]["rawSql"].as_str().unwrap(), clickhouse_dialect(&report.sql), "panel {:?}", report.title);
+        }
+    }
+
     #[tokio::test]
     async fn quantile_exact_matches_clickhouse_definition() {
         let ctx = SessionContext::new();

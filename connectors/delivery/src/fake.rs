@@ -55,6 +55,8 @@ pub struct FakeState {
     tokens: Mutex<(HashSet<String>, usize)>,
     /// Message ids handed out (unique even when requests race).
     ids: std::sync::atomic::AtomicU64,
+    /// Delivery reports waiting for a pull API (each handed out once).
+    pub reports: Mutex<std::collections::VecDeque<serde_json::Value>>,
 }
 
 /// A running fake provider.
@@ -92,6 +94,7 @@ impl FakeProvider {
             nonces: Mutex::new(HashSet::new()),
             tokens: Mutex::new((HashSet::new(), 0)),
             ids: std::sync::atomic::AtomicU64::new(0),
+            reports: Mutex::new(std::collections::VecDeque::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));

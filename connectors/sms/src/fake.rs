@@ -20,7 +20,7 @@ pub async fn twilio(sid: &str, token: &str) -> FakeProvider {
 
 /// Fake Tencent Cloud SMS for SecretId `secret_id` / `secret_key`.
 pub async fn tencent(secret_id: &str, secret_key: &str) -> FakeProvider {
-    FakeProvider::start(secret_id, secret_key, Router::new().route("/", post(tencent_send_sms))).await
+    FakeProvider::start(secret_id, secret_key, Router::new().route("/", post(tencent_api))).await
 }
 
 /// Fake Aliyun Dysmsapi for AccessKey `key_id` / `secret`.
@@ -170,13 +170,28 @@ fn tencent_expected_signature(secret_key: &str, headers: &HeaderMap, signed_head
     hex(&mac(&key, to_sign.as_bytes()))
 }
 
-async fn tencent_send_sms(State(shared): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
+fn tencent_pull(shared: &FakeState, request: &serde_json::Value) -> Response {
+    let limit = request["Limit"].as_u64().filter(|l| (1..=100).contains(l));
+    let (Some(limit), Some(_)) = (limit, request["SmsSdkAppId"].as_str().filter(|a| !a.is_empty())) else {
+        shared.refuse("tencent: pull without SmsSdkAppId or Limit 1-100".into());
+        return tencent_error("InvalidParameterValue", "SmsSdkAppId and Limit (1-100) are required");
+    };
+    let mut reports = shared.reports.lock().unwrap();
+    let n = reports.len().min(limit as usize);
+    let set: Vec<serde_json::Value> = reports.drain(..n).collect();
+    tencent_answer(StatusCode::OK, serde_json::json!({"PullSmsSendStatusSet": set, "RequestId": "fake"}))
+}
+
+/// SendSms and PullSmsSendStatus, both TC3-signed. Every accepted message's
+/// report (numbers ending in 0000 fail) waits for a pull, handed out once.
+async fn tencent_api(State(shared): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
     let busy = |_| tencent_error("RequestLimitExceeded", "request too frequent");
     if let Some(answer) = shared.interfere(busy, || (StatusCode::SERVICE_UNAVAILABLE, "down").into_response()).await {
         return answer;
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    if header("x-tc-action") != "SendSms" || header("x-tc-version") != "2021-01-11" || !header("content-type").starts_with("application/json") {
+    let action = header("x-tc-action");
+    if !["SendSms", "PullSmsSendStatus"].contains(&action.as_str()) || header("x-tc-version") != "2021-01-11" || !header("content-type").starts_with("application/json") {
         shared.refuse("tencent: action/version/content-type".into());
         return tencent_error("InvalidParameter", "action, version or content type");
     }
@@ -203,6 +218,9 @@ async fn tencent_send_sms(State(shared): State<Arc<FakeState>>, headers: HeaderM
         return tencent_error("AuthFailure.SignatureFailure", "The provided credentials could not be validated.");
     }
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if action == "PullSmsSendStatus" {
+        return tencent_pull(&shared, &request);
+    }
     let phone = request["PhoneNumberSet"][0].as_str().unwrap_or("").to_string();
     let text = request["TemplateParamSet"][0].as_str().unwrap_or("").to_string();
     if ["SmsSdkAppId", "SignName", "TemplateId"].iter().any(|k| request[*k].as_str().is_none_or(str::is_empty)) || text.is_empty() {
@@ -213,6 +231,14 @@ async fn tencent_send_sms(State(shared): State<Arc<FakeState>>, headers: HeaderM
     let status = if valid {
         let serial = format!("2433:{}", shared.next_id());
         shared.accept(&phone, &text, serial.clone(), request["SessionContext"].as_str().map(str::to_string));
+        let china_now = chrono::Utc::now() + chrono::Duration::hours(8);
+        let failed = phone.ends_with("0000");
+        shared.reports.lock().unwrap().push_back(serde_json::json!({
+            "UserReceiveTime": china_now.format("%Y-%m-%d %H:%M:%S").to_string(), "CountryCode": "86",
+            "SubscriberNumber": phone.trim_start_matches("+86"), "PhoneNumber": phone, "SerialNo": serial,
+            "ReportStatus": if failed { "FAIL" } else { "SUCCESS" }, "Description": if failed { "MK:0001" } else { "用户短信送达成功" },
+            "SessionContext": request["SessionContext"].as_str().unwrap_or(""),
+        }));
         serde_json::json!({"SerialNo": serial, "PhoneNumber": phone, "Fee": 1, "Code": "Ok", "Message": "send success", "IsoCode": "CN"})
     } else {
         serde_json::json!({"SerialNo": "", "PhoneNumber": phone, "Fee": 0, "Code": "InvalidParameterValue.IncorrectPhoneNumber", "Message": "incorrect number"})

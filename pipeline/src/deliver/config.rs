@@ -173,6 +173,12 @@ impl DeliveryConfig {
         twilio.map(|(name, config)| Ok((name.clone(), TwilioChannel::new(&name, config)?))).collect()
     }
 
+    /// Tencent providers that pull their delivery reports (`pull_receipts_ms`).
+    pub fn tencent_pollers(&self) -> Result<Vec<TencentChannel>, String> {
+        let pulling = self.providers.iter().filter_map(|p| Some((p.name.clone(), p.tencent.clone().filter(|t| t.pull_receipts_ms.is_some())?)));
+        pulling.map(|(name, config)| TencentChannel::new(&name, config)).collect()
+    }
+
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts.max(1),

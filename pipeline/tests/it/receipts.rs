@@ -6,20 +6,14 @@
 //! refused and never written.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
 use notiflow_kafka::{KafkaAdmin, KafkaSink, read_topic_to_end};
 use serde_json::{Value, json};
 
-use crate::support::{self, Killed};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::support::{self, Notiflow, free_port, read_json, wait_for_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_status_callbacks_become_verified_receipts_that_join_their_sends() {
@@ -58,16 +52,9 @@ status_callback = "{callback}"
     ));
     let path = dir.path().join("notiflow.toml");
     std::fs::write(&path, &toml).unwrap();
-    let notiflow = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_notiflow"));
-        command.args(args).arg("--config").arg(&path).env("NOTIFLOW_IT_RECEIPTS_TWILIO", "tw-token");
-        command
-    };
-    let mut child = notiflow(&["receipts", "serve"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let notiflow = Notiflow::new(&path, &[("NOTIFLOW_IT_RECEIPTS_TWILIO", "tw-token")]);
+    let (_server, line) = notiflow.serve(&["receipts", "serve"]);
     assert!(line.starts_with("receipts: listening on"), "{line}");
-    let _server = Killed(child);
 
     // One number in twenty is unreachable: its report says undelivered (30003).
     let out = (0..SMS).map(|i| {
@@ -77,20 +64,13 @@ status_callback = "{callback}"
         OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
     });
     KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
-    let deliver = notiflow(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
+    let deliver = notiflow.command(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
     assert!(deliver.status.success(), "{}", String::from_utf8_lossy(&deliver.stderr));
 
     // Every accepted send gets its receipt.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let receipts: Vec<Value> = loop {
-        let records = read_topic_to_end(&kafka, &topic("notify.receipts")).await.unwrap();
-        if records.len() >= SMS || Instant::now() > deadline {
-            break records.iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let receipts = wait_for_json(&kafka, &topic("notify.receipts"), SMS, Duration::ZERO).await;
     assert_eq!(receipts.len(), SMS, "{receipts:?}");
-    let sends: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.sends")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
+    let sends = read_json(&kafka, &topic("notify.sends")).await;
     let sent: BTreeMap<String, String> = sends
         .iter()
         .filter(|s| s["status"] == "accepted")
@@ -114,4 +94,80 @@ status_callback = "{callback}"
     let unknown = client.post(format!("http://127.0.0.1:{port}/v1/receipts/twilio/nobody")).form(&forged).send().await.unwrap();
     assert_eq!(unknown.status().as_u16(), 404);
     assert_eq!(read_topic_to_end(&kafka, &topic("notify.receipts")).await.unwrap().len(), SMS);
+}
+
+/// Tencent hands out delivery reports by pull (`PullSmsSendStatus`, each once):
+/// `notiflow receipts serve` polls it with signed calls and writes every
+/// report to notify.receipts, where it joins its send by SerialNo and names
+/// its delivery (SessionContext).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tencent_delivery_reports_are_pulled_into_receipts_that_join_their_sends() {
+    const SMS: usize = 12;
+    let _turn = support::one_at_a_time().await;
+    let config = support::kafka_config(2);
+    let kafka = config.kafka.clone().unwrap();
+    let topic = |name: &str| config.topics.resolve(name);
+    let specs: Vec<TopicSpec> = ["notify.dispatch.normal", "notify.receipts"].iter().map(|t| TopicSpec::new(topic(t), 2)).collect();
+    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
+    let tencent = notiflow_sms::fake::tencent("AKIDfake", "tc-key").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+    toml.push_str(&format!(
+        r#"
+[receipts]
+listen = "127.0.0.1:{port}"
+
+[delivery]
+group_id = "{group}"
+commit_interval_ms = 200
+
+[[delivery.providers]]
+name = "sms-tencent"
+[delivery.providers.tencent]
+endpoint = "{endpoint}"
+secret_id = "AKIDfake"
+secret_key = {{ env = "NOTIFLOW_IT_RECEIPTS_TENCENT" }}
+sdk_app_id = "1400000001"
+sign_name = "Acme"
+default_template = "100001"
+pull_receipts_ms = 200
+"#,
+        port = free_port(),
+        group = support::unique("tencent-receipts"),
+        endpoint = tencent.endpoint,
+    ));
+    let path = dir.path().join("notiflow.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let notiflow = Notiflow::new(&path, &[("NOTIFLOW_IT_RECEIPTS_TENCENT", "tc-key")]);
+    let unreachable = [3, 9];
+    let out = (0..SMS).map(|i| {
+        let phone = if unreachable.contains(&i) { format!("+8613{i:05}0000") } else { format!("+861391200{i:02}11") };
+        let record = json!({"type": "send", "delivery_id": format!("d_t{i}"), "message_id": format!("m_t{i}"), "request_id": format!("t{i}"),
+            "tenant": "acme", "template": "otp", "channel": "sms", "address": phone, "body": format!("code t{i}")});
+        OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
+    });
+    KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
+    let deliver = notiflow.command(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
+    assert!(deliver.status.success(), "{}", String::from_utf8_lossy(&deliver.stderr));
+    assert_eq!(tencent.log().accepted.len(), SMS);
+
+    // The reports wait at Tencent until the receipts server pulls them; each arrives once (the
+    // extra wait would show a second copy).
+    let (_server, _) = notiflow.serve(&["receipts", "serve"]);
+    let receipts = wait_for_json(&kafka, &topic("notify.receipts"), SMS, Duration::from_millis(600)).await;
+    assert_eq!(receipts.len(), SMS, "{receipts:#?}");
+    let sends = read_json(&kafka, &topic("notify.sends")).await;
+    let sent: BTreeMap<String, String> = sends
+        .iter()
+        .filter(|s| s["status"] == "accepted")
+        .map(|s| (s["provider_message_id"].as_str().unwrap().to_string(), s["delivery_id"].as_str().unwrap().to_string()))
+        .collect();
+    let reported: BTreeMap<String, String> =
+        receipts.iter().map(|r| (r["provider_message_id"].as_str().unwrap().to_string(), r["delivery_id"].as_str().unwrap().to_string())).collect();
+    assert_eq!(reported, sent, "each report joins its send by SerialNo and names the same delivery");
+    let mut failed: Vec<(&str, &str)> = receipts.iter().filter(|r| r["kind"] == "failed").map(|r| (r["delivery_id"].as_str().unwrap(), r["error_code"].as_str().unwrap())).collect();
+    failed.sort();
+    assert_eq!(failed, [("d_t3", "MK:0001"), ("d_t9", "MK:0001")]);
+    assert!(receipts.iter().all(|r| r["provider"] == "sms-tencent" && r["channel"] == "sms"));
+    assert!(tencent.log().refused.is_empty(), "every call signed as Tencent checks: {:?}", tencent.log().refused);
 }

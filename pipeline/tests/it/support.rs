@@ -89,3 +89,51 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The notiflow binary with a config file and the environment its secrets come from.
+pub struct Notiflow {
+    config: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Notiflow {
+    pub fn new(config: impl Into<std::path::PathBuf>, env: &[(&str, &str)]) -> Self {
+        Notiflow { config: config.into(), env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"));
+        command.args(args).arg("--config").arg(&self.config).envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Starts a server subcommand; returns it (killed on drop) once it printed its first line.
+    pub fn serve(&self, args: &[&str]) -> (Killed, String) {
+        use std::io::BufRead;
+        let mut child = self.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::inherit()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        (Killed(child), line)
+    }
+}
+
+/// Every record of a topic, as JSON.
+pub async fn read_json(kafka: &KafkaConfig, topic: &str) -> Vec<serde_json::Value> {
+    let records = notiflow_kafka::read_topic_to_end(kafka, topic).await.unwrap();
+    records.iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect()
+}
+
+/// Waits (up to 30 s) until a topic holds at least `count` records, then
+/// `settle` longer (to see any extra ones); returns them all as JSON.
+pub async fn wait_for_json(kafka: &KafkaConfig, topic: &str, count: usize, settle: std::time::Duration) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while notiflow_kafka::read_topic_to_end(kafka, topic).await.unwrap().len() < count && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(settle).await;
+    read_json(kafka, topic).await
+}

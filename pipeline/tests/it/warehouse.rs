@@ -7,8 +7,7 @@
 //! equal figures computed here from the raw sends and receipts.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,17 +17,13 @@ use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
 use notiflow_kafka::{KafkaAdmin, KafkaSink, read_topic_to_end};
 use serde_json::{Value, json};
 
-use crate::support::{self, Killed};
+use crate::support::{self, Notiflow, free_port, read_json, wait_for_json};
 
 const SMS: usize = 40;
 const UNREACHABLE: [usize; 2] = [7, 23];
 const FILLER_EVENTS: usize = 4000;
 /// Deliveries whose link is followed (the first one twice).
 const CLICKED: usize = 5;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn parse_ms(text: &str) -> i64 {
     notiflow::warehouse::dataset::parse_time(&Value::from(text)).unwrap()
@@ -105,18 +100,9 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     ));
     let path = dir.path().join("notiflow.toml");
     std::fs::write(&path, &toml).unwrap();
-    let notiflow = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_notiflow"));
-        command.args(args).arg("--config").arg(&path).env("NOTIFLOW_IT_WAREHOUSE_TWILIO", "tw-token");
-        command.env("NOTIFLOW_IT_WAREHOUSE_TRACKING", "tracking-secret-0123456789");
-        command.env("NOTIFLOW_UDF_LIB_DIR", std::env::var("NOTIFLOW_UDF_LIB_DIR").unwrap_or_default());
-        command
-    };
-    let mut child = notiflow(&["receipts", "serve"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let notiflow = Notiflow::new(&path, &[("NOTIFLOW_IT_WAREHOUSE_TWILIO", "tw-token"), ("NOTIFLOW_IT_WAREHOUSE_TRACKING", "tracking-secret-0123456789")]);
+    let (_server, line) = notiflow.serve(&["receipts", "serve"]);
     assert!(line.starts_with("receipts: listening on"), "{line}");
-    let _server = Killed(child);
 
     let requested_at = chrono::Utc::now() - chrono::Duration::milliseconds(250);
     let out = (0..SMS).map(|i| {
@@ -127,17 +113,10 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
         OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
     });
     KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
-    let deliver = notiflow(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
+    let deliver = notiflow.command(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
     assert!(deliver.status.success(), "{}", String::from_utf8_lossy(&deliver.stderr));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let receipts: Vec<Value> = loop {
-        let records = read_topic_to_end(&kafka, &topic("notify.receipts")).await.unwrap();
-        if records.len() >= SMS || Instant::now() > deadline {
-            break records.iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let receipts = wait_for_json(&kafka, &topic("notify.receipts"), SMS, Duration::ZERO).await;
     assert_eq!(receipts.len(), SMS);
 
     // Links went out rewritten; following them records a click and lands on the original link.
@@ -160,13 +139,13 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     assert_eq!(clicks_written, CLICKED + 1, "one receipt per click, the repeat included");
 
     // Stage 50 (the whole pipeline folder runs; only sends and receipts have records).
-    let run = notiflow(&["run"]).arg(support::sql_dir()).args(["--exit-when-idle-ms", "3000"]).output().unwrap();
+    let run = notiflow.command(&["run"]).arg(support::sql_dir()).args(["--exit-when-idle-ms", "3000"]).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let deliveries = read_topic_to_end(&kafka, &topic("notify.deliveries")).await.unwrap();
     assert_eq!(deliveries.len(), SMS, "one delivery row per message and channel: {:#?}\n{receipts:#?}", deliveries.iter().map(|r| String::from_utf8_lossy(r.payload.as_ref().unwrap()).to_string()).collect::<Vec<_>>());
 
     // What the reports must say, from the raw topics.
-    let sends: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.sends")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
+    let sends = read_json(&kafka, &topic("notify.sends")).await;
     let sent_at: BTreeMap<&str, i64> = sends.iter().filter(|s| s["status"] == "accepted").map(|s| (s["provider_message_id"].as_str().unwrap(), parse_ms(s["at"].as_str().unwrap()))).collect();
     assert_eq!(sent_at.len(), SMS);
     let receipts: Vec<Value> = receipts.into_iter().filter(|r| r["kind"] != "clicked").collect();
@@ -186,7 +165,7 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
         let client = client.clone();
         async move { client.query(&format!("SELECT count() FROM {table}")).fetch_one::<u64>().await.unwrap_or(0) }
     };
-    let mut sink = notiflow(&["sink"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut sink = notiflow.command(&["sink"]).stdout(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while rows_in("notify_deliveries").await < SMS as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -207,7 +186,7 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     producer.await.unwrap();
     let events_total = read_topic_to_end(&kafka, &topic("notify.events")).await.unwrap().len() as u64;
     assert!(at_kill > 0 && at_kill < events_total, "killed mid-load: {at_kill} of {events_total} events in");
-    let rerun = notiflow(&["sink", "--exit-when-idle-ms", "2500"]).output().unwrap();
+    let rerun = notiflow.command(&["sink", "--exit-when-idle-ms", "2500"]).output().unwrap();
     assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
     println!("sink killed with {at_kill} rows in; rerun: {}", String::from_utf8_lossy(&rerun.stdout).trim());
 

@@ -109,6 +109,7 @@ async fn tencent_requests_carry_a_tc3_signature_the_fake_verifies() {
         default_template: None,
         region: "ap-guangzhou".into(),
         timeout_ms: 2000,
+        pull_receipts_ms: None,
     };
     let channel = TencentChannel::new("tencent", config("tc-secret")).unwrap();
     let accepted = channel.send(&sms("1", "+8613800138000"), 1).await.unwrap();
@@ -121,8 +122,16 @@ async fn tencent_requests_carry_a_tc3_signature_the_fake_verifies() {
     fake.set_mode(Mode::Accept);
     let forged = TencentChannel::new("tencent", config("wrong-key")).unwrap().send(&sms("4", "+8613800138000"), 1).await.unwrap_err();
     assert_eq!((forged.reason(), forged.provider_code()), (FailureReason::Auth, "AuthFailure.SignatureFailure"));
+
+    // The delivery report is pulled (signed the same way), once.
+    let forged_pull = TencentChannel::new("tencent", config("wrong-key")).unwrap().pull_receipts(100).await.unwrap_err();
+    assert_eq!(forged_pull.provider_code(), "AuthFailure.SignatureFailure");
+    let receipts = channel.pull_receipts(100).await.unwrap();
+    let got: Vec<_> = receipts.iter().map(|r| (r.kind.as_str(), r.provider_message_id.as_str(), r.delivery_id.as_deref(), r.provider.as_str())).collect();
+    assert_eq!(got, [("delivered", "2433:1", Some("d_1"), "tencent")]);
+    assert!(channel.pull_receipts(100).await.unwrap().is_empty());
     let log = fake.log();
-    assert_eq!(log.refused, ["tencent: signature"]);
+    assert_eq!(log.refused, ["tencent: signature", "tencent: signature"]);
     let got: Vec<_> = log.accepted.iter().map(|r| (r.to.as_str(), r.body.as_str(), r.our_id.as_deref())).collect();
     assert_eq!(got, [("+8613800138000", "Your code is 1", Some("d_1"))]);
 }
