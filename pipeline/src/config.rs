@@ -300,6 +300,8 @@ id = "acme"
         let names: Vec<&str> = config.delivery.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["sms-aliyun", "sms-twilio", "email-relay", "dingtalk-ops", "webhooks"]);
         assert_eq!(config.inbox.as_ref().map(|i| (i.listen.as_str(), i.keep_per_user)), Some(("0.0.0.0:8090", 500)));
+        assert_eq!(config.clickhouse.as_ref().map(|c| (c.database.as_str(), c.batch_rows)), Some(("notiflow", 10_000)));
+        assert_eq!(config.tracking.as_ref().map(|t| t.channels.clone()), Some(vec!["email".to_string()]));
         let err = config.delivery.provider_groups().err().unwrap();
         assert!(err.contains("sms-aliyun") && err.contains("ALIYUN_SMS_SECRET"), "{err}");
         let two_kinds = "[[delivery.providers]]\nname = \"x\"\n[delivery.providers.webhook]\nsigning_secret = { env = \"A\" }\n\
