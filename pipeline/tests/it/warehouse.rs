@@ -1,5 +1,6 @@
-//! Issue 7 end to end on the real broker and the real ClickHouse:
-//! dispatch records -> `notiflow deliver` -> fake Twilio, which reports each
+//! Issue 7 end to end on the real broker and the real ClickHouse: producer
+//! requests -> `notiflow run` (stages 10-40) -> `notiflow deliver` (links
+//! rewritten for click tracking) -> fake Twilio, which reports each
 //! message's fate to `notiflow receipts serve` -> stage 50 (`notiflow run`)
 //! joins sends and receipts into notify.deliveries -> `notiflow sink` into
 //! ClickHouse and the Parquet archive. The sink is killed (SIGKILL) mid-load
@@ -48,7 +49,7 @@ async fn receipts_join_sends_and_land_once_in_clickhouse_and_parquet() {
     let kafka = config.kafka.clone().unwrap();
     let topic = |name: &str| config.topics.resolve(name);
     let specs: Vec<TopicSpec> =
-        ["notify.dispatch.normal", "notify.receipts", "notify.sends", "notify.deliveries"].iter().map(|t| TopicSpec::new(topic(t), 2)).collect();
+        ["notify.requests", "notify.dispatch.normal", "notify.receipts", "notify.sends", "notify.deliveries"].iter().map(|t| TopicSpec::new(topic(t), 2)).collect();
     KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
 
     let database = support::unique("nf_e2e");
@@ -104,15 +105,27 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     let (_server, line) = notiflow.serve(&["receipts", "serve"]);
     assert!(line.starts_with("receipts: listening on"), "{line}");
 
-    let requested_at = chrono::Utc::now() - chrono::Duration::milliseconds(250);
-    let out = (0..SMS).map(|i| {
-        let phone = if UNREACHABLE.contains(&i) { format!("+86138000{i:02}0000") } else { format!("+861391234{:04}", i + 1) };
-        let record = json!({"type": "send", "delivery_id": format!("d_w{i}"), "message_id": format!("m_w{i}"), "request_id": format!("w{i}"),
-            "tenant": if i % 4 == 0 { "globex" } else { "acme" }, "template": "otp", "channel": "sms", "address": phone, "body": format!("code w{i}, details: https://shop.example.com/w/{i}?a=1&b=2."),
-            "priority": "normal", "category": "otp", "requested_at": requested_at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()});
-        OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
+    // Producers' requests, one SMS each (a direct phone recipient; the example templates: acme's login_otp,
+    // globex's order_shipped), each with a link in its parameters.
+    let templates = support::sql_dir().join("../examples/templates.jsonl");
+    let put = notiflow.command(&["template", "put"]).arg(&templates).output().unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let phone = |i: usize| if UNREACHABLE.contains(&i) { format!("+86138000{i:02}0000") } else { format!("+861391234{:04}", i + 1) };
+    let link = |i: usize| format!("https://shop.example.com/w/{i}?a=1&b=2");
+    let requests = (0..SMS).map(|i| {
+        let (tenant, template, category, params) = if i % 4 == 0 {
+            ("globex", "order_shipped", "transactional", json!({"order_id": format!("W{i} {}", link(i)), "carrier": "SF"}))
+        } else {
+            ("acme", "login_otp", "otp", json!({"code": format!("{i:04} {}", link(i))}))
+        };
+        let request = json!({"request_id": format!("w{i}"), "tenant": tenant, "template": template, "recipients": [{"phone": phone(i)}],
+            "params": params, "priority": "normal", "category": category});
+        OutRecord { topic: Arc::from(topic("notify.requests")), key: Some(format!("{tenant}/w{i}").into_bytes()), payload: request.to_string().into_bytes(), headers: vec![] }
     });
-    KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
+    KafkaSink::new(&kafka).unwrap().send_all(requests.collect()).await.unwrap();
+    let run = notiflow.command(&["run"]).arg(support::sql_dir()).args(["--exit-when-idle-ms", "3000"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(read_json(&kafka, &topic("notify.dispatch.normal")).await.len(), SMS, "one SMS per request");
     let deliver = notiflow.command(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
     assert!(deliver.status.success(), "{}", String::from_utf8_lossy(&deliver.stderr));
 
@@ -123,14 +136,14 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     let bodies: BTreeMap<String, String> = twilio.log().accepted.iter().map(|r| (r.to.clone(), r.body.clone())).collect();
     assert_eq!(bodies.len(), SMS);
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    for (n, body) in bodies.values().take(CLICKED).enumerate() {
+    for (n, (to, body)) in bodies.iter().take(CLICKED).enumerate() {
         assert!(!body.contains("shop.example.com"), "{body}");
-        let link = body.split_whitespace().find(|w| w.starts_with(&format!("http://127.0.0.1:{port}/c/"))).unwrap().trim_end_matches('.');
-        let i: usize = body.trim_start_matches("code w").split(',').next().unwrap().parse().unwrap();
+        let tracked = body.split_whitespace().find(|w| w.starts_with(&format!("http://127.0.0.1:{port}/c/"))).unwrap().trim_end_matches(|c: char| ".,;:!?)".contains(c));
+        let i = (0..SMS).find(|&i| phone(i) == *to).unwrap();
         for _ in 0..if n == 0 { 2 } else { 1 } {
-            let answer = no_redirects.get(link).send().await.unwrap();
-            assert_eq!(answer.status().as_u16(), 302);
-            assert_eq!(answer.headers()["location"], format!("https://shop.example.com/w/{i}?a=1&b=2").as_str());
+            let answer = no_redirects.get(tracked).send().await.unwrap();
+            assert_eq!(answer.status().as_u16(), 302, "{body}");
+            assert_eq!(answer.headers()["location"], link(i).as_str());
         }
     }
     let forged = no_redirects.get(format!("http://127.0.0.1:{port}/c/eyJ1IjoiaHR0cHM6Ly9ldmlsLmV4YW1wbGUifQ.AAAAAAAAAAAAAAAAAAAAAA")).send().await.unwrap();
@@ -138,7 +151,7 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     let clicks_written = read_topic_to_end(&kafka, &topic("notify.receipts")).await.unwrap().len() - SMS;
     assert_eq!(clicks_written, CLICKED + 1, "one receipt per click, the repeat included");
 
-    // Stage 50 (the whole pipeline folder runs; only sends and receipts have records).
+    // Stage 50: the pipeline again (its group resumes: only sends and receipts have new records).
     let run = notiflow.command(&["run"]).arg(support::sql_dir()).args(["--exit-when-idle-ms", "3000"]).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let deliveries = read_topic_to_end(&kafka, &topic("notify.deliveries")).await.unwrap();
@@ -152,7 +165,11 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     let latencies: Vec<f64> = receipts.iter().map(|r| (parse_ms(r["at"].as_str().unwrap()) - sent_at[r["provider_message_id"].as_str().unwrap()]).max(0) as f64).collect();
     let delivered_expected = receipts.iter().filter(|r| r["kind"] == "delivered").count();
     assert_eq!(delivered_expected, SMS - UNREACHABLE.len());
-    let send_latencies: Vec<f64> = sent_at.values().map(|at| (at - requested_at.timestamp_millis()) as f64).collect();
+    let send_latencies: Vec<f64> = sends
+        .iter()
+        .filter(|s| s["status"] == "accepted")
+        .map(|s| (parse_ms(s["at"].as_str().unwrap()) - parse_ms(s["requested_at"].as_str().unwrap())) as f64)
+        .collect();
 
     // The sink runs while more events trickle in (one record per request: ~3 ms each on tansu); it is
     // killed (SIGKILL) in the middle of that stream, then run again to the end.
@@ -204,7 +221,7 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     let parquet_events = report::query(&ctx, "SELECT count(*) FROM notify_events").await.unwrap();
     assert_eq!(report::render(&parquet_events).lines().nth(3).unwrap().trim_matches(|c| c == '|' || c == ' '), events_total.to_string());
     let failed: Vec<&Vec<String>> = clickhouse.rows.iter().filter(|r| r[1] != "delivered").collect();
-    assert_eq!(failed.iter().map(|r| (r[0].as_str(), r[1].as_str(), r[2].as_str())).collect::<Vec<_>>(), vec![("d_w23", "failed", "30003"), ("d_w7", "failed", "30003")]);
+    assert_eq!(failed.iter().map(|r| (r[1].as_str(), r[2].as_str())).collect::<Vec<_>>(), vec![("failed", "30003"); UNREACHABLE.len()]);
 
     // Reports: the same SQL on both stores, equal to what the raw topics say.
     let reports = support::sql_dir().join("../dashboards/reports");
@@ -226,7 +243,8 @@ status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
     }
     assert_eq!(latency.cell("sms", "send_p50_ms"), Some(rounded(quantile(&send_latencies, 0.5)).as_str()), "{}", latency.render());
     let funnel = report::run_clickhouse(&client, &report::load(&reports, "funnel").unwrap().sql).await.unwrap();
-    assert_eq!(funnel.rows[0][2..], [SMS.to_string(), delivered_expected.to_string(), "0".into(), CLICKED.to_string()], "{}", funnel.render());
+    let expected_funnel: Vec<String> = [SMS, SMS, SMS, delivered_expected, 0, CLICKED].iter().map(usize::to_string).collect();
+    assert_eq!(funnel.rows[0], expected_funnel, "{}", funnel.render());
     let per_tenant = report::run(&{
         let mut c = config.clone();
         c.clickhouse = Some({
