@@ -29,27 +29,8 @@ async fn twilio_status_callbacks_become_verified_receipts_that_join_their_sends(
     let callback = format!("http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main");
     let dir = tempfile::tempdir().unwrap();
     let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
-    toml.push_str(&format!(
-        r#"
-[receipts]
-listen = "127.0.0.1:{port}"
-
-[delivery]
-group_id = "{group}"
-commit_interval_ms = 200
-
-[[delivery.providers]]
-name = "twilio-main"
-[delivery.providers.twilio]
-endpoint = "{endpoint}"
-account_sid = "AC0123"
-auth_token = {{ env = "NOTIFLOW_IT_RECEIPTS_TWILIO" }}
-from = "+15005550006"
-status_callback = "{callback}"
-"#,
-        group = support::unique("receipts"),
-        endpoint = twilio.endpoint,
-    ));
+    toml.push_str(&support::receipts_and_delivery_toml(port));
+    toml.push_str(&support::twilio_provider_toml(&twilio.endpoint, "NOTIFLOW_IT_RECEIPTS_TWILIO", port));
     let path = dir.path().join("notiflow.toml");
     std::fs::write(&path, &toml).unwrap();
     let notiflow = Notiflow::new(&path, &[("NOTIFLOW_IT_RECEIPTS_TWILIO", "tw-token")]);
@@ -112,15 +93,9 @@ async fn tencent_delivery_reports_are_pulled_into_receipts_that_join_their_sends
     let tencent = notiflow_sms::fake::tencent("AKIDfake", "tc-key").await;
     let dir = tempfile::tempdir().unwrap();
     let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+    toml.push_str(&support::receipts_and_delivery_toml(free_port()));
     toml.push_str(&format!(
         r#"
-[receipts]
-listen = "127.0.0.1:{port}"
-
-[delivery]
-group_id = "{group}"
-commit_interval_ms = 200
-
 [[delivery.providers]]
 name = "sms-tencent"
 [delivery.providers.tencent]
@@ -132,8 +107,6 @@ sign_name = "Acme"
 default_template = "100001"
 pull_receipts_ms = 200
 "#,
-        port = free_port(),
-        group = support::unique("tencent-receipts"),
         endpoint = tencent.endpoint,
     ));
     let path = dir.path().join("notiflow.toml");

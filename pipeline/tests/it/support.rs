@@ -137,3 +137,16 @@ pub async fn wait_for_json(kafka: &KafkaConfig, topic: &str, count: usize, settl
     tokio::time::sleep(settle).await;
     read_json(kafka, topic).await
 }
+
+/// `[receipts]` on `port` and a `[delivery]` of its own (fast commits), for appending to a test config.
+pub fn receipts_and_delivery_toml(port: u16) -> String {
+    format!("\n[receipts]\nlisten = \"127.0.0.1:{port}\"\n\n[delivery]\ngroup_id = \"{}\"\ncommit_interval_ms = 200\n", unique("delivery"))
+}
+
+/// A Twilio provider `twilio-main` (auth token from `token_env`) whose status callbacks go to the receipts server on `port`.
+pub fn twilio_provider_toml(endpoint: &str, token_env: &str, port: u16) -> String {
+    format!(
+        "\n[[delivery.providers]]\nname = \"twilio-main\"\n[delivery.providers.twilio]\nendpoint = \"{endpoint}\"\naccount_sid = \"AC0123\"\n\
+         auth_token = {{ env = \"{token_env}\" }}\nfrom = \"+15005550006\"\nstatus_callback = \"http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main\"\n"
+    )
+}

@@ -73,32 +73,16 @@ url = "{clickhouse}"
 database = "{database}"
 batch_rows = 20
 
-[receipts]
-listen = "127.0.0.1:{port}"
-
 [tracking]
 base_url = "http://127.0.0.1:{port}"
 secret = {{ env = "NOTIFLOW_IT_WAREHOUSE_TRACKING" }}
 channels = ["sms"]
-
-[delivery]
-group_id = "{group}"
-commit_interval_ms = 200
-
-[[delivery.providers]]
-name = "twilio-main"
-[delivery.providers.twilio]
-endpoint = "{endpoint}"
-account_sid = "AC0123"
-auth_token = {{ env = "NOTIFLOW_IT_WAREHOUSE_TWILIO" }}
-from = "+15005550006"
-status_callback = "http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main"
 "#,
         archive = archive.display(),
         clickhouse = support::clickhouse_url(),
-        group = support::unique("warehouse"),
-        endpoint = twilio.endpoint,
     ));
+    toml.push_str(&support::receipts_and_delivery_toml(port));
+    toml.push_str(&support::twilio_provider_toml(&twilio.endpoint, "NOTIFLOW_IT_WAREHOUSE_TWILIO", port));
     let path = dir.path().join("notiflow.toml");
     std::fs::write(&path, &toml).unwrap();
     let notiflow = Notiflow::new(&path, &[("NOTIFLOW_IT_WAREHOUSE_TWILIO", "tw-token"), ("NOTIFLOW_IT_WAREHOUSE_TRACKING", "tracking-secret-0123456789")]);
