@@ -42,8 +42,13 @@ CREATE TABLE deliveries (
 CREATE VIEW reported_sends AS
 SELECT * FROM sends_in WHERE status = 'accepted' AND channel IN ('sms');
 
+-- The first outcome per message: providers repeat reports (Twilio retries a
+-- callback it did not see answered), and a repeat must not make a second row.
 CREATE VIEW outcome_receipts AS
-SELECT * FROM receipts_in WHERE kind IN ('delivered', 'failed');
+SELECT * FROM (
+    SELECT *, ROW_NUMBER() OVER (PARTITION BY provider, provider_message_id, sliding(INTERVAL '1' DAY) ORDER BY _timestamp) AS rn
+    FROM receipts_in WHERE kind IN ('delivered', 'failed')
+) WHERE rn = 1;
 
 -- A reported send with its outcome, or none after an hour.
 CREATE VIEW reported AS
