@@ -15,7 +15,9 @@
 //! before the next pull (Tencent hands each report out once, so a write is
 //! retried until the broker takes it).
 //!
-//! Routes: `POST /v1/receipts/twilio/{provider}` (form, `X-Twilio-Signature`), `GET /c/{token}`
+//! Routes: `POST /v1/receipts/twilio/{provider}` (form, `X-Twilio-Signature`),
+//! `POST /v1/receipts/aliyun/{provider}/{report_token}` (Aliyun's unsigned SmsReport push: the token in the
+//! URL is the secret, compared in constant time), `GET /c/{token}`
 //! (a tracked link, when `[tracking]` is set: `clicked` receipt, then 302 to the link), `GET /healthz`.
 
 use std::collections::BTreeMap;
@@ -30,9 +32,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
-use notiflow_delivery::{Channel, Receipt};
+use notiflow_delivery::{Channel, Receipt, Secret};
 use notiflow_kafka::{KafkaAdmin, KafkaSink};
-use notiflow_sms::{TencentChannel, TwilioChannel};
+use notiflow_sms::{AliyunChannel, TencentChannel, TwilioChannel};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -56,6 +58,7 @@ pub const RECEIPTS_TOPIC: &str = "notify.receipts";
 
 struct Receivers {
     twilio: BTreeMap<String, TwilioChannel>,
+    aliyun: BTreeMap<String, (AliyunChannel, Secret)>,
     tracker: Option<ClickTracker>,
     sink: KafkaSink,
     topic: Arc<str>,
@@ -69,13 +72,15 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec::new(&topic, config.topics.partitions)]).await?;
     let twilio = config.delivery.twilio_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?;
-    let receivers = Arc::new(Receivers { twilio, tracker, sink: KafkaSink::new(kafka)?, topic: Arc::from(topic) });
+    let aliyun = config.delivery.aliyun_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
+    let receivers = Arc::new(Receivers { twilio, aliyun, tracker, sink: KafkaSink::new(kafka)?, topic: Arc::from(topic) });
     for channel in config.delivery.tencent_pollers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))? {
         tokio::spawn(poll_tencent(channel, receivers.clone()));
     }
     let app = Router::new()
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/v1/receipts/twilio/{provider}", post(twilio_callback))
+        .route("/v1/receipts/aliyun/{provider}/{token}", post(aliyun_push))
         .route("/c/{token}", get(click))
         .with_state(receivers);
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[receipts] listen {}", settings.listen))?;
@@ -99,6 +104,30 @@ async fn twilio_callback(State(receivers): State<Arc<Receivers>>, Path(provider)
         Ok(receipt) => write(&receivers, receipt).await,
         Err(why) => refuse(StatusCode::FORBIDDEN, "bad_signature", why),
     }
+}
+
+/// Aliyun's SmsReport push: every report written before `{"code": 0}` (any
+/// other answer makes Aliyun push again).
+async fn aliyun_push(State(receivers): State<Arc<Receivers>>, Path((provider, token)): Path<(String, String)>, body: Bytes) -> Response {
+    let Some((channel, expected)) = receivers.aliyun.get(&provider) else {
+        return refuse(StatusCode::NOT_FOUND, "unknown_provider", format!("no aliyun provider `{provider}` with a report_token"));
+    };
+    if !constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) {
+        return refuse(StatusCode::FORBIDDEN, "bad_token", "the report URL's token is not this provider's".into());
+    }
+    let receipts = match channel.reports(&body) {
+        Ok(receipts) => receipts,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, "bad_report", why),
+    };
+    let records: Vec<OutRecord> = receipts.iter().map(|r| receipt_record(&receivers.topic, r)).collect();
+    match receivers.sink.send_all(records).await {
+        Ok(_) => axum::Json(json!({"code": 0, "msg": "成功"})).into_response(),
+        Err(err) => refuse(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", err.to_string()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A tracked link: the click is recorded, then the browser goes on to the

@@ -57,6 +57,8 @@ pub struct FakeState {
     ids: std::sync::atomic::AtomicU64,
     /// Delivery reports waiting for a pull API (each handed out once).
     pub reports: Mutex<std::collections::VecDeque<serde_json::Value>>,
+    /// Where a push-model provider posts delivery reports (set in its console, here by the test).
+    pub report_url: Mutex<Option<String>>,
 }
 
 /// A running fake provider.
@@ -81,6 +83,11 @@ impl FakeProvider {
         self.shared.tokens.lock().unwrap().1
     }
 
+    /// Where the fake pushes delivery reports (providers whose console holds a report URL).
+    pub fn set_report_url(&self, url: &str) {
+        *self.shared.report_url.lock().unwrap() = Some(url.to_string());
+    }
+
     pub fn log(&self) -> std::sync::MutexGuard<'_, Log> {
         self.shared.log.lock().unwrap()
     }
@@ -95,6 +102,7 @@ impl FakeProvider {
             tokens: Mutex::new((HashSet::new(), 0)),
             ids: std::sync::atomic::AtomicU64::new(0),
             reports: Mutex::new(std::collections::VecDeque::new()),
+            report_url: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));

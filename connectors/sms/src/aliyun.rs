@@ -7,13 +7,18 @@
 //! Chinese SMS carry only approved templates: the provider maps each notiflow
 //! template to an Aliyun `TemplateCode` whose one variable (`param_name`)
 //! receives the rendered body.
+//!
+//! Delivery reports (SmsReport) arrive by Aliyun's HTTP batch push: a JSON
+//! array POSTed to the URL set in the console. Aliyun does not sign it, so the
+//! URL carries a secret (`report_token`) that the receiver compares in
+//! constant time; a push without it is refused.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, Secret, SecretRef, SendError, SendFuture, http};
+use notiflow_delivery::{Accepted, Channel, Delivery, FailureReason, Receipt, Secret, SecretRef, SendError, SendFuture, http};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -41,6 +46,10 @@ pub struct AliyunConfig {
     /// Answer deadline per attempt, ms.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The secret last segment of the report push URL set in Aliyun's console
+    /// (`https://<host>/v1/receipts/aliyun/<provider>/<token>`); unset: pushes refused.
+    #[serde(default)]
+    pub report_token: Option<SecretRef>,
 }
 
 fn default_endpoint() -> String {
@@ -190,6 +199,46 @@ impl Channel for AliyunChannel {
     }
 }
 
+impl AliyunChannel {
+    /// The report push token, when configured.
+    pub fn report_token(&self) -> Result<Option<Secret>, String> {
+        self.config.report_token.as_ref().map(|t| t.resolve().map_err(|e| format!("aliyun provider {}: report_token: {e}", self.name))).transpose()
+    }
+
+    /// Receipts from one SmsReport push (a JSON array; times are China Standard Time).
+    /// `biz_id` joins the send, `out_id` is our delivery id.
+    pub fn reports(&self, body: &[u8]) -> Result<Vec<Receipt>, String> {
+        let reports: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("not a JSON array of reports: {e}"))?;
+        let china = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+        reports
+            .iter()
+            .map(|report| {
+                let text = |field: &str| report[field].as_str().filter(|v| !v.is_empty()).map(str::to_string);
+                let biz_id = text("biz_id").ok_or("a report without biz_id")?;
+                let delivered = report["success"].as_bool().ok_or("a report without success")?;
+                let at = text("report_time")
+                    .and_then(|t| chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S").ok())
+                    .and_then(|t| t.and_local_timezone(china).single())
+                    .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+                Ok(Receipt {
+                    kind: if delivered { "delivered" } else { "failed" }.into(),
+                    channel: "sms".into(),
+                    provider: self.name.clone(),
+                    provider_message_id: biz_id,
+                    delivery_id: text("out_id"),
+                    tenant: None,
+                    message_id: None,
+                    url: None,
+                    recipient: text("phone_number"),
+                    status: text("err_code").unwrap_or_default(),
+                    error_code: if delivered { None } else { text("err_code") },
+                    at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use reqwest::StatusCode;
@@ -236,5 +285,20 @@ mod tests {
         assert_eq!(kind(200, r#"{"Code":"isp.SYSTEM_ERROR"}"#), "retry provider_error isp.SYSTEM_ERROR");
         assert_eq!(kind(503, r#"{"Code":"Whatever"}"#), "retry provider_error Whatever");
         assert_eq!(kind(200, r#"{"Code":"OK"}"#), "retry provider_error 200", "OK without a BizId");
+    }
+
+    #[test]
+    fn pushed_reports_become_receipts_in_utc() {
+        // SmsReport as Aliyun documents its HTTP batch push, one delivered and one failed.
+        unsafe { std::env::set_var("NOTIFLOW_UNIT_ALIYUN_REPORTS", "s") };
+        let config: AliyunConfig = serde_json::from_value(serde_json::json!({"access_key_id": "k", "access_key_secret": {"env": "NOTIFLOW_UNIT_ALIYUN_REPORTS"}, "sign_name": "n"})).unwrap();
+        let channel = AliyunChannel::new("sms-aliyun", config).unwrap();
+        let body = r#"[{"phone_number":"13811112222","send_time":"2017-01-01 11:12:13","report_time":"2017-02-02 22:23:24","success":true,"err_code":"DELIVERED","err_msg":"用户接收成功","sms_size":"1","biz_id":"12345","out_id":"d_1"},
+                       {"phone_number":"13800000000","send_time":"2017-01-01 11:12:13","report_time":"2017-02-02 22:23:30","success":false,"err_code":"MK:0001","err_msg":"failed","sms_size":"1","biz_id":"12346","out_id":""}]"#;
+        let receipts = channel.reports(body.as_bytes()).unwrap();
+        let got: Vec<_> = receipts.iter().map(|r| (r.kind.as_str(), r.provider_message_id.as_str(), r.delivery_id.as_deref(), r.error_code.as_deref(), r.at.as_str())).collect();
+        assert_eq!(got, [("delivered", "12345", Some("d_1"), None, "2017-02-02T14:23:24.000Z"), ("failed", "12346", None, Some("MK:0001"), "2017-02-02T14:23:30.000Z")]);
+        assert!(channel.reports(b"{}").is_err());
+        assert!(channel.reports(br#"[{"success":true}]"#).is_err());
     }
 }

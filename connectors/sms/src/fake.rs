@@ -136,7 +136,24 @@ async fn aliyun_send_sms(State(shared): State<Arc<FakeState>>, body: Bytes) -> R
     };
     let biz_id = format!("{:018}^0", shared.next_id());
     shared.accept(phone, &text, biz_id.clone(), params.get("OutId").cloned());
+    if let Some(url) = shared.report_url.lock().unwrap().clone() {
+        tokio::spawn(aliyun_report(url, phone.clone(), biz_id.clone(), params.get("OutId").cloned().unwrap_or_default()));
+    }
     (StatusCode::OK, axum::Json(serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": "fake"}))).into_response()
+}
+
+/// Pushes one SmsReport as Aliyun's HTTP batch push does (unsigned JSON array;
+/// China Standard Time). Numbers ending in 0000 fail.
+async fn aliyun_report(url: String, phone: String, biz_id: String, out_id: String) {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let china_now = (chrono::Utc::now() + chrono::Duration::hours(8)).format("%Y-%m-%d %H:%M:%S").to_string();
+    let failed = phone.ends_with("0000");
+    let report = serde_json::json!([{
+        "phone_number": phone, "send_time": china_now, "report_time": china_now, "success": !failed,
+        "err_code": if failed { "MK:0001" } else { "DELIVERED" }, "err_msg": if failed { "failed" } else { "用户接收成功" },
+        "sms_size": "1", "biz_id": biz_id, "out_id": out_id,
+    }]);
+    let _ = reqwest::Client::new().post(&url).header("content-type", "application/json").body(report.to_string()).send().await;
 }
 
 fn tencent_answer(status: StatusCode, response: serde_json::Value) -> Response {

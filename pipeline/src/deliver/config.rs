@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, RetryPolicy, SecretRef};
+use notiflow_delivery::{BreakerConfig, Channel, ProviderGroup, ProviderLimits, RetryPolicy, Secret, SecretRef};
 use notiflow_email::{SmtpChannel, SmtpConfig};
 use notiflow_push::{ApnsChannel, ApnsConfig, FcmChannel, FcmConfig, WebPushChannel, WebPushConfig};
 use notiflow_im::{
@@ -171,6 +171,18 @@ impl DeliveryConfig {
     pub fn twilio_receivers(&self) -> Result<BTreeMap<String, TwilioChannel>, String> {
         let twilio = self.providers.iter().filter_map(|p| Some((p.name.clone(), p.twilio.clone()?)));
         twilio.map(|(name, config)| Ok((name.clone(), TwilioChannel::new(&name, config)?))).collect()
+    }
+
+    /// Aliyun providers that take report pushes (`report_token`), with their token.
+    pub fn aliyun_receivers(&self) -> Result<BTreeMap<String, (AliyunChannel, Secret)>, String> {
+        let mut receivers = BTreeMap::new();
+        for (name, config) in self.providers.iter().filter_map(|p| Some((p.name.clone(), p.aliyun.clone()?))) {
+            let channel = AliyunChannel::new(&name, config)?;
+            if let Some(token) = channel.report_token()? {
+                receivers.insert(name, (channel, token));
+            }
+        }
+        Ok(receivers)
     }
 
     /// Tencent providers that pull their delivery reports (`pull_receipts_ms`).

@@ -144,3 +144,79 @@ pull_receipts_ms = 200
     assert!(receipts.iter().all(|r| r["provider"] == "sms-tencent" && r["channel"] == "sms"));
     assert!(tencent.log().refused.is_empty(), "every call signed as Tencent checks: {:?}", tencent.log().refused);
 }
+
+/// Aliyun pushes delivery reports (SmsReport, unsigned JSON) to the URL set in
+/// its console; the secret token in that URL is what makes a push genuine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliyun_report_pushes_with_the_url_token_become_receipts_that_join_their_sends() {
+    const SMS: usize = 10;
+    let _turn = support::one_at_a_time().await;
+    let config = support::kafka_config(2);
+    let kafka = config.kafka.clone().unwrap();
+    let topic = |name: &str| config.topics.resolve(name);
+    let specs: Vec<TopicSpec> = ["notify.dispatch.normal", "notify.receipts"].iter().map(|t| TopicSpec::new(topic(t), 2)).collect();
+    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
+    let aliyun = notiflow_sms::fake::aliyun("LTAI-fake", "al-secret").await;
+    let port = free_port();
+    let report_url = format!("http://127.0.0.1:{port}/v1/receipts/aliyun/sms-aliyun/report-token-0123456789");
+    aliyun.set_report_url(&report_url);
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+    toml.push_str(&support::receipts_and_delivery_toml(port));
+    toml.push_str(&format!(
+        r#"
+[[delivery.providers]]
+name = "sms-aliyun"
+[delivery.providers.aliyun]
+endpoint = "{endpoint}"
+access_key_id = "LTAI-fake"
+access_key_secret = {{ env = "NOTIFLOW_IT_RECEIPTS_ALIYUN" }}
+sign_name = "Acme"
+default_template = "SMS_100"
+report_token = {{ env = "NOTIFLOW_IT_RECEIPTS_ALIYUN_REPORTS" }}
+"#,
+        endpoint = aliyun.endpoint,
+    ));
+    let path = dir.path().join("notiflow.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let notiflow = Notiflow::new(&path, &[("NOTIFLOW_IT_RECEIPTS_ALIYUN", "al-secret"), ("NOTIFLOW_IT_RECEIPTS_ALIYUN_REPORTS", "report-token-0123456789")]);
+    let (_server, line) = notiflow.serve(&["receipts", "serve"]);
+    assert!(line.starts_with("receipts: listening on"), "{line}");
+
+    let unreachable = [2, 6];
+    let out = (0..SMS).map(|i| {
+        let phone = if unreachable.contains(&i) { format!("+86138{i:04}0000") } else { format!("+861391200{i:02}11") };
+        let record = json!({"type": "send", "delivery_id": format!("d_a{i}"), "message_id": format!("m_a{i}"), "request_id": format!("a{i}"),
+            "tenant": "acme", "template": "otp", "channel": "sms", "address": phone, "body": format!("code a{i}")});
+        OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
+    });
+    KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
+    let deliver = notiflow.command(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
+    assert!(deliver.status.success(), "{}", String::from_utf8_lossy(&deliver.stderr));
+    assert_eq!(aliyun.log().accepted.len(), SMS);
+
+    let receipts = wait_for_json(&kafka, &topic("notify.receipts"), SMS, Duration::ZERO).await;
+    assert_eq!(receipts.len(), SMS, "{receipts:#?}");
+    let sends = read_json(&kafka, &topic("notify.sends")).await;
+    let sent: BTreeMap<String, String> = sends
+        .iter()
+        .filter(|s| s["status"] == "accepted")
+        .map(|s| (s["provider_message_id"].as_str().unwrap().to_string(), s["delivery_id"].as_str().unwrap().to_string()))
+        .collect();
+    let reported: BTreeMap<String, String> =
+        receipts.iter().map(|r| (r["provider_message_id"].as_str().unwrap().to_string(), r["delivery_id"].as_str().unwrap().to_string())).collect();
+    assert_eq!(reported, sent, "each report joins its send by BizId and names its delivery (OutId)");
+    let mut failed: Vec<&str> = receipts.iter().filter(|r| r["kind"] == "failed").map(|r| r["delivery_id"].as_str().unwrap()).collect();
+    failed.sort();
+    assert_eq!(failed, ["d_a2", "d_a6"]);
+
+    // A push without the token (or to a provider without one) is refused and never written.
+    let push = r#"[{"phone_number":"13912000011","report_time":"2026-01-01 00:00:00","success":true,"err_code":"DELIVERED","biz_id":"forged","out_id":"d_x"}]"#;
+    let client = reqwest::Client::new();
+    let wrong = report_url.replace("report-token-0123456789", "report-token-0123456788");
+    assert_eq!(client.post(&wrong).body(push).send().await.unwrap().status().as_u16(), 403);
+    let elsewhere = report_url.replace("sms-aliyun", "sms-other");
+    assert_eq!(client.post(&elsewhere).body(push).send().await.unwrap().status().as_u16(), 404);
+    assert_eq!(client.post(&report_url).body("not json").send().await.unwrap().status().as_u16(), 400);
+    assert_eq!(read_json(&kafka, &topic("notify.receipts")).await.len(), SMS);
+}

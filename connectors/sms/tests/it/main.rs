@@ -41,6 +41,7 @@ fn aliyun(fake: &FakeProvider, secret_var: &str) -> AliyunChannel {
         param_name: "content".into(),
         region: "cn-hangzhou".into(),
         timeout_ms: 2000,
+        report_token: None,
     };
     AliyunChannel::new("aliyun", config).unwrap()
 }
