@@ -38,6 +38,11 @@ services_install() {
     apt-get update -qq
     apt-get install -y -qq chromium >/dev/null
   fi
+  # S3 for the Parquet archive's S3 test: moto's S3 server (PyPI), speaking the S3 wire protocol.
+  if ! command -v moto_server >/dev/null 2>&1; then
+    echo "services: installing moto[server] (an S3-compatible server) from PyPI"
+    python3 -m pip install -q "moto[server]"
+  fi
 }
 
 services_start() {
@@ -86,20 +91,26 @@ XML
     sleep 0.3
   done
   export NOTIFLOW_TEST_CLICKHOUSE_URL="http://127.0.0.1:$http_port"
+
+  local s3_port; s3_port=$(services_free_port)
+  (cd "$SERVICES_DIR" && exec moto_server -H 127.0.0.1 -p "$s3_port" >"$SERVICES_DIR/moto.log" 2>&1) &
+  echo $! >"$SERVICES_DIR/moto.pid"
+  services_wait_tcp 127.0.0.1 "$s3_port" 60 moto || { tail -20 "$SERVICES_DIR/moto.log" >&2; return 1; }
+  export NOTIFLOW_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
   NOTIFLOW_TEST_CHROMIUM="$(command -v chromium)"
   export NOTIFLOW_TEST_CHROMIUM
-  echo "services: tansu at $NOTIFLOW_TEST_KAFKA, clickhouse at $NOTIFLOW_TEST_CLICKHOUSE_URL (state in $SERVICES_DIR)"
+  echo "services: tansu at $NOTIFLOW_TEST_KAFKA, clickhouse at $NOTIFLOW_TEST_CLICKHOUSE_URL, s3 at $NOTIFLOW_TEST_S3_ENDPOINT (state in $SERVICES_DIR)"
 }
 
 services_stop() {
   [ -n "${SERVICES_DIR:-}" ] || return 0
-  for name in tansu clickhouse; do
+  for name in tansu clickhouse moto; do
     if [ -f "$SERVICES_DIR/$name.pid" ]; then
       kill "$(cat "$SERVICES_DIR/$name.pid")" 2>/dev/null || true
     fi
   done
   sleep 0.5
-  for name in tansu clickhouse; do
+  for name in tansu clickhouse moto; do
     if [ -f "$SERVICES_DIR/$name.pid" ]; then
       kill -9 "$(cat "$SERVICES_DIR/$name.pid")" 2>/dev/null || true
     fi

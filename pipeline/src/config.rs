@@ -128,6 +128,11 @@ impl Default for MetricsConfig {
 pub struct ArchiveConfig {
     /// Directory of the local Parquet archive.
     pub dir: PathBuf,
+    /// `s3://bucket/prefix`: archive to S3 instead of `dir` (Arroyo's `path`). Credentials and region
+    /// come from the standard `AWS_*` environment variables, never from this file.
+    pub url: Option<String>,
+    /// object_store's S3 options (`endpoint`, `allow_http`, `region`, ...) for S3-compatible stores.
+    pub options: BTreeMap<String, String>,
     /// A file is committed at the latest this long after its first row (Arroyo's option name).
     pub rollover_seconds: u64,
     /// ...or once its buffered rows reach about this many bytes (Arroyo's option name).
@@ -140,10 +145,22 @@ impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
             dir: PathBuf::from("notiflow-data/archive"),
+            url: None,
+            options: BTreeMap::new(),
             rollover_seconds: 60,
             target_file_size: 128 * 1024 * 1024,
             parquet_compression: "zstd".into(),
         }
+    }
+}
+
+impl ArchiveConfig {
+    /// The store this config names: S3 when `url` is set, else the local `dir`.
+    pub fn location(&self) -> anyhow::Result<notiflow_parquet::ArchiveLocation> {
+        Ok(match &self.url {
+            Some(url) => notiflow_parquet::ArchiveLocation::s3(url, &self.options)?,
+            None => notiflow_parquet::ArchiveLocation::local(&self.dir)?,
+        })
     }
 }
 

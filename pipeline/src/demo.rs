@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use notiflow_connector::memory::MemoryBroker;
 use notiflow_connector::{OutRecord, TopicAdmin};
-use notiflow_parquet::DatasetArchive;
+use notiflow_parquet::{ArchiveLocation, DatasetArchive};
 
 use crate::warehouse::EVENTS;
 use tokio::sync::watch;
@@ -98,22 +98,23 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
     let totals = RunTotals { records_in, batches, ..pipeline.totals.clone() };
 
     // Archive the lifecycle events (what `notiflow sink` does on a cluster).
-    for dir in [config.archive.dir.join(EVENTS.name), config.archive.dir.join("_manifests").join(EVENTS.name)] {
+    for dir in [EVENTS.name, "_manifests", "_staging"].map(|d| config.archive.dir.join(d)) {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
     }
     let events = broker.read_all(&config.topics.resolve(&config.topics.events));
     let rows = events.iter().map(|r| EVENTS.decode(r).map_err(|why| anyhow::anyhow!("event at offset {}: {why}", r.offset))).collect::<anyhow::Result<Vec<_>>>()?;
-    let mut archive = DatasetArchive::open(&config.archive.dir, EVENTS.name, 3)?;
+    let location = ArchiveLocation::local(&config.archive.dir)?;
+    let mut archive = DatasetArchive::open(&location, EVENTS.name, 3).await?;
     let upto = rows.iter().fold(std::collections::BTreeMap::new(), |mut m, r| {
         m.insert(r.partition, r.offset + 1);
         m
     });
-    archive.commit(&[(chrono::Utc::now(), vec![EVENTS.to_batch(&rows.iter().collect::<Vec<_>>())])], &upto)?;
+    archive.commit(&[(chrono::Utc::now(), vec![EVENTS.to_batch(&rows.iter().collect::<Vec<_>>())])], &upto).await?;
     let payloads = rows;
 
-    let ctx = report::archive_session(&config.archive.dir).await?;
+    let ctx = report::archive_session(&location).await?;
     let mut summary = String::new();
     for (title, sql) in [
         (

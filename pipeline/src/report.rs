@@ -20,6 +20,8 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Accumulator, Volatility, create_udaf};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
+use notiflow_parquet::ArchiveLocation;
+
 use crate::config::Config;
 use crate::warehouse::DATASETS;
 
@@ -160,7 +162,7 @@ pub async fn run(config: &Config, report: &Report, tenant: Option<&str>) -> anyh
     let sql = for_tenant(&report.sql, tenant)?;
     match &config.clickhouse {
         Some(clickhouse) => run_clickhouse(&clickhouse.client()?, &sql).await,
-        None => run_archive(&config.archive.dir, &sql).await,
+        None => run_archive(&config.archive.location()?, &sql).await,
     }
 }
 
@@ -193,8 +195,8 @@ fn unescape_tsv(cell: &str) -> String {
     out
 }
 
-pub async fn run_archive(archive_root: &Path, sql: &str) -> anyhow::Result<Table> {
-    let ctx = archive_session(archive_root).await?;
+pub async fn run_archive(location: &ArchiveLocation, sql: &str) -> anyhow::Result<Table> {
+    let ctx = archive_session(location).await?;
     let frame = ctx.sql(sql).await?;
     let columns = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
     let mut table = to_table(&frame.collect().await?)?;
@@ -202,21 +204,22 @@ pub async fn run_archive(archive_root: &Path, sql: &str) -> anyhow::Result<Table
     Ok(table)
 }
 
-/// A session with the archive's datasets registered under their ClickHouse
-/// table names (those with files), and `quantile_exact`.
-pub async fn archive_session(archive_root: &Path) -> anyhow::Result<SessionContext> {
+/// A session with the archive's datasets (local or S3) registered under their
+/// ClickHouse table names, and `quantile_exact`.
+pub async fn archive_session(location: &ArchiveLocation) -> anyhow::Result<SessionContext> {
     let ctx = SessionContext::new();
     ctx.register_udaf(quantile_exact());
+    if location.is_s3() {
+        ctx.register_object_store(&url::Url::parse(location.root_url())?, location.store());
+    }
     for dataset in DATASETS {
-        let dir = archive_root.join(dataset.name);
         // An empty table when nothing was archived yet: reports still run.
-        let has_files = dir.exists();
-        if has_files {
+        if location.has_files(dataset.name).await? {
             let schema = dataset.arrow_schema();
             let options = ParquetReadOptions::default()
                 .table_partition_cols(vec![("dt".to_string(), DataType::Utf8), ("hour".to_string(), DataType::Utf8)])
                 .schema(&schema);
-            ctx.register_parquet(dataset.table, dir.to_string_lossy().as_ref(), options).await?;
+            ctx.register_parquet(dataset.table, location.dataset_url(dataset.name), options).await?;
         } else {
             ctx.register_batch(dataset.table, RecordBatch::new_empty(dataset.arrow_schema()))?;
         }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use clickhouse::Row;
 use notiflow_clickhouse::{ClickHouseConfig, TableSink, apply_ddl};
 use notiflow_connector::Record;
-use notiflow_parquet::DatasetArchive;
+use notiflow_parquet::{ArchiveLocation, DatasetArchive};
 use serde::Serialize;
 
 use super::{DDL, DELIVERIES};
@@ -149,7 +149,7 @@ pub async fn sink_throughput(url: &str, rows: usize) -> anyhow::Result<Vec<CaseR
 
     let dir = std::env::temp_dir().join(format!("notiflow-bench-archive-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut archive = DatasetArchive::open(&dir, DELIVERIES.name, 3)?;
+    let mut archive = DatasetArchive::open(&ArchiveLocation::local(&dir)?, DELIVERIES.name, 3).await?;
     let started = Instant::now();
     for chunk in records.chunks(100_000) {
         let decoded = chunk.iter().map(|r| DELIVERIES.decode(r)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
@@ -162,7 +162,7 @@ pub async fn sink_throughput(url: &str, rows: usize) -> anyhow::Result<Vec<CaseR
             .map(|(hour, rows)| (chrono::DateTime::from_timestamp(hour * 3_600, 0).expect("in range"), vec![DELIVERIES.to_batch(&rows)]))
             .collect();
         let upto = BTreeMap::from([(0, chunk.last().map_or(0, |r| r.offset + 1))]);
-        archive.commit(&groups, &upto)?;
+        archive.commit(&groups, &upto).await?;
     }
     let seconds = started.elapsed().as_secs_f64();
     let bytes: u64 = walk_bytes(&dir);

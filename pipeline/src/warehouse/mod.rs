@@ -71,7 +71,7 @@ impl Writer {
                     .into_iter()
                     .map(|(hour, rows)| (Utc.timestamp_millis_opt(hour * 3_600_000).single().expect("hour in range"), vec![dataset.to_batch(&rows)]))
                     .collect();
-                archives[index].commit(&groups, upto)?;
+                archives[index].commit(&groups, upto).await?;
             }
         }
         Ok(())
@@ -114,7 +114,11 @@ pub async fn run(config: &Config, only: Option<&str>, until_idle: Option<Duratio
         }
     }
     if only.is_none_or(|o| o == "parquet") {
-        let archives = DATASETS.iter().map(|d| DatasetArchive::open(&config.archive.dir, d.name, 3)).collect::<Result<Vec<_>, _>>()?;
+        let location = config.archive.location()?;
+        let mut archives = Vec::new();
+        for dataset in DATASETS {
+            archives.push(DatasetArchive::open(&location, dataset.name, 3).await?);
+        }
         writers.push((Writer::Parquet(archives), Policy {
             rows: usize::MAX,
             bytes: config.archive.target_file_size.max(1),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use notiflow::report;
 use notiflow::warehouse::{DELIVERIES, Dataset, EVENTS};
 use notiflow_connector::Record;
-use notiflow_parquet::DatasetArchive;
+use notiflow_parquet::{ArchiveLocation, DatasetArchive};
 use serde_json::{Value, json};
 
 use crate::support::Killed;
@@ -20,7 +20,7 @@ fn chromium() -> String {
     std::env::var("NOTIFLOW_TEST_CHROMIUM").expect("NOTIFLOW_TEST_CHROMIUM (scripts/test.sh installs and sets it)")
 }
 
-fn archive(root: &std::path::Path, dataset: &Dataset, rows: &[Value]) {
+async fn archive(root: &ArchiveLocation, dataset: &Dataset, rows: &[Value]) {
     let records: Vec<Record> = rows
         .iter()
         .enumerate()
@@ -28,8 +28,8 @@ fn archive(root: &std::path::Path, dataset: &Dataset, rows: &[Value]) {
         .collect();
     let decoded: Vec<_> = records.iter().map(|r| dataset.decode(r).unwrap()).collect();
     let batch = dataset.to_batch(&decoded.iter().collect::<Vec<_>>());
-    let mut archive = DatasetArchive::open(root, dataset.name, 3).unwrap();
-    archive.commit(&[(chrono::Utc::now(), vec![batch])], &BTreeMap::from([(0, rows.len() as i64)])).unwrap();
+    let mut archive = DatasetArchive::open(root, dataset.name, 3).await.unwrap();
+    archive.commit(&[(chrono::Utc::now(), vec![batch])], &BTreeMap::from([(0, rows.len() as i64)])).await.unwrap();
 }
 
 /// Bars the page drew: (report, label, column) -> value.
@@ -73,8 +73,9 @@ async fn the_dashboard_page_draws_every_report_with_its_data_in_chromium() {
         .flat_map(|(step, event)| (0..(20 - 2 * step)).map(move |i| (step, *event, i)))
         .map(|(step, event, i)| json!({"event": event, "message_id": format!("m{i}"), "delivery_id": format!("d{i}"), "tenant": "acme", "at": at((step * 100 + i) as i64), "source": "test"}))
         .collect();
-    archive(&root, &DELIVERIES, &deliveries);
-    archive(&root, &EVENTS, &events);
+    let location = ArchiveLocation::local(&root).unwrap();
+    archive(&location, &DELIVERIES, &deliveries).await;
+    archive(&location, &EVENTS, &events).await;
 
     let reports_dir = crate::support::sql_dir().join("../dashboards/reports");
     let mut server = Command::new(env!("CARGO_BIN_EXE_notiflow"))
@@ -108,7 +109,7 @@ async fn the_dashboard_page_draws_every_report_with_its_data_in_chromium() {
     let mut expected = BTreeMap::new();
     for name in ["delivery_rate", "latency", "failure_reasons", "funnel", "pipeline_decisions", "tenant_volume"] {
         let definition = report::load(&reports_dir, name).unwrap();
-        let table = report::run_archive(&root, &definition.sql).await.unwrap();
+        let table = report::run_archive(&location, &definition.sql).await.unwrap();
         assert!(!table.rows.is_empty(), "{name} has no rows");
         let numeric: Vec<usize> = (0..table.columns.len()).filter(|&c| table.rows.iter().all(|r| r[c] == "NULL" || r[c].parse::<f64>().is_ok())).collect();
         let labels: Vec<usize> = (0..table.columns.len()).filter(|c| !numeric.contains(c)).collect();

@@ -21,7 +21,8 @@ fn demo_runs_and_its_summary_matches_the_archive() {
     // The archive holds what the summary says: read it back independently.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let rows = runtime.block_on(async {
-        let ctx = report::archive_session(&dir.path().join("archive")).await.unwrap();
+        let location = notiflow_parquet::ArchiveLocation::local(dir.path().join("archive")).unwrap();
+        let ctx = report::archive_session(&location).await.unwrap();
         let batches = report::query(&ctx, "SELECT event, count(*) AS n FROM notify_events GROUP BY event ORDER BY event").await.unwrap();
         report::render(&batches)
     });

@@ -2,6 +2,7 @@
 //! service read its address from the environment that `scripts/test.sh` sets
 //! and fail (never skip) when it is missing.
 
+mod archive_s3;
 mod clickhouse_smoke;
 mod compose;
 mod dashboard;

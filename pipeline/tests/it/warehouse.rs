@@ -197,6 +197,7 @@ channels = ["sms"]
     let distinct: u64 = client.query("SELECT uniqExact(delivery_id) FROM notify_deliveries").fetch_one().await.unwrap();
     assert_eq!(distinct, SMS as u64);
     // ...and in Parquet: the same rows.
+    let archive = notiflow_parquet::ArchiveLocation::local(&archive).unwrap();
     let ctx = report::archive_session(&archive).await.unwrap();
     let parquet = report::run_archive(&archive, "SELECT delivery_id, state, reason FROM notify_deliveries ORDER BY delivery_id").await.unwrap();
     let clickhouse = report::run_clickhouse(&client, "SELECT delivery_id, state, reason FROM notify_deliveries ORDER BY delivery_id").await.unwrap();
