@@ -209,17 +209,12 @@ impl AliyunChannel {
     /// `biz_id` joins the send, `out_id` is our delivery id.
     pub fn reports(&self, body: &[u8]) -> Result<Vec<Receipt>, String> {
         let reports: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("not a JSON array of reports: {e}"))?;
-        let china = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
         reports
             .iter()
             .map(|report| {
                 let text = |field: &str| report[field].as_str().filter(|v| !v.is_empty()).map(str::to_string);
                 let biz_id = text("biz_id").ok_or("a report without biz_id")?;
                 let delivered = report["success"].as_bool().ok_or("a report without success")?;
-                let at = text("report_time")
-                    .and_then(|t| chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S").ok())
-                    .and_then(|t| t.and_local_timezone(china).single())
-                    .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
                 Ok(Receipt {
                     kind: if delivered { "delivered" } else { "failed" }.into(),
                     channel: "sms".into(),
@@ -232,7 +227,7 @@ impl AliyunChannel {
                     recipient: text("phone_number"),
                     status: text("err_code").unwrap_or_default(),
                     error_code: if delivered { None } else { text("err_code") },
-                    at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    at: crate::china_time_utc(text("report_time").as_deref()),
                 })
             })
             .collect()

@@ -33,3 +33,13 @@ mod tests {
         assert_eq!(super::national_or_international("13800138000", "+86"), "13800138000");
     }
 }
+
+/// A provider's `YYYY-MM-DD HH:MM:SS` in China Standard Time (UTC+8, as Aliyun and Tencent report
+/// times) as RFC 3339 UTC with milliseconds; now when missing or unreadable.
+pub(crate) fn china_time_utc(text: Option<&str>) -> String {
+    let china = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+    text.and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").ok())
+        .and_then(|t| t.and_local_timezone(china).single())
+        .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

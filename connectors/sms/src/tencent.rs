@@ -167,16 +167,11 @@ pub fn pulled_receipts(provider: &str, status: reqwest::StatusCode, retry_after:
     }
     let set = response["PullSmsSendStatusSet"].as_array().ok_or_else(|| http::unreadable(status, body))?;
     let text = |report: &serde_json::Value, field: &str| report[field].as_str().filter(|v| !v.is_empty()).map(str::to_string);
-    let china = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
     Ok(set
         .iter()
         .filter_map(|report| {
             let serial = text(report, "SerialNo")?;
             let delivered = report["ReportStatus"] == "SUCCESS";
-            let at = text(report, "UserReceiveTime")
-                .and_then(|t| chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S").ok())
-                .and_then(|t| t.and_local_timezone(china).single())
-                .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
             Some(Receipt {
                 kind: if delivered { "delivered" } else { "failed" }.into(),
                 channel: "sms".into(),
@@ -189,7 +184,7 @@ pub fn pulled_receipts(provider: &str, status: reqwest::StatusCode, retry_after:
                 recipient: text(report, "PhoneNumber"),
                 status: text(report, "ReportStatus").unwrap_or_default(),
                 error_code: if delivered { None } else { text(report, "Description") },
-                at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                at: crate::china_time_utc(text(report, "UserReceiveTime").as_deref()),
             })
         })
         .collect())

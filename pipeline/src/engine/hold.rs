@@ -180,7 +180,8 @@ pub fn due_ms(payload: Option<&[u8]>, field: &str) -> Result<Option<i64>, String
     }
 }
 
-fn parse_instant(text: &str) -> Option<i64> {
+/// RFC 3339, or `YYYY-MM-DD[T ]HH:MM:SS[.fff]` in UTC (what the JSON sinks write): epoch ms.
+pub(crate) fn parse_instant(text: &str) -> Option<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Some(t.timestamp_millis());
     }

@@ -120,10 +120,7 @@ pub struct Row {
 pub fn parse_time(value: &Value) -> Option<i64> {
     match value {
         Value::Number(n) => n.as_i64(),
-        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| t.timestamp_millis())
-            .ok()
-            .or_else(|| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_millis())),
+        Value::String(text) => crate::engine::hold::parse_instant(text),
         _ => None,
     }
 }
