@@ -45,6 +45,9 @@ pub struct Config {
     /// Click tracking: links rewritten by `notiflow deliver`, clicks received by `notiflow receipts serve`.
     #[serde(default)]
     pub tracking: Option<crate::tracking::TrackingConfig>,
+    /// The HTTP send API for producers without Kafka (`notiflow gateway serve`).
+    #[serde(default)]
+    pub gateway: Option<crate::gateway::GatewayConfig>,
     /// Tenants allowed to send. A request naming another tenant is dead-lettered
     /// as `unknown_tenant`.
     #[serde(default, rename = "tenants")]
@@ -265,6 +268,7 @@ impl Config {
             inbox: None,
             receipts: None,
             tracking: None,
+            gateway: None,
             tenants: vec![
                 TenantConfig { id: "acme".into(), name: Some("Acme Retail".into()) },
                 TenantConfig { id: "globex".into(), name: Some("Globex Bank".into()) },

@@ -103,7 +103,8 @@ pub struct ValidRequest {
 /// Compiled contract plus the tenants that may send.
 pub struct Contract {
     validator: jsonschema::Validator,
-    tenants: HashSet<String>,
+    /// `None`: the caller checked the tenant (the gateway, against the live registry).
+    tenants: Option<HashSet<String>>,
     max_bytes: usize,
 }
 
@@ -114,7 +115,16 @@ impl Contract {
             .should_validate_formats(true)
             .build(&schema)
             .expect("the embedded schema compiles");
-        Contract { validator, tenants: tenants.into_iter().collect(), max_bytes }
+        Contract { validator, tenants: Some(tenants.into_iter().collect()), max_bytes }
+    }
+
+    /// The contract without the tenant rule, for a caller that authenticated the tenant itself.
+    pub fn any_tenant(max_bytes: usize) -> Self {
+        Contract { tenants: None, ..Self::new([], max_bytes) }
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Checks one record (key + value) against the contract.
@@ -170,7 +180,7 @@ impl Contract {
         }
         // The schema guarantees these fields and their types from here on.
         let (tenant_id, request_id_str) = (tenant.clone().unwrap_or_default(), request_id.clone().unwrap_or_default());
-        if !self.tenants.contains(&tenant_id) {
+        if self.tenants.as_ref().is_some_and(|known| !known.contains(&tenant_id)) {
             return Err(reject(Reason::UnknownTenant, format!("tenant {tenant_id:?} is not registered")));
         }
         let kind = if body.get("type").and_then(Value::as_str) == Some("recall") { Kind::Recall } else { Kind::Send };

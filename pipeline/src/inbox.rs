@@ -10,10 +10,10 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use notiflow_connector::{BatchLimits, LogReader, Source, TopicAdmin, TopicSpec};
+use notiflow_connector::{TopicAdmin, TopicSpec};
 use notiflow_delivery::SecretRef;
 use notiflow_inbox::{Inbox, InboxOp, InboxSettings, SinkJournal, UserTokens};
-use notiflow_kafka::{KafkaAdmin, KafkaReader, KafkaSink, KafkaSource};
+use notiflow_kafka::{KafkaAdmin, KafkaSink};
 use serde::Deserialize;
 
 use crate::config::Config;
@@ -67,60 +67,25 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let inbox = Inbox::new(inbox_settings, journal, settings.tokens()?);
 
     // Replay the whole log, then follow it; ready once replayed to where it ended now.
-    let ends = partition_ends(&KafkaReader::new(kafka), &topic).await?;
-    tracing::info!(%topic, ?ends, "replaying the inbox log");
-    let starts: Vec<(String, i32, i64)> = ends.iter().map(|(partition, _)| (topic.clone(), *partition, 0)).collect();
-    let source = KafkaSource::assigned(kafka, &starts)?;
-    tokio::spawn(follow(source, inbox.clone(), ends));
+    let apply = {
+        let inbox = inbox.clone();
+        move |record: &notiflow_connector::Record| match record.payload.as_deref().map(serde_json::from_slice::<InboxOp>) {
+            Some(Ok(op)) => inbox.apply(op),
+            other => tracing::warn!(partition = record.partition, offset = record.offset, error = ?other.map(|r| r.err()), "skipping an unreadable inbox record"),
+        }
+    };
+    let mut ready = crate::follow::follow_topic(kafka, &topic, crate::follow::Replay::All, apply).await?;
+    let ready_inbox = inbox.clone();
+    tokio::spawn(async move {
+        if ready.wait_for(|r| *r).await.is_ok() {
+            ready_inbox.set_ready();
+        }
+    });
 
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[inbox] listen {}", settings.listen))?;
     println!("inbox: listening on http://{}", listener.local_addr()?);
     axum::serve(listener, notiflow_inbox::router(inbox)).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
     Ok(())
-}
-
-/// The end offset of every partition; a topic created a moment ago may show
-/// no partitions in metadata yet, so ask again briefly.
-async fn partition_ends(reader: &KafkaReader, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
-    for _ in 0..50 {
-        let ends = reader.end_offsets(topic).await?;
-        if !ends.is_empty() {
-            return Ok(ends);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("topic {topic} shows no partitions")
-}
-
-/// Folds the log into the inbox for as long as the server runs.
-async fn follow(mut source: KafkaSource, inbox: Arc<Inbox>, ends: Vec<(i32, i64)>) {
-    let mut behind: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
-    if behind.is_empty() {
-        inbox.set_ready();
-    }
-    let limits = BatchLimits { max_records: 2000, max_wait: std::time::Duration::from_millis(20) };
-    loop {
-        let batch = match source.next_batch(limits).await {
-            Ok(batch) => batch,
-            Err(err) => {
-                tracing::warn!(%err, "reading the inbox log; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        for record in &batch {
-            match record.payload.as_deref().map(serde_json::from_slice::<InboxOp>) {
-                Some(Ok(op)) => inbox.apply(op),
-                other => tracing::warn!(partition = record.partition, offset = record.offset, error = ?other.map(|r| r.err()), "skipping an unreadable inbox record"),
-            }
-            if !behind.is_empty() {
-                behind.retain(|(partition, end)| !(record.partition == *partition && record.offset + 1 >= *end));
-                if behind.is_empty() {
-                    inbox.set_ready();
-                }
-            }
-        }
-    }
 }
 
 /// A user's token, for the tenant's backend to hand to its app.

@@ -170,6 +170,16 @@ enum Command {
         #[command(subcommand)]
         action: CatalogAction,
     },
+    /// The tenant registry on notify.tenants: tenants, their API keys, allow-lists and quotas.
+    Tenant {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+    /// The HTTP send API (POST /v1/send, /v1/send/batch, /v1/recall; GET /v1/messages/{id}).
+    Gateway {
+        #[command(subcommand)]
+        action: GatewayAction,
+    },
     /// Print one message's timeline from notify.events: ID is a message id
     /// (m_...), a delivery id (d_...) or tenant/request_id.
     Trace {
@@ -212,6 +222,48 @@ enum InboxAction {
         #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Check the `[[tenants]]` of TOML files and publish them all, or none when one is invalid
+    /// (keys already minted for a tenant are kept).
+    Put {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the registry (key ids, never keys).
+    List {
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+    },
+    /// Mint an API key for TENANT and print it once (only its hash is stored), or revoke one.
+    Key {
+        tenant: String,
+        /// Names the key (to revoke it later).
+        #[arg(long, default_value = "default")]
+        id: String,
+        /// Revoke the key named --id instead of minting.
+        #[arg(long)]
+        revoke: bool,
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayAction {
+    /// Serve the API configured under [gateway] until interrupted.
+    Serve {
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the OpenAPI document (docs/openapi.json is this output).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -409,8 +461,39 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { file, config } => check(&file, config_or_embedded(config.as_deref())?),
         Command::Template { action } => catalog(Catalog::Templates, action).await,
         Command::Profile { action } => catalog(Catalog::Profiles, action).await,
+        Command::Tenant { action } => tenant(action).await,
+        Command::Gateway { action: GatewayAction::Serve { config } } => {
+            notiflow::gateway::serve(&Config::load(&config)?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway { action: GatewayAction::Openapi } => {
+            println!("{}", serde_json::to_string_pretty(&notiflow::gateway::openapi_document())?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Trace { id, config, json } => trace(&id, &Config::load(&config)?, json).await,
     }
+}
+
+async fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
+    use notiflow::tenants::admin;
+    match action {
+        TenantAction::Put { files, config, dry_run } => {
+            admin::put(&Config::load(&config)?, &files, dry_run).await?.iter().for_each(|line| println!("{line}"));
+        }
+        TenantAction::List { config } => {
+            admin::read(&Config::load(&config)?).await?.values().for_each(|t| println!("{}", admin::describe(t)));
+        }
+        TenantAction::Key { tenant, id, revoke: true, config } => {
+            admin::revoke(&Config::load(&config)?, &tenant, &id).await?;
+            println!("revoked key {id} of {tenant}");
+        }
+        TenantAction::Key { tenant, id, revoke: false, config } => {
+            let key = admin::mint(&Config::load(&config)?, &tenant, &id).await?;
+            eprintln!("key {id} of {tenant} (shown once; only its hash is stored):");
+            println!("{key}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn trace(id: &str, config: &Config, json: bool) -> anyhow::Result<ExitCode> {
@@ -501,6 +584,14 @@ fn no_kafka() -> anyhow::Error {
 
 async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> anyhow::Result<RunTotals> {
     let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
+    // Tenants registered on notify.tenants may send as well as those of the config.
+    let mut config = config.clone();
+    for id in notiflow::tenants::admin::read(&config).await?.into_keys() {
+        if !config.tenants.iter().any(|t| t.id == id) {
+            config.tenants.push(notiflow::config::TenantConfig { id, name: None });
+        }
+    }
+    let config = &config;
     let mut run = notiflow::load_pipeline(dir, config).await?;
     let handle = notiflow::metrics_http::recorder();
     if !config.metrics.listen.is_empty() {

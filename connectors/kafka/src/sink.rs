@@ -64,6 +64,34 @@ impl KafkaSink {
         Ok(positions)
     }
 
+    /// Writes records and reports each one's outcome (partition, offset) on
+    /// its own: a caller answering per record (the HTTP gateway) knows which
+    /// were acknowledged when some were not.
+    pub async fn send_each(&self, records: &[OutRecord]) -> Vec<Result<(i32, i64), ConnectorError>> {
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            let delivery = loop {
+                match self.enqueue(record, None) {
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    other => break other.map_err(classify),
+                }
+            };
+            pending.push(delivery);
+        }
+        let mut outcomes = Vec::with_capacity(records.len());
+        for delivery in pending {
+            outcomes.push(match delivery {
+                Err(err) => Err(err),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(delivered)) => Ok((delivered.partition, delivered.offset)),
+                    Ok(Err((err, _message))) => Err(classify(err)),
+                    Err(_canceled) => Err(ConnectorError::Transient { service: "kafka", message: "producer dropped a delivery".into() }),
+                },
+            });
+        }
+        outcomes
+    }
+
     fn enqueue(&self, record: &OutRecord, timestamp_ms: Option<i64>) -> Result<DeliveryFuture, KafkaError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for h in &record.headers {

@@ -326,6 +326,32 @@ impl KafkaReader {
     }
 }
 
+impl KafkaReader {
+    /// Per partition, the first offset whose timestamp is at or after `ms`
+    /// (the end when none is): where to start reading "the last 24 hours".
+    pub async fn offsets_at_time(&self, topic: &str, ms: i64) -> Result<Vec<(i32, i64)>, ConnectorError> {
+        let consumer = self.consumer()?;
+        let marks = Self::watermarks(&consumer, topic)?;
+        let mut list = TopicPartitionList::new();
+        for (partition, _, _) in &marks {
+            list.add_partition_offset(topic, *partition, Offset::Offset(ms)).map_err(classify)?;
+        }
+        let found = consumer.offsets_for_times(list, Duration::from_secs(10)).map_err(classify)?;
+        Ok(marks
+            .iter()
+            .map(|(partition, low, high)| {
+                let at = found.find_partition(topic, *partition).map(|e| e.offset());
+                let offset = match at {
+                    Some(Offset::Offset(o)) => o.clamp(*low, *high),
+                    // No record that late: start at the end.
+                    _ => *high,
+                };
+                (*partition, offset)
+            })
+            .collect())
+    }
+}
+
 impl notiflow_connector::LogReader for KafkaReader {
     async fn end_offsets(&self, topic: &str) -> Result<Vec<(i32, i64)>, ConnectorError> {
         let consumer = self.consumer()?;

@@ -1,0 +1,154 @@
+//! Timelines for `GET /v1/messages/{id}`: the lifecycle events of recent
+//! messages (notify.events), plus a `received` entry from notify.requests so a
+//! message the pipeline has not reached yet is not "not found".
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+use super::index::SeenRequest;
+
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    pub tenant: String,
+    pub request_id: Option<String>,
+    pub events: Vec<Value>,
+}
+
+impl Timeline {
+    /// The response body: the newest event names the status; one entry per delivery.
+    pub fn to_json(&self, message_id: &str) -> Value {
+        let text = |e: &Value, f: &str| e.get(f).and_then(Value::as_str).map(str::to_string);
+        let mut deliveries: Vec<(String, Value)> = Vec::new();
+        for event in &self.events {
+            let Some(delivery) = text(event, "delivery_id") else { continue };
+            let entry = json!({
+                "delivery_id": delivery,
+                "channel": text(event, "channel"),
+                "status": text(event, "event"),
+                "at": text(event, "at"),
+            });
+            match deliveries.iter_mut().find(|(d, _)| *d == delivery) {
+                Some((_, existing)) => *existing = entry,
+                None => deliveries.push((delivery, entry)),
+            }
+        }
+        json!({
+            "message_id": message_id,
+            "tenant": self.tenant,
+            "request_id": self.request_id,
+            "status": self.events.last().and_then(|e| text(e, "event")).unwrap_or_else(|| "received".into()),
+            "deliveries": deliveries.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "events": self.events,
+        })
+    }
+}
+
+pub struct Timelines {
+    max_messages: usize,
+    window_ms: i64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    messages: HashMap<String, Timeline>,
+    order: VecDeque<(i64, String)>,
+}
+
+impl Timelines {
+    pub fn new(max_messages: usize, window_ms: i64) -> Self {
+        Timelines { max_messages: max_messages.max(1), window_ms, inner: Mutex::new(Inner::default()) }
+    }
+
+    pub fn observe_request(&self, seen: &SeenRequest) {
+        let message_id = crate::contract::message_id(&seen.tenant, &seen.request_id);
+        let at = chrono::DateTime::from_timestamp_millis(seen.at_ms).unwrap_or_default();
+        let event = json!({
+            "event": if seen.recall { "recall_received" } else { "received" },
+            "message_id": message_id,
+            "tenant": seen.tenant,
+            "request_id": seen.request_id,
+            "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        self.push(message_id, &seen.tenant, Some(&seen.request_id), event, seen.at_ms);
+    }
+
+    /// One notify.events record (unreadable ones and events without a message are skipped).
+    pub fn observe_event(&self, payload: &[u8]) {
+        let Ok(event) = serde_json::from_slice::<Value>(payload) else { return };
+        let text = |f: &str| event.get(f).and_then(Value::as_str).map(str::to_string);
+        let (Some(message_id), Some(tenant)) = (text("message_id"), text("tenant")) else { return };
+        let request_id = text("request_id");
+        self.push(message_id, &tenant, request_id.as_deref(), event, chrono::Utc::now().timestamp_millis());
+    }
+
+    fn push(&self, message_id: String, tenant: &str, request_id: Option<&str>, event: Value, at_ms: i64) {
+        let mut inner = self.inner.lock().expect("timelines lock");
+        match inner.messages.get_mut(&message_id) {
+            // Events name their tenant; one naming another tenant for this id is not this message's.
+            Some(timeline) if timeline.tenant != tenant => return,
+            Some(timeline) => {
+                if timeline.request_id.is_none() {
+                    timeline.request_id = request_id.map(str::to_string);
+                }
+                timeline.events.push(event);
+            }
+            None => {
+                let timeline = Timeline { tenant: tenant.to_string(), request_id: request_id.map(str::to_string), events: vec![event] };
+                inner.messages.insert(message_id.clone(), timeline);
+                inner.order.push_back((at_ms, message_id));
+            }
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        while let Some((at, _)) = inner.order.front() {
+            if *at >= now - self.window_ms && inner.messages.len() <= self.max_messages {
+                break;
+            }
+            let (_, id) = inner.order.pop_front().expect("front exists");
+            inner.messages.remove(&id);
+        }
+    }
+
+    /// The message's timeline, only for its own tenant.
+    pub fn get(&self, tenant: &str, message_id: &str) -> Option<Timeline> {
+        let inner = self.inner.lock().expect("timelines lock");
+        inner.messages.get(message_id).filter(|t| t.tenant == tenant).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_is_read_only_by_its_tenant_and_names_the_latest_status() {
+        let timelines = Timelines::new(10, 3_600_000);
+        let now = chrono::Utc::now().timestamp_millis();
+        timelines.observe_request(&SeenRequest {
+            tenant: "acme".into(),
+            request_id: "r-1".into(),
+            recall: false,
+            fingerprint: 0,
+            at_ms: now,
+        });
+        let id = crate::contract::message_id("acme", "r-1");
+        assert_eq!(timelines.get("acme", &id).unwrap().to_json(&id)["status"], "received");
+        for (event, delivery) in [("accepted", None), ("dispatched", Some("d_1")), ("sent", Some("d_1"))] {
+            let mut e = json!({"event": event, "message_id": id, "tenant": "acme", "at": "t", "source": "s"});
+            if let Some(d) = delivery {
+                e["delivery_id"] = json!(d);
+                e["channel"] = json!("sms");
+            }
+            timelines.observe_event(&serde_json::to_vec(&e).unwrap());
+        }
+        // An event claiming the id for another tenant is ignored.
+        timelines.observe_event(&serde_json::to_vec(&json!({"event": "x", "message_id": id, "tenant": "globex"})).unwrap());
+        let body = timelines.get("acme", &id).unwrap().to_json(&id);
+        assert_eq!(body["status"], "sent");
+        assert_eq!(body["events"].as_array().unwrap().len(), 4);
+        assert_eq!(body["deliveries"], json!([{"delivery_id": "d_1", "channel": "sms", "status": "sent", "at": "t"}]));
+        assert!(timelines.get("globex", &id).is_none(), "another tenant cannot read it");
+    }
+}
