@@ -9,6 +9,7 @@ mod dashboard;
 mod deliver;
 mod demo;
 mod exactly_once;
+mod gateway;
 mod inbox;
 mod kafka_pipeline;
 mod receipts;
