@@ -43,6 +43,11 @@ services_install() {
     echo "services: installing moto[server] (an S3-compatible server) from PyPI"
     python3 -m pip install -q "moto[server]"
   fi
+  # The gateway's fuzz test: schemathesis (PyPI) generates requests from docs/openapi.json.
+  if ! command -v st >/dev/null 2>&1; then
+    echo "services: installing schemathesis (API fuzzing) from PyPI"
+    python3 -m pip install -q "schemathesis==4.32.5"
+  fi
 }
 
 services_start() {
@@ -99,6 +104,8 @@ XML
   export NOTIFLOW_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
   NOTIFLOW_TEST_CHROMIUM="$(command -v chromium)"
   export NOTIFLOW_TEST_CHROMIUM
+  NOTIFLOW_TEST_SCHEMATHESIS="$(command -v st)"
+  export NOTIFLOW_TEST_SCHEMATHESIS
   echo "services: tansu at $NOTIFLOW_TEST_KAFKA, clickhouse at $NOTIFLOW_TEST_CLICKHOUSE_URL, s3 at $NOTIFLOW_TEST_S3_ENDPOINT (state in $SERVICES_DIR)"
 }
 

@@ -255,3 +255,42 @@ async fn gateway_writes_each_request_once_keeps_tenants_apart_and_sheds_load() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// schemathesis (PyPI) generates requests from the served OpenAPI document,
+/// valid and invalid, with and without the key, and runs every check it has:
+/// no 5xx, answers as documented, invalid data refused, valid data accepted,
+/// auth not ignored. The gateway must still be serving afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_passes_fuzzing_against_its_own_openapi_document() {
+    let st = std::env::var("NOTIFLOW_TEST_SCHEMATHESIS").expect("NOTIFLOW_TEST_SCHEMATHESIS is not set: run the tests with scripts/test.sh");
+    let _turn = support::one_at_a_time().await;
+    let config = support::kafka_config(1);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = support::write_toml(&config, dir.path());
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str("\n[gateway]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&toml, text).unwrap();
+    let tenants_file = dir.path().join("tenants.toml");
+    std::fs::write(&tenants_file, TENANTS).unwrap();
+    let notiflow = Notiflow::new(&toml, &[]);
+    assert!(notiflow.command(&["tenant", "put", tenants_file.to_str().unwrap()]).output().unwrap().status.success());
+    let key = mint(&notiflow, "globex");
+    let mut gateway = Gateway::start(&notiflow).await;
+
+    let settings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/schemathesis.toml");
+    let output = std::process::Command::new(st)
+        .arg("--config-file")
+        .arg(&settings)
+        .args(["run", &format!("{}/openapi.json", gateway.base), "--checks", "all", "--max-examples", "50", "--workers", "2"])
+        .args(["--header", &format!("Authorization: Bearer {key}")])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    println!("{}", report.lines().filter(|l| !l.trim().is_empty()).rev().take(24).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    assert!(output.status.success(), "schemathesis found failures:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(report.contains("passed") && !report.contains("0 generated"), "schemathesis generated no test cases:\n{report}");
+    assert!(gateway._server.0.try_wait().unwrap().is_none(), "the gateway exited during fuzzing");
+    let (status, _) = gateway.get("/v1/messages/m_0", &key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "still serving");
+}
