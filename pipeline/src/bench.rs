@@ -217,6 +217,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
         if wanted(&name) {
             results.push(latency_case(&kafka, &name, options).await?);
         }
+        if wanted("gateway") {
+            reset_peak_rss();
+            results.extend(crate::gateway::bench::single_sends(&kafka, options.records.min(100_000)).await?);
+        }
     }
     if let Some(url) = &options.clickhouse {
         if wanted("sink: rows into ClickHouse and Parquet") {

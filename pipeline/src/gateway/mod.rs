@@ -15,6 +15,7 @@
 //! ```
 
 mod api;
+pub mod bench;
 mod index;
 mod openapi;
 mod status;
@@ -97,6 +98,15 @@ const HOUR_MS: i64 = 3_600_000;
 
 /// Serves until interrupted. Prints the bound address first.
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
+    let (listener, app) = bind(config).await?;
+    println!("gateway: listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+    Ok(())
+}
+
+/// Replays what the gateway needs (registry, recent requests and events),
+/// then binds `[gateway] listen`: ready to serve.
+pub async fn bind(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, axum::Router)> {
     let settings = config.gateway.clone().unwrap_or_default();
     let kafka = config.kafka.as_ref().context("notiflow gateway needs [kafka] in the config")?;
     let topic = |name: &str| config.topics.resolve(name);
@@ -158,11 +168,5 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     });
     let listener =
         tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[gateway] listen {}", settings.listen))?;
-    println!("gateway: listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-        })
-        .await?;
-    Ok(())
+    Ok((listener, api::router(state)))
 }
