@@ -238,6 +238,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
         reset_peak_rss();
         results.extend(crate::deliver::bench::priority_handoff(1_000_000).await?);
     }
+    if wanted("fairness") {
+        reset_peak_rss();
+        results.extend(crate::deliver::bench::tenant_fairness(1_000_000).await?);
+    }
     if wanted("interval join") {
         results.push(in_process_join(options.records).await?);
     }

@@ -1,7 +1,11 @@
-//! Strict-priority lanes of one channel: a worker always takes the oldest
-//! high-priority delivery first, then normal, then low.
+//! Lanes of one channel: strict priority across lanes (a worker always takes
+//! from the highest non-empty lane), and fair turns across tenants within a
+//! lane: each tenant with something queued gets one delivery per round, so a
+//! tenant's blast cannot make another tenant's messages of the same priority
+//! wait behind it. Each tenant has its own bounded room per lane: a tenant
+//! that fills its room is refused (parked by the caller) or waits, never the others.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -29,12 +33,74 @@ impl Lane {
     }
 }
 
+/// One lane: a queue per tenant and the order of their turns, as FQ-CoDel
+/// orders flows: a tenant that was idle gets the very next turn (a quiet
+/// tenant's message waits for no one's backlog), then joins the round of busy
+/// tenants; it becomes "new" again only after a round found it empty, so
+/// arriving in drips never earns more than an equal share.
+struct FairLane<T> {
+    queues: HashMap<String, VecDeque<T>>,
+    /// Tenants that were idle, in arrival order: served first, once each.
+    new_turns: VecDeque<String>,
+    /// Tenants in the round.
+    old_turns: VecDeque<String>,
+    len: usize,
+}
+
+impl<T> FairLane<T> {
+    fn new() -> Self {
+        FairLane { queues: HashMap::new(), new_turns: VecDeque::new(), old_turns: VecDeque::new(), len: 0 }
+    }
+
+    fn has_room(&self, tenant: &str, capacity: usize) -> bool {
+        self.queues.get(tenant).is_none_or(|q| q.len() < capacity)
+    }
+
+    fn push(&mut self, tenant: &str, item: T) {
+        let queue = match self.queues.get_mut(tenant) {
+            Some(queue) => queue,
+            None => {
+                // Not in either list: an idle tenant.
+                self.new_turns.push_back(tenant.to_string());
+                self.queues.entry(tenant.to_string()).or_default()
+            }
+        };
+        queue.push_back(item);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        loop {
+            let (tenant, was_new) = match self.new_turns.pop_front() {
+                Some(tenant) => (tenant, true),
+                None => (self.old_turns.pop_front()?, false),
+            };
+            let queue = self.queues.get_mut(&tenant)?;
+            match queue.pop_front() {
+                Some(item) => {
+                    self.old_turns.push_back(tenant);
+                    self.len -= 1;
+                    return Some(item);
+                }
+                // Emptied during its new turn: it goes round once more before it counts as idle.
+                None if was_new => self.old_turns.push_back(tenant),
+                None => {
+                    self.queues.remove(&tenant);
+                }
+            }
+        }
+    }
+}
+
 struct State<T> {
-    lanes: [VecDeque<T>; 3],
+    lanes: [FairLane<T>; 3],
     closed: bool,
 }
 
-/// Bounded per lane: a full low lane makes its reader wait, never the others.
+/// Bounded per lane and tenant: a full room makes only its own writer wait.
 pub struct LaneQueue<T> {
     state: Mutex<State<T>>,
     capacity: usize,
@@ -43,10 +109,11 @@ pub struct LaneQueue<T> {
 }
 
 impl<T> LaneQueue<T> {
-    pub fn new(capacity_per_lane: usize) -> Self {
+    /// `capacity`: deliveries one tenant may have queued in one lane.
+    pub fn new(capacity: usize) -> Self {
         LaneQueue {
-            state: Mutex::new(State { lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()], closed: false }),
-            capacity: capacity_per_lane.max(1),
+            state: Mutex::new(State { lanes: [FairLane::new(), FairLane::new(), FairLane::new()], closed: false }),
+            capacity: capacity.max(1),
             readable: Notify::new(),
             writable: [Notify::new(), Notify::new(), Notify::new()],
         }
@@ -56,8 +123,8 @@ impl<T> LaneQueue<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `item`, waiting while its lane is full. Err: the queue is closed.
-    pub async fn push(&self, lane: Lane, item: T) -> Result<(), T> {
+    /// Queues `item` for `tenant`, waiting while the tenant's room in the lane is full. Err: the queue is closed.
+    pub async fn push(&self, lane: Lane, tenant: &str, item: T) -> Result<(), T> {
         loop {
             let writable = self.writable[lane as usize].notified();
             tokio::pin!(writable);
@@ -68,8 +135,8 @@ impl<T> LaneQueue<T> {
                     return Err(item);
                 }
                 let queue = &mut state.lanes[lane as usize];
-                if queue.len() < self.capacity {
-                    queue.push_back(item);
+                if queue.has_room(tenant, self.capacity) {
+                    queue.push(tenant, item);
                     drop(state);
                     self.readable.notify_one();
                     return Ok(());
@@ -79,13 +146,13 @@ impl<T> LaneQueue<T> {
         }
     }
 
-    /// Queues `item` if its lane has room; otherwise hands it back at once.
-    pub fn try_push(&self, lane: Lane, item: T) -> Result<(), T> {
+    /// Queues `item` if the tenant's room in its lane has space; otherwise hands it back at once.
+    pub fn try_push(&self, lane: Lane, tenant: &str, item: T) -> Result<(), T> {
         let mut state = self.state();
-        if state.closed || state.lanes[lane as usize].len() >= self.capacity {
+        if state.closed || !state.lanes[lane as usize].has_room(tenant, self.capacity) {
             return Err(item);
         }
-        state.lanes[lane as usize].push_back(item);
+        state.lanes[lane as usize].push(tenant, item);
         drop(state);
         self.readable.notify_one();
         Ok(())
@@ -99,7 +166,7 @@ impl<T> LaneQueue<T> {
             readable.as_mut().enable();
             {
                 let state = self.state();
-                if state.lanes.iter().any(|q| !q.is_empty()) {
+                if state.lanes.iter().any(|q| q.len > 0) {
                     return true;
                 }
                 if state.closed {
@@ -110,14 +177,15 @@ impl<T> LaneQueue<T> {
         }
     }
 
-    /// The oldest item of the highest non-empty lane.
+    /// From the highest non-empty lane, the next tenant's oldest item.
     pub fn try_pop(&self) -> Option<(Lane, T)> {
         let mut state = self.state();
-        let lane = Lane::ALL.into_iter().find(|lane| !state.lanes[*lane as usize].is_empty())?;
-        let item = state.lanes[lane as usize].pop_front()?;
-        let more = state.lanes.iter().any(|q| !q.is_empty());
+        let lane = Lane::ALL.into_iter().find(|lane| state.lanes[*lane as usize].len > 0)?;
+        let item = state.lanes[lane as usize].pop()?;
+        let more = state.lanes.iter().any(|q| q.len > 0);
         drop(state);
-        self.writable[lane as usize].notify_one();
+        // Writers of every tenant recheck their room (only the popped tenant's changed).
+        self.writable[lane as usize].notify_waiters();
         if more {
             // Another worker may be waiting for what is left.
             self.readable.notify_one();
@@ -125,8 +193,9 @@ impl<T> LaneQueue<T> {
         Some((lane, item))
     }
 
+    /// Queued in a lane, all tenants.
     pub fn len(&self, lane: Lane) -> usize {
-        self.state().lanes[lane as usize].len()
+        self.state().lanes[lane as usize].len
     }
 
     /// No more pushes; readers drain what is queued, then `ready` says false.
@@ -148,7 +217,7 @@ mod tests {
     async fn higher_lanes_first_oldest_first_within_a_lane() {
         let q = LaneQueue::new(10);
         for (lane, item) in [(Lane::Low, 1), (Lane::Normal, 2), (Lane::Low, 3), (Lane::High, 4), (Lane::Normal, 5)] {
-            q.push(lane, item).await.unwrap();
+            q.push(lane, "t", item).await.unwrap();
         }
         let order: Vec<i32> = std::iter::from_fn(|| q.try_pop().map(|(_, i)| i)).collect();
         assert_eq!(order, [4, 2, 5, 1, 3]);
@@ -157,16 +226,16 @@ mod tests {
     #[tokio::test]
     async fn a_full_lane_blocks_only_its_own_writer() {
         let q = Arc::new(LaneQueue::new(2));
-        q.push(Lane::Low, 1).await.unwrap();
-        q.push(Lane::Low, 2).await.unwrap();
+        q.push(Lane::Low, "t", 1).await.unwrap();
+        q.push(Lane::Low, "t", 2).await.unwrap();
         let blocked = tokio::spawn({
             let q = q.clone();
-            async move { q.push(Lane::Low, 3).await }
+            async move { q.push(Lane::Low, "t", 3).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!blocked.is_finished(), "the third low waits for room");
         // High still goes in, and comes out first.
-        tokio::time::timeout(Duration::from_secs(1), q.push(Lane::High, 9)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), q.push(Lane::High, "t", 9)).await.unwrap().unwrap();
         assert_eq!(q.try_pop(), Some((Lane::High, 9)));
         assert_eq!(q.try_pop(), Some((Lane::Low, 1)));
         tokio::time::timeout(Duration::from_secs(1), blocked).await.unwrap().unwrap().unwrap();
@@ -174,11 +243,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tenants_take_turns_within_a_lane_and_each_has_its_own_room() {
+        let q = LaneQueue::new(3);
+        for i in 0..3 {
+            q.try_push(Lane::Normal, "blast", format!("a{i}")).unwrap();
+        }
+        assert_eq!(q.try_push(Lane::Normal, "blast", "a3".to_string()), Err("a3".to_string()), "the blasting tenant's room is full");
+        q.try_push(Lane::Normal, "quiet", "b0".to_string()).unwrap();
+        q.try_push(Lane::Normal, "quiet", "b1".to_string()).unwrap();
+        q.try_push(Lane::High, "blast", "h".to_string()).unwrap();
+        let order: Vec<String> = std::iter::from_fn(|| q.try_pop().map(|(_, i)| i)).collect();
+        // Priority first, then one turn per tenant: b0 does not wait behind a1 and a2.
+        assert_eq!(order, ["h", "a0", "b0", "a1", "b1", "a2"]);
+        assert_eq!(q.len(Lane::Normal), 0);
+
+        // A quiet tenant arriving while another is busy gets the next turn...
+        for i in 0..3 {
+            q.try_push(Lane::Normal, "blast", format!("a{i}")).unwrap();
+        }
+        assert_eq!(q.try_pop().unwrap().1, "a0");
+        q.try_push(Lane::Normal, "quiet", "b0".to_string()).unwrap();
+        assert_eq!(q.try_pop().unwrap().1, "b0", "an idle tenant's message goes next");
+        // ...but dripping in one at a time earns no more than turn about.
+        q.try_push(Lane::Normal, "quiet", "b1".to_string()).unwrap();
+        let order: Vec<String> = std::iter::from_fn(|| q.try_pop().map(|(_, i)| i)).collect();
+        assert_eq!(order, ["a1", "b1", "a2"]);
+    }
+
+    #[tokio::test]
     async fn close_lets_readers_drain_then_stop() {
         let q = LaneQueue::new(4);
-        q.push(Lane::Normal, 1).await.unwrap();
+        q.push(Lane::Normal, "t", 1).await.unwrap();
         q.close();
-        assert_eq!(q.push(Lane::High, 2).await, Err(2));
+        assert_eq!(q.push(Lane::High, "t", 2).await, Err(2));
         assert!(q.ready().await);
         assert_eq!(q.try_pop(), Some((Lane::Normal, 1)));
         assert!(!q.ready().await);

@@ -68,7 +68,7 @@ impl<T: Send + 'static> Scheduler<T> {
     pub fn try_submit(&self, job: Job<T>) -> Result<(), Refused<T>> {
         let channel = job.delivery.channel.as_deref().unwrap_or_default();
         match self.queues.get(channel) {
-            Some(queue) => queue.try_push(job.lane, job).map_err(Refused::Full),
+            Some(queue) => queue.try_push(job.lane, &job.delivery.tenant.clone(), job).map_err(Refused::Full),
             None => Err(Refused::NoProvider(job)),
         }
     }
@@ -78,7 +78,7 @@ impl<T: Send + 'static> Scheduler<T> {
     pub async fn submit(&self, job: Job<T>) -> Result<(), Job<T>> {
         let channel = job.delivery.channel.as_deref().unwrap_or_default();
         match self.queues.get(channel) {
-            Some(queue) => queue.push(job.lane, job).await,
+            Some(queue) => queue.push(job.lane, &job.delivery.tenant.clone(), job).await,
             None => Err(job),
         }
     }

@@ -34,7 +34,8 @@ pub struct DeliveryConfig {
     pub group_id: String,
     /// Sends in progress at once per channel.
     pub workers_per_channel: usize,
-    /// Deliveries read ahead per channel and lane; a full lane pauses only its reader.
+    /// Deliveries read ahead per channel, lane and tenant; tenants take turns within a lane, and
+    /// a tenant whose room is full has its further records parked, never another tenant's.
     pub lane_capacity: usize,
     /// Attempts per delivery across all providers, the first included.
     pub max_attempts: u32,
