@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod config;
 mod progress;
+mod quota;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -108,6 +109,9 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
 
     let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?.map(Arc::new);
+    let tenants_topic = config.topics.resolve(crate::tenants::TENANTS_TOPIC);
+    KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec { compacted: true, ..TopicSpec::new(&tenants_topic, 1) }]).await?;
+    let quotas = Arc::new(quota::DailyQuotas::start(kafka, &tenants_topic, &topics.sends).await?);
     let (done_tx, done_rx) = mpsc::channel::<Done<Token>>(4096);
     let scheduler = Arc::new(Scheduler::start(groups, delivery.retry_policy(), delivery.workers_per_channel, delivery.lane_capacity, done_tx));
     let channels: Vec<String> = scheduler.channels().map(str::to_string).collect();
@@ -131,6 +135,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
             last_read: last_read.clone(),
             totals: totals.clone(),
             tracker: tracker.clone(),
+            quotas: quotas.clone(),
         };
         readers.push(tokio::spawn(reader.run(source, stop.clone(), Duration::from_millis(delivery.commit_interval_ms))));
     }
@@ -189,6 +194,8 @@ struct LaneReader {
     totals: Arc<Mutex<DeliverTotals>>,
     /// Rewrites links on tracked channels ([tracking]).
     tracker: Option<Arc<ClickTracker>>,
+    /// Tenants' messages per day per channel.
+    quotas: Arc<quota::DailyQuotas>,
 }
 
 impl LaneReader {
@@ -230,6 +237,13 @@ impl LaneReader {
         let parsed = record.payload.as_deref().map(serde_json::from_slice::<Delivery>);
         let output = match parsed {
             Some(Ok(delivery)) if delivery.kind == "recall" => skip(record, Some(delivery), "recall", String::new()),
+            // Counted once, when first read: a parked record was counted by its lane's reader.
+            Some(Ok(delivery))
+                if matches!(self.kind, ReaderKind::Lane(_))
+                    && let Err(error) = self.quotas.take(&delivery.tenant, delivery.channel.as_deref().unwrap_or_default()) =>
+            {
+                skip(record, Some(delivery), "tenant_quota", error)
+            }
             Some(Ok(mut delivery)) => {
                 if let Some(tracker) = &self.tracker {
                     tracker.rewrite(&mut delivery);

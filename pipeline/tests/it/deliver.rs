@@ -442,3 +442,70 @@ from = "+15005550006"
     // At-least-once: what was in flight (8 workers) or finished after the last commit (200 ms at 100/s) may repeat.
     assert!(resent <= 8 + 40, "{resent} resent: more than in flight plus one commit interval");
 }
+
+/// A tenant's daily SMS quota from the registry: deliveries beyond it are
+/// dead-lettered as `tenant_quota` (another tenant is not touched), and a
+/// restarted deliver still knows what was used today (counted from notify.sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_daily_quota_stops_its_messages_only_and_survives_a_restart() {
+    let _turn = support::one_at_a_time().await;
+    let config = support::kafka_config(1);
+    let kafka = config.kafka.clone().unwrap();
+    let topic = |name: &str| config.topics.resolve(name);
+    let specs: Vec<TopicSpec> = ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| TopicSpec::new(topic(t), 1)).collect();
+    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
+    let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+    toml.push_str(&format!(
+        "\n[delivery]\ngroup_id = \"{}\"\ncommit_interval_ms = 200\n\n[[delivery.providers]]\nname = \"twilio\"\n[delivery.providers.twilio]\n\
+         endpoint = \"{}\"\naccount_sid = \"AC0123\"\nauth_token = {{ env = \"NOTIFLOW_IT_QUOTA_TWILIO\" }}\nfrom = \"+15005550006\"\n",
+        support::unique("quota"),
+        twilio.endpoint
+    ));
+    let toml_path = dir.path().join("notiflow.toml");
+    std::fs::write(&toml_path, &toml).unwrap();
+    let notiflow = support::Notiflow::new(&toml_path, &[("NOTIFLOW_IT_QUOTA_TWILIO", "tw-token")]);
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(&tenants, "[[tenants]]\nid = \"acme\"\nquotas = { messages_per_day = { sms = 5 } }\n\n[[tenants]]\nid = \"globex\"\n").unwrap();
+    assert!(notiflow.command(&["tenant", "put", tenants.to_str().unwrap()]).output().unwrap().status.success());
+
+    let publish = |ids: Vec<(String, &'static str)>| {
+        let kafka = kafka.clone();
+        let lane = topic("notify.dispatch.normal");
+        async move {
+            let out = ids
+                .iter()
+                .map(|(id, tenant)| {
+                    let mut v = dispatch(id, "sms", "+8613800000000", "normal");
+                    v["tenant"] = json!(tenant);
+                    OutRecord { topic: Arc::from(lane.as_str()), key: None, payload: v.to_string().into_bytes(), headers: vec![] }
+                })
+                .collect();
+            KafkaSink::new(&kafka).unwrap().send_all(out).await.unwrap();
+        }
+    };
+    let deliver = || {
+        let output = notiflow.command(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    let mut first: Vec<(String, &str)> = (0..8).map(|i| (format!("a{i}"), "acme")).collect();
+    first.extend((0..3).map(|i| (format!("g{i}"), "globex")));
+    publish(first).await;
+    deliver();
+    assert_eq!(twilio.log().accepted.len(), 5 + 3, "acme's 5 of its quota and all of globex's");
+    let dead: Vec<Value> = support::read_json(&kafka, &topic("notify.dlq")).await;
+    let dlq = read_topic_to_end(&kafka, &topic("notify.dlq")).await.unwrap();
+    let reasons: Vec<String> =
+        dlq.iter().map(|r| String::from_utf8_lossy(&r.headers.iter().find(|h| h.name == notiflow::dlq::headers::REASON).unwrap().value).to_string()).collect();
+    assert_eq!(reasons, ["tenant_quota"; 3], "{dead:?}");
+    assert!(dead.iter().all(|d| d["tenant"] == "acme"), "the original dispatch records, all acme's");
+
+    // A new run the same day: acme's quota is still used up; globex still sends.
+    publish(vec![("a8".into(), "acme"), ("g3".into(), "globex")]).await;
+    deliver();
+    assert_eq!(twilio.log().accepted.len(), 9, "only globex's new message went");
+    let events = support::read_json(&kafka, &topic("notify.events")).await;
+    let refused = events.iter().filter(|e| e["reason"] == "tenant_quota").count();
+    assert_eq!(refused, 4, "a send_failed event per refused delivery");
+}

@@ -1,0 +1,86 @@
+//! Tenants' daily message quotas per channel (`quotas.messages_per_day` in the
+//! tenant registry), enforced where messages leave: a delivery over its
+//! tenant's quota for the UTC day is not sent but dead-lettered as
+//! `tenant_quota` (original bytes kept, to replay on another day).
+//!
+//! Counts are of deliveries handed to a provider today; at start they are
+//! rebuilt from today's first attempts on notify.sends, so a restart does not
+//! hand a tenant a fresh quota. One `deliver` process counts for itself:
+//! several instances each allow the quota (see the docs).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use notiflow_connector::LogReader;
+use notiflow_kafka::{KafkaConfig, KafkaReader};
+
+use crate::follow::{Replay, follow_topic};
+use crate::tenants::Registry;
+
+pub struct DailyQuotas {
+    registry: Registry,
+    /// (tenant, channel) -> (UTC day number, deliveries that day).
+    used: Mutex<HashMap<(String, String), (i64, u64)>>,
+}
+
+fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+impl DailyQuotas {
+    /// Follows the registry and counts today's deliveries so far from `sends_topic`.
+    pub async fn start(kafka: &KafkaConfig, tenants_topic: &str, sends_topic: &str) -> anyhow::Result<DailyQuotas> {
+        let registry = Registry::default();
+        let mut ready = follow_topic(kafka, tenants_topic, Replay::All, {
+            let registry = registry.clone();
+            move |record| {
+                let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                if let Err(err) = registry.apply(&key, record.payload.as_deref()) {
+                    tracing::warn!(%err, "skipping a tenant record");
+                }
+            }
+        })
+        .await?;
+        tokio::time::timeout(std::time::Duration::from_secs(120), ready.wait_for(|r| *r)).await??;
+
+        let now = chrono::Utc::now().timestamp_millis();
+        let today = day_of(now);
+        let reader = KafkaReader::new(kafka);
+        let mut used: HashMap<(String, String), (i64, u64)> = HashMap::new();
+        for (partition, from) in reader.offsets_at_time(sends_topic, today * 86_400_000).await? {
+            for record in reader.read_from(sends_topic, partition, from).await? {
+                #[derive(serde::Deserialize)]
+                struct Attempt {
+                    tenant: String,
+                    channel: String,
+                    attempt: u32,
+                    at: String,
+                }
+                let Some(Ok(attempt)) = record.payload.as_deref().map(serde_json::from_slice::<Attempt>) else { continue };
+                let at = chrono::DateTime::parse_from_rfc3339(&attempt.at).map(|t| t.timestamp_millis()).unwrap_or(0);
+                if attempt.attempt == 1 && day_of(at) == today {
+                    used.entry((attempt.tenant, attempt.channel)).or_insert((today, 0)).1 += 1;
+                }
+            }
+        }
+        tracing::info!(counted = used.values().map(|(_, n)| n).sum::<u64>(), "today's deliveries counted against tenant quotas");
+        Ok(DailyQuotas { registry, used: Mutex::new(used) })
+    }
+
+    /// Takes one of the tenant's messages for the channel today, or says why not.
+    pub fn take(&self, tenant: &str, channel: &str) -> Result<(), String> {
+        let limit = self.registry.get(tenant).and_then(|t| t.quotas.messages_per_day.get(channel).copied());
+        let Some(limit) = limit else { return Ok(()) };
+        let today = day_of(chrono::Utc::now().timestamp_millis());
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = used.entry((tenant.to_string(), channel.to_string())).or_insert((today, 0));
+        if entry.0 != today {
+            *entry = (today, 0);
+        }
+        if entry.1 >= limit {
+            return Err(format!("tenant {tenant} reached its quota of {limit} {channel} messages for today (UTC)"));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
