@@ -67,7 +67,9 @@ services_start() {
 
   local http_port tcp_port; http_port=$(services_free_port); tcp_port=$(services_free_port)
   local ch="$SERVICES_DIR/clickhouse"
-  mkdir -p "$ch/data" "$ch/tmp" "$ch/log" "$ch/user_files" "$ch/format_schemas"
+  mkdir -p "$ch/data" "$ch/tmp" "$ch/log" "$ch/user_files" "$ch/format_schemas" "$ch/users.d"
+  # Our own copy of the users file: tests add users (tenant analysts with row filters) in users.d.
+  cp /etc/clickhouse-server/users.xml "$ch/users.xml"
   cat >"$ch/config.xml" <<XML
 <yandex>
   <logger><level>warning</level><log>$ch/log/server.log</log><errorlog>$ch/log/error.log</errorlog></logger>
@@ -78,7 +80,7 @@ services_start() {
   <tmp_path>$ch/tmp/</tmp_path>
   <user_files_path>$ch/user_files/</user_files_path>
   <format_schema_path>$ch/format_schemas/</format_schema_path>
-  <users_config>/etc/clickhouse-server/users.xml</users_config>
+  <users_config>$ch/users.xml</users_config>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
@@ -96,6 +98,7 @@ XML
     sleep 0.3
   done
   export NOTIFLOW_TEST_CLICKHOUSE_URL="http://127.0.0.1:$http_port"
+  export NOTIFLOW_TEST_CLICKHOUSE_USERS_D="$ch/users.d"
 
   local s3_port; s3_port=$(services_free_port)
   (cd "$SERVICES_DIR" && exec moto_server -H 127.0.0.1 -p "$s3_port" >"$SERVICES_DIR/moto.log" 2>&1) &

@@ -253,6 +253,18 @@ enum TenantAction {
         #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
         config: PathBuf,
     },
+    /// Give every tenant its own ClickHouse database (its rows only, kept current) and a
+    /// read-only analyst user allowed only that database; writes the users.d file.
+    Analysts {
+        /// The users.d XML to write (in the server's users.d folder).
+        #[arg(long)]
+        users_xml: PathBuf,
+        /// Networks the analyst users may connect from.
+        #[arg(long, default_value = "::/0")]
+        networks: String,
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -486,6 +498,11 @@ async fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
         TenantAction::Key { tenant, id, revoke: true, config } => {
             admin::revoke(&Config::load(&config)?, &tenant, &id).await?;
             println!("revoked key {id} of {tenant}");
+        }
+        TenantAction::Analysts { users_xml, networks, config } => {
+            let lines = notiflow::warehouse::analysts::provision(&Config::load(&config)?, &users_xml, &networks).await?;
+            lines.iter().for_each(|line| eprintln!("{line}"));
+            println!("wrote {}", users_xml.display());
         }
         TenantAction::Key { tenant, id, revoke: false, config } => {
             let key = admin::mint(&Config::load(&config)?, &tenant, &id).await?;

@@ -10,6 +10,7 @@
 //! neither loses nor repeats a row. Run one `notiflow sink` per destination
 //! set (two would both insert).
 
+pub mod analysts;
 pub mod bench;
 pub mod dataset;
 

@@ -86,3 +86,84 @@ async fn a_table_that_does_not_match_fails_at_start_naming_the_column() {
     assert!(error.contains("column `state` String is missing"), "{error}");
     admin.query(&format!("DROP DATABASE {database}")).execute().await.unwrap();
 }
+
+/// Tenant isolation for analysts: `notiflow tenant analysts` gives each
+/// registered tenant a database of its own rows (kept current as rows
+/// arrive) and a read-only user that can read that database only. Checked
+/// as those users, over HTTP, on the real server.
+#[tokio::test]
+async fn each_tenants_analyst_reads_only_that_tenants_rows() {
+    let users_d = std::env::var("NOTIFLOW_TEST_CLICKHOUSE_USERS_D").expect("NOTIFLOW_TEST_CLICKHOUSE_USERS_D is not set: run the tests with scripts/test.sh");
+    let (admin, client, database) = database().await;
+    for (file, sql) in DDL {
+        apply_ddl(&client, file, sql).await.unwrap();
+    }
+    let insert = |tenant: &str, n: usize, tag: &str| {
+        let events: Vec<String> = (0..n).map(|i| format!("(now(), 'accepted', 'm_{tag}{i}', '{tenant}')")).collect();
+        let deliveries: Vec<String> = (0..n).map(|i| format!("(now(), 'd_{tag}{i}', '{tenant}', 'sms')")).collect();
+        [
+            format!("INSERT INTO notify_events (at, event, message_id, tenant) VALUES {}", events.join(",")),
+            format!("INSERT INTO notify_deliveries (sent_at, delivery_id, tenant, channel) VALUES {}", deliveries.join(",")),
+        ]
+    };
+    for statement in insert("acme", 3, "a").into_iter().chain(insert("globex", 5, "g")) {
+        client.query(&statement).execute().await.unwrap();
+    }
+
+    let config = support::kafka_config(1);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = support::write_toml(&config, dir.path());
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str(&format!("\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n", support::clickhouse_url()));
+    std::fs::write(&toml, text).unwrap();
+    std::fs::write(dir.path().join("tenants.toml"), "[[tenants]]\nid = \"acme\"\n\n[[tenants]]\nid = \"globex\"\n").unwrap();
+    let notiflow = support::Notiflow::new(&toml, &[("NOTIFLOW_ANALYST_PASSWORD_ACME", "acme-analyst-secret")]);
+    assert!(notiflow.command(&["tenant", "put", dir.path().join("tenants.toml").to_str().unwrap()]).output().unwrap().status.success());
+    let users_file = std::path::Path::new(&users_d).join(format!("{database}.xml"));
+    let output = notiflow.command(&["tenant", "analysts", "--users-xml", users_file.to_str().unwrap(), "--networks", "127.0.0.1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("analyst_acme: database") && stderr.contains("password from NOTIFLOW_ANALYST_PASSWORD_ACME"), "{stderr}");
+    let minted = stderr.lines().find(|l| l.starts_with("analyst_globex")).and_then(|l| l.split(" password ").nth(1)).unwrap().split(' ').next().unwrap().to_string();
+    let users = std::fs::read_to_string(&users_file).unwrap();
+    assert!(!users.contains("acme-analyst-secret") && !users.contains(&minted), "only hashes are written");
+    // Rows arriving later reach the tenant's copy too.
+    for statement in insert("acme", 2, "b").into_iter().chain(insert("globex", 1, "h")) {
+        client.query(&statement).execute().await.unwrap();
+    }
+
+    let http = reqwest::Client::new();
+    let as_user = |user: &str, password: &str, sql: String| {
+        let request = http.post(support::clickhouse_url()).query(&[("user", user), ("password", password)]).body(sql);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().is_success(), response.text().await.unwrap())
+        }
+    };
+    // The server reloads users.d within seconds.
+    let own = format!("{database}_t_acme");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !as_user("analyst_acme", "acme-analyst-secret", "SELECT 1".into()).await.0 {
+        assert!(std::time::Instant::now() < deadline, "the analyst user never appeared");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    for table in ["notify_events", "notify_deliveries"] {
+        let (ok, rows) = as_user("analyst_acme", "acme-analyst-secret", format!("SELECT tenant, count() FROM `{own}`.{table} GROUP BY tenant")).await;
+        assert!(ok, "{rows}");
+        assert_eq!(rows.trim(), "acme\t5", "{table}: acme's 3 + 2 rows and nothing else");
+        let (ok, error) = as_user("analyst_acme", "acme-analyst-secret", format!("SELECT count() FROM {database}.{table}")).await;
+        assert!(!ok && error.contains("Access denied"), "the shared table is closed to analysts: {error}");
+    }
+    let (ok, error) = as_user("analyst_acme", "acme-analyst-secret", format!("SELECT count() FROM `{database}_t_globex`.notify_events")).await;
+    assert!(!ok && error.contains("Access denied"), "another tenant's database is closed: {error}");
+    let (ok, error) = as_user("analyst_acme", "acme-analyst-secret", format!("INSERT INTO `{own}`.notify_events (tenant) VALUES ('globex')")).await;
+    assert!(!ok && error.contains("readonly"), "analysts cannot write: {error}");
+    let (ok, rows) = as_user("analyst_globex", &minted, format!("SELECT tenant, count() FROM `{database}_t_globex`.notify_events GROUP BY tenant")).await;
+    assert!(ok && rows.trim() == "globex\t6", "{rows}");
+
+    std::fs::remove_file(&users_file).unwrap();
+    for tenant in ["acme", "globex"] {
+        admin.query(&format!("DROP DATABASE IF EXISTS `{database}_t_{tenant}`")).execute().await.unwrap();
+    }
+    admin.query(&format!("DROP DATABASE {database}")).execute().await.unwrap();
+}
