@@ -106,6 +106,13 @@ impl Tenant {
                 return Err(format!("tenant {}: unknown channel {channel:?} (known: {})", self.id, CHANNELS.join(", ")));
             }
         }
+        if let Some(from) = &self.senders.email_from {
+            // `Name <address>` or a bare address.
+            let address = from.rsplit_once('<').and_then(|(_, rest)| rest.strip_suffix('>')).unwrap_or(from);
+            if !email_address::EmailAddress::is_valid(address.trim()) {
+                return Err(format!("tenant {}: senders.email_from {from:?} is not `Name <address>` or an address", self.id));
+            }
+        }
         if self.quotas.requests_per_second == Some(0) {
             return Err(format!("tenant {}: quotas.requests_per_second must be >= 1 (leave it out for no limit)", self.id));
         }
@@ -181,6 +188,26 @@ struct RegistryState {
 }
 
 impl Registry {
+    /// The registry on `topic`, replayed (ready when this returns) and followed while the process runs.
+    pub async fn follow(kafka: &notiflow_kafka::KafkaConfig, topic: &str) -> anyhow::Result<Registry> {
+        let registry = Registry::default();
+        let apply = {
+            let registry = registry.clone();
+            move |record: &notiflow_connector::Record| {
+                let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                if let Err(err) = registry.apply(&key, record.payload.as_deref()) {
+                    tracing::warn!(%err, offset = record.offset, "skipping a tenant record");
+                }
+            }
+        };
+        let mut ready = crate::follow::follow_topic(kafka, topic, crate::follow::Replay::All, apply).await?;
+        let wait = std::time::Duration::from_secs(120);
+        tokio::time::timeout(wait, ready.wait_for(|r| *r))
+            .await
+            .map_err(|_| anyhow::anyhow!("replaying the tenant registry {topic} took over {wait:?}"))??;
+        Ok(registry)
+    }
+
     /// Folds one record of the topic in: a later record for a tenant replaces it, a tombstone removes it.
     pub fn apply(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         let tenant = match value {
@@ -395,6 +422,19 @@ mod tests {
             .unwrap();
         let err = read_file(&path).unwrap_err().to_string();
         assert!(err.contains("t.toml:5:") && err.contains("requests_per_second"), "{err}");
+    }
+
+    #[test]
+    fn the_example_registry_file_is_valid_and_bad_senders_are_refused() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tenants.toml");
+        let tenants = read_file(&path).unwrap();
+        assert_eq!(tenants.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["acme", "globex"]);
+        assert_eq!(tenants[0].senders.sms_signature.as_deref(), Some("Acme"));
+        let mut t = tenant("acme");
+        t.senders.email_from = Some("Acme <not an address>".into());
+        assert!(t.check().unwrap_err().contains("email_from"));
+        t.senders.email_from = Some("orders@acme.example".into());
+        t.check().unwrap();
     }
 
     #[test]

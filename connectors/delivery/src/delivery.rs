@@ -35,6 +35,10 @@ pub struct Delivery {
     pub body: Option<String>,
     #[serde(default)]
     pub html: Option<String>,
+    /// The tenant's sender identity on this channel (email From, SMS signature), from the tenant
+    /// registry, set by `notiflow deliver`: providers use it instead of their configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
     /// Not sent after this instant (RFC 3339 or `YYYY-MM-DDTHH:MM:SS` UTC, as the JSON sinks write it).
     #[serde(default)]
     pub expires_at: Option<String>,

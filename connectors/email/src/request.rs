@@ -41,8 +41,13 @@ impl MessageBuilder {
     pub fn build(&self, delivery: &Delivery) -> Result<Message, SendError> {
         let address = delivery.address.as_deref().unwrap_or("");
         let to: Address = address.trim().parse().map_err(|e| SendError::permanent(FailureReason::InvalidRecipient, "bad_address", format!("`{address}`: {e}")))?;
+        let from = match delivery.sender.as_deref() {
+            // The tenant's own From (tenant registry); checked when registered, checked again here.
+            Some(sender) => sender.parse::<Mailbox>().map_err(|e| SendError::permanent(FailureReason::ContentRejected, "bad_sender", format!("sender `{sender}`: {e}")))?,
+            None => self.from.clone(),
+        };
         let mut builder = Message::builder()
-            .from(self.from.clone())
+            .from(from)
             .to(Mailbox::new(None, to))
             .subject(delivery.subject.clone().unwrap_or_default())
             .message_id(Some(format!("<{}>", self.message_id(delivery))));
@@ -55,5 +60,24 @@ impl MessageBuilder {
             None => builder.singlepart(SinglePart::plain(text)),
         };
         built.map_err(|e| SendError::permanent(FailureReason::ContentRejected, "mime", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenants_from_replaces_the_configured_one() {
+        let config: SmtpConfig = serde_json::from_value(serde_json::json!({"host": "relay", "from": "Notiflow <no-reply@notiflow.test>"})).unwrap();
+        let builder = MessageBuilder::new(&config).unwrap();
+        let mut delivery: Delivery = serde_json::from_value(serde_json::json!({"type": "send", "message_id": "m_1", "request_id": "r", "tenant": "acme",
+            "channel": "email", "address": "user@example.com", "subject": "Hi", "body": "hello"})).unwrap();
+        let headers = |d: &Delivery| String::from_utf8(builder.build(d).unwrap().formatted()).unwrap();
+        assert!(headers(&delivery).contains("From: Notiflow <no-reply@notiflow.test>"));
+        delivery.sender = Some("Acme Retail <orders@acme.example>".into());
+        assert!(headers(&delivery).contains("From: \"Acme Retail\" <orders@acme.example>") || headers(&delivery).contains("From: Acme Retail <orders@acme.example>"), "{}", headers(&delivery));
+        delivery.sender = Some("not a mailbox".into());
+        assert!(builder.build(&delivery).is_err(), "a bad sender is refused, not sent from the default");
     }
 }

@@ -120,7 +120,7 @@ impl AliyunChannel {
             ("OutId", id.to_string()),
             ("PhoneNumbers", crate::national_or_international(address, "+86")),
             ("RegionId", self.config.region.clone()),
-            ("SignName", self.config.sign_name.clone()),
+            ("SignName", delivery.sender.clone().unwrap_or_else(|| self.config.sign_name.clone())),
             ("SignatureMethod", "HMAC-SHA1".into()),
             ("SignatureNonce", format!("{id}-{attempt}-{}", now.timestamp_nanos_opt().unwrap_or_default())),
             ("SignatureVersion", "1.0".into()),
@@ -280,6 +280,19 @@ mod tests {
         assert_eq!(kind(200, r#"{"Code":"isp.SYSTEM_ERROR"}"#), "retry provider_error isp.SYSTEM_ERROR");
         assert_eq!(kind(503, r#"{"Code":"Whatever"}"#), "retry provider_error Whatever");
         assert_eq!(kind(200, r#"{"Code":"OK"}"#), "retry provider_error 200", "OK without a BizId");
+    }
+
+    #[test]
+    fn the_tenants_signature_replaces_the_configured_one() {
+        unsafe { std::env::set_var("NOTIFLOW_UNIT_ALIYUN_SENDER", "s") };
+        let config: AliyunConfig = serde_json::from_value(serde_json::json!({"access_key_id": "k", "access_key_secret": {"env": "NOTIFLOW_UNIT_ALIYUN_SENDER"},
+            "sign_name": "Notiflow", "default_template": "SMS_1"})).unwrap();
+        let channel = AliyunChannel::new("sms-aliyun", config).unwrap();
+        let mut delivery: Delivery = serde_json::from_value(serde_json::json!({"type": "send", "message_id": "m_1", "request_id": "r", "tenant": "acme",
+            "channel": "sms", "address": "+8613800000000", "body": "code 1"})).unwrap();
+        assert_eq!(channel.params(&delivery, 1).unwrap()["SignName"], "Notiflow");
+        delivery.sender = Some("Acme".into());
+        assert_eq!(channel.params(&delivery, 1).unwrap()["SignName"], "Acme");
     }
 
     #[test]

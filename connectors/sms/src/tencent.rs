@@ -112,7 +112,7 @@ impl TencentChannel {
         let body = serde_json::json!({
             "PhoneNumberSet": [phone],
             "SmsSdkAppId": self.config.sdk_app_id,
-            "SignName": self.config.sign_name,
+            "SignName": delivery.sender.as_deref().unwrap_or(&self.config.sign_name),
             "TemplateId": id,
             "TemplateParamSet": [delivery.body.as_deref().unwrap_or_default()],
             "SessionContext": delivery.delivery_id.as_deref().unwrap_or(&delivery.message_id),

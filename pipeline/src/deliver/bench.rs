@@ -46,6 +46,7 @@ fn delivery(id: String, tenant: &str) -> Delivery {
         subject: None,
         body: Some("code 123456".into()),
         html: None,
+        sender: None,
         expires_at: None,
         requested_at: None,
         reason: None,

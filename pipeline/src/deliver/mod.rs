@@ -17,7 +17,7 @@
 pub mod bench;
 pub mod config;
 mod progress;
-mod quota;
+mod tenant_rules;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -111,7 +111,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?.map(Arc::new);
     let tenants_topic = config.topics.resolve(crate::tenants::TENANTS_TOPIC);
     KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec { compacted: true, ..TopicSpec::new(&tenants_topic, 1) }]).await?;
-    let quotas = Arc::new(quota::DailyQuotas::start(kafka, &tenants_topic, &topics.sends).await?);
+    let tenants = Arc::new(tenant_rules::TenantRules::start(kafka, &tenants_topic, &topics.sends).await?);
     let (done_tx, done_rx) = mpsc::channel::<Done<Token>>(4096);
     let scheduler = Arc::new(Scheduler::start(groups, delivery.retry_policy(), delivery.workers_per_channel, delivery.lane_capacity, done_tx));
     let channels: Vec<String> = scheduler.channels().map(str::to_string).collect();
@@ -135,7 +135,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
             last_read: last_read.clone(),
             totals: totals.clone(),
             tracker: tracker.clone(),
-            quotas: quotas.clone(),
+            tenants: tenants.clone(),
         };
         readers.push(tokio::spawn(reader.run(source, stop.clone(), Duration::from_millis(delivery.commit_interval_ms))));
     }
@@ -194,8 +194,8 @@ struct LaneReader {
     totals: Arc<Mutex<DeliverTotals>>,
     /// Rewrites links on tracked channels ([tracking]).
     tracker: Option<Arc<ClickTracker>>,
-    /// Tenants' messages per day per channel.
-    quotas: Arc<quota::DailyQuotas>,
+    /// Tenants' senders and messages per day per channel (tenant registry).
+    tenants: Arc<tenant_rules::TenantRules>,
 }
 
 impl LaneReader {
@@ -240,11 +240,14 @@ impl LaneReader {
             // Counted once, when first read: a parked record was counted by its lane's reader.
             Some(Ok(delivery))
                 if matches!(self.kind, ReaderKind::Lane(_))
-                    && let Err(error) = self.quotas.take(&delivery.tenant, delivery.channel.as_deref().unwrap_or_default()) =>
+                    && let Err(error) = self.tenants.take(&delivery.tenant, delivery.channel.as_deref().unwrap_or_default()) =>
             {
                 skip(record, Some(delivery), "tenant_quota", error)
             }
             Some(Ok(mut delivery)) => {
+                if delivery.sender.is_none() {
+                    delivery.sender = self.tenants.sender(&delivery.tenant, delivery.channel.as_deref().unwrap_or_default());
+                }
                 if let Some(tracker) = &self.tracker {
                     tracker.rewrite(&mut delivery);
                 }

@@ -93,7 +93,12 @@ pub async fn single_sends(kafka: &KafkaConfig, calls: usize) -> anyhow::Result<V
     let tenant: Tenant = serde_json::from_value(serde_json::json!({"id": "acme", "api_keys": [entry]}))?;
     let tenants_topic = config.topics.resolve(TENANTS_TOPIC);
     KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec { compacted: true, ..TopicSpec::new(&tenants_topic, 1) }]).await?;
-    let record = OutRecord { topic: Arc::from(tenants_topic.as_str()), key: Some(b"acme".to_vec()), payload: serde_json::to_vec(&tenant)?, headers: vec![] };
+    let record = OutRecord {
+        topic: Arc::from(tenants_topic.as_str()),
+        key: Some(b"acme".to_vec()),
+        payload: serde_json::to_vec(&tenant)?,
+        headers: vec![],
+    };
     KafkaSink::new(kafka)?.send_all(vec![record]).await?;
 
     // Baseline: the broker's produce-and-ack, one record per call, same payloads.
@@ -104,7 +109,12 @@ pub async fn single_sends(kafka: &KafkaConfig, calls: usize) -> anyhow::Result<V
         async move {
             let mut body = request(i);
             body["tenant"] = "acme".into();
-            let record = OutRecord { topic: raw, key: Some(format!("acme/bench-{i}").into_bytes()), payload: serde_json::to_vec(&body)?, headers: vec![] };
+            let record = OutRecord {
+                topic: raw,
+                key: Some(format!("acme/bench-{i}").into_bytes()),
+                payload: serde_json::to_vec(&body)?,
+                headers: vec![],
+            };
             sink.send_each(std::slice::from_ref(&record)).await.remove(0)?;
             Ok(())
         }
@@ -120,7 +130,12 @@ pub async fn single_sends(kafka: &KafkaConfig, calls: usize) -> anyhow::Result<V
         let (client, url, key) = (client.clone(), url.clone(), key.clone());
         async move {
             let response = client.post(&url).bearer_auth(&key).json(&request(i)).send().await?;
-            anyhow::ensure!(response.status() == reqwest::StatusCode::ACCEPTED, "gateway answered {}: {}", response.status(), response.text().await?);
+            anyhow::ensure!(
+                response.status() == reqwest::StatusCode::ACCEPTED,
+                "gateway answered {}: {}",
+                response.status(),
+                response.text().await?
+            );
             Ok(())
         }
     })
@@ -129,7 +144,13 @@ pub async fn single_sends(kafka: &KafkaConfig, calls: usize) -> anyhow::Result<V
     let raw_rate = calls as f64 / raw_seconds;
     let gw_rate = calls as f64 / gw_seconds;
     Ok(vec![
-        result("gateway baseline: raw produce + ack, one record per call", calls, raw_seconds, &raw_latencies, format!("{CALLERS} concurrent callers")),
+        result(
+            "gateway baseline: raw produce + ack, one record per call",
+            calls,
+            raw_seconds,
+            &raw_latencies,
+            format!("{CALLERS} concurrent callers"),
+        ),
         result(
             "gateway: POST /v1/send, 202 after the broker's ack",
             calls,

@@ -100,7 +100,11 @@ const HOUR_MS: i64 = 3_600_000;
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let (listener, app) = bind(config).await?;
     println!("gateway: listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            tokio::signal::ctrl_c().await.ok();
+        })
+        .await?;
     Ok(())
 }
 
@@ -120,20 +124,11 @@ pub async fn bind(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, a
     KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
 
     let now = chrono::Utc::now().timestamp_millis();
-    let registry = Registry::default();
     let request_ids = Arc::new(index::RequestIndex::new(settings.idempotency_max_keys, settings.idempotency_hours as i64 * HOUR_MS));
     let timelines = Arc::new(status::Timelines::new(settings.status_max_messages, settings.status_hours as i64 * HOUR_MS));
 
-    let mut tenants_ready = follow_topic(kafka, &tenants, Replay::All, {
-        let registry = registry.clone();
-        move |record| {
-            let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            if let Err(err) = registry.apply(&key, record.payload.as_deref()) {
-                tracing::warn!(%err, offset = record.offset, "skipping a tenant record");
-            }
-        }
-    })
-    .await?;
+    // Keys must authenticate before the first request: the registry is replayed first.
+    let registry = Registry::follow(kafka, &tenants).await?;
     let since = now - settings.idempotency_hours.max(settings.status_hours) as i64 * HOUR_MS;
     let mut requests_ready = follow_topic(kafka, &requests, Replay::Since(since), {
         let (request_ids, timelines) = (request_ids.clone(), timelines.clone());
@@ -152,10 +147,8 @@ pub async fn bind(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, a
         }
     })
     .await?;
-    // Keys must authenticate and retries must be recognised before the first request.
-    let wait = Duration::from_secs(120);
-    tokio::time::timeout(wait, tenants_ready.wait_for(|r| *r)).await.context("replaying the tenant registry")??;
-    tokio::time::timeout(wait, requests_ready.wait_for(|r| *r)).await.context("replaying recent requests")??;
+    // Retries must be recognised from the first request on.
+    tokio::time::timeout(Duration::from_secs(120), requests_ready.wait_for(|r| *r)).await.context("replaying recent requests")??;
 
     let state = api::AppState::new(api::Parts {
         settings: settings.clone(),

@@ -40,7 +40,9 @@ pub fn tenant_ddl(shared: &str, tenant: &str) -> String {
 
 /// The users.d file for these (tenant, password) pairs.
 pub fn users_xml(shared: &str, analysts: &[(String, String)], networks: &str) -> String {
-    let mut xml = String::from("<?xml version=\"1.0\"?>\n<!-- Written by `notiflow tenant analysts`; passwords are stored hashed. -->\n<yandex>\n    <users>\n");
+    let mut xml = String::from(
+        "<?xml version=\"1.0\"?>\n<!-- Written by `notiflow tenant analysts`; passwords are stored hashed. -->\n<yandex>\n    <users>\n",
+    );
     for (tenant, password) in analysts {
         xml.push_str(
             &ANALYST_USER
@@ -69,7 +71,10 @@ pub async fn provision(config: &Config, users_file: &Path, networks: &str) -> an
         let variable = password_variable(tenant);
         let password = match std::env::var(&variable) {
             Ok(password) if password.len() >= 12 => {
-                lines.push(format!("analyst_{tenant}: database {} (password from {variable})", tenant_database(&clickhouse.database, tenant)));
+                lines.push(format!(
+                    "analyst_{tenant}: database {} (password from {variable})",
+                    tenant_database(&clickhouse.database, tenant)
+                ));
                 password
             }
             Ok(_) => anyhow::bail!("{variable} must hold at least 12 characters"),
@@ -85,7 +90,8 @@ pub async fn provision(config: &Config, users_file: &Path, networks: &str) -> an
         };
         analysts.push((tenant.clone(), password));
     }
-    std::fs::write(users_file, users_xml(&clickhouse.database, &analysts, networks)).with_context(|| format!("writing {}", users_file.display()))?;
+    std::fs::write(users_file, users_xml(&clickhouse.database, &analysts, networks))
+        .with_context(|| format!("writing {}", users_file.display()))?;
     Ok(lines)
 }
 

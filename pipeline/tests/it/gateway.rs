@@ -76,6 +76,18 @@ impl Gateway {
     }
 }
 
+/// Topics of its own, a config file with [gateway] on any free port, and the tenants file beside it.
+fn setup(partitions: i32) -> (notiflow::config::Config, tempfile::TempDir, std::path::PathBuf) {
+    let config = support::kafka_config(partitions);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = support::write_toml(&config, dir.path());
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str("\n[gateway]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&toml, text).unwrap();
+    std::fs::write(dir.path().join("tenants.toml"), TENANTS).unwrap();
+    (config, dir, toml)
+}
+
 fn mint(notiflow: &Notiflow, tenant: &str) -> String {
     let output = notiflow.command(&["tenant", "key", tenant]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -86,14 +98,8 @@ fn mint(notiflow: &Notiflow, tenant: &str) -> String {
 async fn gateway_writes_each_request_once_keeps_tenants_apart_and_sheds_load() {
     let _turn = support::one_at_a_time().await;
     let kafka = support::kafka();
-    let config = support::kafka_config(2);
-    let dir = tempfile::tempdir().unwrap();
-    let toml = support::write_toml(&config, dir.path());
-    let mut text = std::fs::read_to_string(&toml).unwrap();
-    text.push_str("\n[gateway]\nlisten = \"127.0.0.1:0\"\n");
-    std::fs::write(&toml, text).unwrap();
+    let (config, dir, toml) = setup(2);
     let tenants_file = dir.path().join("tenants.toml");
-    std::fs::write(&tenants_file, TENANTS).unwrap();
     let notiflow = Notiflow::new(&toml, &[]);
 
     // The registry: put, keys minted once, list shows key ids and never a key.
@@ -264,14 +270,8 @@ async fn gateway_writes_each_request_once_keeps_tenants_apart_and_sheds_load() {
 async fn gateway_passes_fuzzing_against_its_own_openapi_document() {
     let st = std::env::var("NOTIFLOW_TEST_SCHEMATHESIS").expect("NOTIFLOW_TEST_SCHEMATHESIS is not set: run the tests with scripts/test.sh");
     let _turn = support::one_at_a_time().await;
-    let config = support::kafka_config(1);
-    let dir = tempfile::tempdir().unwrap();
-    let toml = support::write_toml(&config, dir.path());
-    let mut text = std::fs::read_to_string(&toml).unwrap();
-    text.push_str("\n[gateway]\nlisten = \"127.0.0.1:0\"\n");
-    std::fs::write(&toml, text).unwrap();
+    let (_config, dir, toml) = setup(1);
     let tenants_file = dir.path().join("tenants.toml");
-    std::fs::write(&tenants_file, TENANTS).unwrap();
     let notiflow = Notiflow::new(&toml, &[]);
     assert!(notiflow.command(&["tenant", "put", tenants_file.to_str().unwrap()]).output().unwrap().status.success());
     let key = mint(&notiflow, "globex");

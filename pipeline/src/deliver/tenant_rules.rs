@@ -1,5 +1,8 @@
-//! Tenants' daily message quotas per channel (`quotas.messages_per_day` in the
-//! tenant registry), enforced where messages leave: a delivery over its
+//! What the tenant registry says about a tenant's deliveries: who they come
+//! from (`senders`: email From, SMS signature) and how many may go per day.
+//!
+//! Daily message quotas per channel (`quotas.messages_per_day`) are enforced
+//! where messages leave: a delivery over its
 //! tenant's quota for the UTC day is not sent but dead-lettered as
 //! `tenant_quota` (original bytes kept, to replay on another day).
 //!
@@ -14,10 +17,9 @@ use std::sync::Mutex;
 use notiflow_connector::LogReader;
 use notiflow_kafka::{KafkaConfig, KafkaReader};
 
-use crate::follow::{Replay, follow_topic};
 use crate::tenants::Registry;
 
-pub struct DailyQuotas {
+pub struct TenantRules {
     registry: Registry,
     /// (tenant, channel) -> (UTC day number, deliveries that day).
     used: Mutex<HashMap<(String, String), (i64, u64)>>,
@@ -27,22 +29,10 @@ fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
 }
 
-impl DailyQuotas {
+impl TenantRules {
     /// Follows the registry and counts today's deliveries so far from `sends_topic`.
-    pub async fn start(kafka: &KafkaConfig, tenants_topic: &str, sends_topic: &str) -> anyhow::Result<DailyQuotas> {
-        let registry = Registry::default();
-        let mut ready = follow_topic(kafka, tenants_topic, Replay::All, {
-            let registry = registry.clone();
-            move |record| {
-                let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                if let Err(err) = registry.apply(&key, record.payload.as_deref()) {
-                    tracing::warn!(%err, "skipping a tenant record");
-                }
-            }
-        })
-        .await?;
-        tokio::time::timeout(std::time::Duration::from_secs(120), ready.wait_for(|r| *r)).await??;
-
+    pub async fn start(kafka: &KafkaConfig, tenants_topic: &str, sends_topic: &str) -> anyhow::Result<TenantRules> {
+        let registry = Registry::follow(kafka, tenants_topic).await?;
         let now = chrono::Utc::now().timestamp_millis();
         let today = day_of(now);
         let reader = KafkaReader::new(kafka);
@@ -64,7 +54,17 @@ impl DailyQuotas {
             }
         }
         tracing::info!(counted = used.values().map(|(_, n)| n).sum::<u64>(), "today's deliveries counted against tenant quotas");
-        Ok(DailyQuotas { registry, used: Mutex::new(used) })
+        Ok(TenantRules { registry, used: Mutex::new(used) })
+    }
+
+    /// The tenant's sender identity on the channel, if it registered one.
+    pub fn sender(&self, tenant: &str, channel: &str) -> Option<String> {
+        let tenant = self.registry.get(tenant)?;
+        match channel {
+            "email" => tenant.senders.email_from.clone(),
+            "sms" => tenant.senders.sms_signature.clone(),
+            _ => None,
+        }
     }
 
     /// Takes one of the tenant's messages for the channel today, or says why not.
