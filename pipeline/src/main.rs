@@ -224,18 +224,23 @@ enum InboxAction {
     },
 }
 
+/// Files to check and publish to a compacted topic, all or none.
+#[derive(clap::Args)]
+struct PutArgs {
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+    config: PathBuf,
+    /// Only check; publish nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
 #[derive(Subcommand)]
 enum TenantAction {
     /// Check the `[[tenants]]` of TOML files and publish them all, or none when one is invalid
     /// (keys already minted for a tenant are kept).
-    Put {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Put(PutArgs),
     /// Print the registry (key ids, never keys).
     List {
         #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
@@ -282,15 +287,7 @@ enum GatewayAction {
 enum CatalogAction {
     /// Check every item of the files (a JSON object, an array or JSON lines;
     /// see examples/) and publish them all, or none when one is invalid.
-    Put {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
-        config: PathBuf,
-        /// Only check; publish nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Put(PutArgs),
     /// Print what the topic holds (the latest record per key).
     List {
         #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
@@ -489,7 +486,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
     use notiflow::tenants::admin;
     match action {
-        TenantAction::Put { files, config, dry_run } => {
+        TenantAction::Put(PutArgs { files, config, dry_run }) => {
             admin::put(&Config::load(&config)?, &files, dry_run).await?.iter().for_each(|line| println!("{line}"));
         }
         TenantAction::List { config } => {
@@ -542,7 +539,7 @@ async fn catalog(which: Catalog, action: CatalogAction) -> anyhow::Result<ExitCo
     use notiflow::catalog;
     use notiflow_connector::{LogReader, Sink, TopicSpec};
     match action {
-        CatalogAction::Put { files, config, dry_run } => {
+        CatalogAction::Put(PutArgs { files, config, dry_run }) => {
             let config = Config::load(&config)?;
             let tenants: Vec<String> = config.tenants.iter().map(|t| t.id.clone()).collect();
             let mut records = Vec::new();

@@ -34,6 +34,13 @@ fn dispatch(id: &str, channel: &str, address: &str, priority: &str) -> Value {
         "category": "transactional", "subject": null, "body": format!("code {id}"), "html": null, "expires_at": null, "reason": null})
 }
 
+/// The three dispatch lane topics of the config, one partition each.
+async fn dispatch_lanes(config: &notiflow::config::Config) {
+    let specs: Vec<TopicSpec> =
+        ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| TopicSpec::new(config.topics.resolve(t), 1)).collect();
+    KafkaAdmin::new(config.kafka.as_ref().unwrap()).unwrap().ensure_topics(&specs).await.unwrap();
+}
+
 /// A receiver that keeps the webhook ids whose signature verifies.
 async fn webhook_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
     let verified = Arc::new(Mutex::new(Vec::new()));
@@ -285,8 +292,7 @@ async fn a_stalled_channel_parks_its_overflow_and_never_holds_up_another() {
     let config = support::kafka_config(1);
     let kafka = config.kafka.clone().unwrap();
     let topic = |name: &str| config.topics.resolve(name);
-    let specs: Vec<TopicSpec> = ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| TopicSpec::new(topic(t), 1)).collect();
-    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
+    dispatch_lanes(&config).await;
     let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
     let relay = FakeSmtp::start("mailer", "smtp-pw").await;
     relay.set_mode(notiflow_email::fake::Mode::Slow(Duration::from_millis(300)));
@@ -374,8 +380,7 @@ async fn kill_minus_nine_mid_delivery_loses_nothing_and_resends_only_the_unfinis
     config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), support::unique("deliver-instance"));
     let mut kafka = config.kafka.clone().unwrap();
     let topic = |name: &str| config.topics.resolve(name);
-    let specs: Vec<TopicSpec> = ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| TopicSpec::new(topic(t), 1)).collect();
-    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
+    dispatch_lanes(&config).await;
     let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
     let dir = tempfile::tempdir().unwrap();
     let group_id = support::unique("kill");
@@ -452,8 +457,7 @@ async fn a_tenants_daily_quota_stops_its_messages_only_and_survives_a_restart() 
     let config = support::kafka_config(1);
     let kafka = config.kafka.clone().unwrap();
     let topic = |name: &str| config.topics.resolve(name);
-    let specs: Vec<TopicSpec> = ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| TopicSpec::new(topic(t), 1)).collect();
-    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&specs).await.unwrap();
+    dispatch_lanes(&config).await;
     let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
     let dir = tempfile::tempdir().unwrap();
     let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
