@@ -58,7 +58,8 @@ pub struct GatewayConfig {
     /// How far back `GET /v1/messages/{id}` finds a message.
     #[serde(default = "default_status_hours")]
     pub status_hours: u64,
-    /// Most messages whose timelines are kept for it; beyond it the oldest are forgotten.
+    /// Most messages whose timelines are kept for it; beyond it the oldest are forgotten
+    /// (memory: roughly 3 KB per message of ~8 events).
     #[serde(default = "default_status_max_messages")]
     pub status_max_messages: usize,
 }
@@ -85,7 +86,7 @@ fn default_status_hours() -> u64 {
     72
 }
 fn default_status_max_messages() -> usize {
-    1_000_000
+    200_000
 }
 
 impl Default for GatewayConfig {

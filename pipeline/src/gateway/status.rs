@@ -1,6 +1,8 @@
 //! Timelines for `GET /v1/messages/{id}`: the lifecycle events of recent
 //! messages (notify.events), plus a `received` entry from notify.requests so a
-//! message the pipeline has not reached yet is not "not found".
+//! message the pipeline has not reached yet is not "not found". Events are
+//! kept as their JSON text (a few hundred bytes each; a parsed value is
+//! several times that) and read when a timeline is asked for.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -13,15 +15,17 @@ use super::index::SeenRequest;
 pub struct Timeline {
     pub tenant: String,
     pub request_id: Option<String>,
-    pub events: Vec<Value>,
+    /// Each event's JSON, in the order it was written.
+    pub events: Vec<Box<str>>,
 }
 
 impl Timeline {
     /// The response body: the newest event names the status; one entry per delivery.
     pub fn to_json(&self, message_id: &str) -> Value {
+        let events: Vec<Value> = self.events.iter().filter_map(|e| serde_json::from_str(e).ok()).collect();
         let text = |e: &Value, f: &str| e.get(f).and_then(Value::as_str).map(str::to_string);
         let mut deliveries: Vec<(String, Value)> = Vec::new();
-        for event in &self.events {
+        for event in &events {
             let Some(delivery) = text(event, "delivery_id") else { continue };
             let entry = json!({
                 "delivery_id": delivery,
@@ -38,9 +42,9 @@ impl Timeline {
             "message_id": message_id,
             "tenant": self.tenant,
             "request_id": self.request_id,
-            "status": self.events.last().and_then(|e| text(e, "event")).unwrap_or_else(|| "received".into()),
+            "status": events.last().and_then(|e| text(e, "event")).unwrap_or_else(|| "received".into()),
             "deliveries": deliveries.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
-            "events": self.events,
+            "events": events,
         })
     }
 }
@@ -72,19 +76,25 @@ impl Timelines {
             "request_id": seen.request_id,
             "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
-        self.push(message_id, &seen.tenant, Some(&seen.request_id), event, seen.at_ms);
+        self.push(message_id, &seen.tenant, Some(&seen.request_id), event.to_string().into(), seen.at_ms);
     }
 
     /// One notify.events record (unreadable ones and events without a message are skipped).
     pub fn observe_event(&self, payload: &[u8]) {
-        let Ok(event) = serde_json::from_slice::<Value>(payload) else { return };
-        let text = |f: &str| event.get(f).and_then(Value::as_str).map(str::to_string);
-        let (Some(message_id), Some(tenant)) = (text("message_id"), text("tenant")) else { return };
-        let request_id = text("request_id");
-        self.push(message_id, &tenant, request_id.as_deref(), event, chrono::Utc::now().timestamp_millis());
+        #[derive(serde::Deserialize)]
+        struct Names {
+            message_id: Option<String>,
+            tenant: Option<String>,
+            request_id: Option<String>,
+        }
+        let Ok(text) = std::str::from_utf8(payload) else { return };
+        let Ok(Names { message_id: Some(message_id), tenant: Some(tenant), request_id }) = serde_json::from_str::<Names>(text) else {
+            return;
+        };
+        self.push(message_id, &tenant, request_id.as_deref(), text.into(), chrono::Utc::now().timestamp_millis());
     }
 
-    fn push(&self, message_id: String, tenant: &str, request_id: Option<&str>, event: Value, at_ms: i64) {
+    fn push(&self, message_id: String, tenant: &str, request_id: Option<&str>, event: Box<str>, at_ms: i64) {
         let mut inner = self.inner.lock().expect("timelines lock");
         match inner.messages.get_mut(&message_id) {
             // Events name their tenant; one naming another tenant for this id is not this message's.
