@@ -35,9 +35,47 @@ impl Default for ProviderLimits {
 pub(crate) struct Provider {
     pub(crate) channel: Arc<dyn Channel>,
     weight: i64,
-    limiter: Option<DefaultDirectRateLimiter>,
+    turns: Option<Turns>,
     in_flight: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
+}
+
+/// A rate-limited provider's tokens, taken by one task and handed to waiting
+/// workers one at a time, first come first served. Workers waiting on the
+/// bucket themselves would all wake on every token (a herd that, with 16
+/// workers at 5,000/s on 2 cores, cost half the provider's rate and added
+/// milliseconds of jitter to every hand-off). The task runs at most two
+/// tokens ahead (one handed over, one in hand): after a quiet spell the
+/// provider may see `burst` + 2 sends at once.
+struct Turns {
+    limiter: Arc<DefaultDirectRateLimiter>,
+    handed: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+    /// The taker starts with the first turn wanted (inside the runtime).
+    sender: Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+}
+
+impl Turns {
+    fn new(limiter: DefaultDirectRateLimiter) -> Self {
+        let (sender, handed) = tokio::sync::mpsc::channel(1);
+        Turns { limiter: Arc::new(limiter), handed: tokio::sync::Mutex::new(handed), sender: Mutex::new(Some(sender)) }
+    }
+
+    async fn next(&self) {
+        if let Some(sender) = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let limiter = self.limiter.clone();
+            // Ends when the group (and with it the receiver) is dropped.
+            tokio::spawn(async move {
+                loop {
+                    limiter.until_ready().await;
+                    if sender.send(()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut handed = self.handed.lock().await;
+        handed.recv().await.expect("the taker runs while the group exists");
+    }
 }
 
 /// A provider's turn: held while one send is in flight.
@@ -81,7 +119,7 @@ impl ProviderGroup {
             built.push(Provider {
                 channel: provider,
                 weight: i64::from(limits.weight.max(1)),
-                limiter,
+                turns: limiter.map(Turns::new),
                 in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
                 breaker: Mutex::new(Breaker::new(limits.breaker)),
             });
@@ -116,8 +154,8 @@ impl ProviderGroup {
             };
             let provider = &self.providers[index];
             let slot = provider.in_flight.clone().acquire_owned().await.expect("never closed");
-            if let Some(limiter) = &provider.limiter {
-                limiter.until_ready().await;
+            if let Some(turns) = &provider.turns {
+                turns.next().await;
             }
             return Lease { index, probe, _slot: slot };
         }
