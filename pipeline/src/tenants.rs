@@ -160,16 +160,25 @@ pub fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<Tenant>> {
     Ok(file.tenants)
 }
 
-/// Hex SHA-256 of a key, as stored.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex SHA-256 of a secret (API keys, analysts' passwords), as stored.
 pub fn key_hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// `bytes` random bytes from the OS, hex: API keys and minted passwords.
+pub fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+    Ok(hex(&buffer))
 }
 
 /// A new random key for `tenant`, and its registry entry.
 pub fn mint_key(id: &str) -> anyhow::Result<(String, ApiKey)> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for an API key: {e}"))?;
-    let key = format!("{KEY_PREFIX}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let key = format!("{KEY_PREFIX}{}", random_hex(32)?);
     let entry = ApiKey { id: id.to_string(), sha256: key_hash(&key), created_at: crate::events::now_rfc3339() };
     Ok((key, entry))
 }

@@ -364,7 +364,7 @@ impl Gateway {
 
     /// Claims each request id, writes the new ones, waits for concurrent
     /// writers of the others, and answers per request.
-    async fn write(&self, checked: Vec<Checked>) -> Result<Vec<Value>, ApiError> {
+    async fn write(&self, mut checked: Vec<Checked>) -> Result<Vec<Value>, ApiError> {
         let mut plans = Vec::with_capacity(checked.len());
         let mut reused = Vec::new();
         for c in &checked {
@@ -387,12 +387,13 @@ impl Gateway {
                 format!("request_id {} was already used for a different request (nothing was written)", reused.join(", ")),
             ));
         }
+        // The answer needs only the ids: key and payload move into the records.
         let records: Vec<OutRecord> = writes
             .iter()
             .map(|&i| OutRecord {
                 topic: self.topic.clone(),
-                key: Some(checked[i].record_key.clone().into_bytes()),
-                payload: checked[i].payload.clone(),
+                key: Some(std::mem::take(&mut checked[i].record_key).into_bytes()),
+                payload: std::mem::take(&mut checked[i].payload),
                 headers: vec![Header { name: "notiflow-source".into(), value: b"gateway".to_vec() }],
             })
             .collect();

@@ -9,7 +9,6 @@
 use std::path::Path;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 
@@ -24,10 +23,6 @@ pub fn tenant_database(shared: &str, tenant: &str) -> String {
 /// The environment variable that may hold a tenant analyst's password.
 pub fn password_variable(tenant: &str) -> String {
     format!("NOTIFLOW_ANALYST_PASSWORD_{}", tenant.to_uppercase().replace('-', "_"))
-}
-
-fn hex_sha256(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The DDL of one tenant's database.
@@ -47,7 +42,7 @@ pub fn users_xml(shared: &str, analysts: &[(String, String)], networks: &str) ->
         xml.push_str(
             &ANALYST_USER
                 .replace("{tenant}", tenant)
-                .replace("{password_sha256}", &hex_sha256(password))
+                .replace("{password_sha256}", &crate::tenants::key_hash(password))
                 .replace("{networks}", networks)
                 .replace("{database}", &tenant_database(shared, tenant)),
         );
@@ -79,8 +74,7 @@ pub async fn provision(config: &Config, users_file: &Path, networks: &str) -> an
             }
             Ok(_) => anyhow::bail!("{variable} must hold at least 12 characters"),
             Err(_) => {
-                let (key, _) = crate::tenants::mint_key("analyst")?;
-                let password = key[4..36].to_string();
+                let password = crate::tenants::random_hex(16)?;
                 lines.push(format!(
                     "analyst_{tenant}: database {} password {password} (minted; shown once; set {variable} to choose one)",
                     tenant_database(&clickhouse.database, tenant)
@@ -107,7 +101,7 @@ mod tests {
         assert!(!ddl.contains('{'), "every placeholder filled: {ddl}");
         let xml = users_xml("notiflow", &[("acme".into(), "correct horse battery".into())], "::/0");
         assert!(xml.contains("<analyst_acme>") && xml.contains("<database>notiflow_t_acme</database>"));
-        assert!(xml.contains(&hex_sha256("correct horse battery")) && !xml.contains("correct horse"));
+        assert!(xml.contains(&crate::tenants::key_hash("correct horse battery")) && !xml.contains("correct horse"));
         assert!(!xml.contains('{'), "{xml}");
     }
 }

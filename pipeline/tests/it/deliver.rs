@@ -461,12 +461,10 @@ async fn a_tenants_daily_quota_stops_its_messages_only_and_survives_a_restart() 
     let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
     let dir = tempfile::tempdir().unwrap();
     let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
-    toml.push_str(&format!(
-        "\n[delivery]\ngroup_id = \"{}\"\ncommit_interval_ms = 200\n\n[[delivery.providers]]\nname = \"twilio\"\n[delivery.providers.twilio]\n\
-         endpoint = \"{}\"\naccount_sid = \"AC0123\"\nauth_token = {{ env = \"NOTIFLOW_IT_QUOTA_TWILIO\" }}\nfrom = \"+15005550006\"\n",
-        support::unique("quota"),
-        twilio.endpoint
-    ));
+    // Status callbacks go to a receipts port nobody serves: this test counts sends, not receipts.
+    let port = support::free_port();
+    toml.push_str(&support::receipts_and_delivery_toml(port));
+    toml.push_str(&support::twilio_provider_toml(&twilio.endpoint, "NOTIFLOW_IT_QUOTA_TWILIO", port));
     let toml_path = dir.path().join("notiflow.toml");
     std::fs::write(&toml_path, &toml).unwrap();
     let notiflow = support::Notiflow::new(&toml_path, &[("NOTIFLOW_IT_QUOTA_TWILIO", "tw-token")]);
