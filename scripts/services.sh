@@ -2,9 +2,13 @@
 # Installs (when missing) and starts the real services the tests use, on free
 # 127.0.0.1 ports with state in a temp dir:
 #   - tansu, a Kafka-compatible broker (crates.io; memory storage)
-#   - Debian's clickhouse-server (18.16) with a config of our own
-# Source it, then call `services_start`; it exports NOTIFLOW_TEST_KAFKA and
-# NOTIFLOW_TEST_CLICKHOUSE_URL and registers `services_stop` on exit.
+#   - Debian's clickhouse-server (18.16) with a config and users file of our own
+#   - moto's S3 server (PyPI)
+# and installs the test tools Debian's chromium and schemathesis (PyPI).
+# Source it, then call `services_start`; it exports NOTIFLOW_TEST_KAFKA,
+# NOTIFLOW_TEST_CLICKHOUSE_URL, NOTIFLOW_TEST_CLICKHOUSE_USERS_D,
+# NOTIFLOW_TEST_S3_ENDPOINT, NOTIFLOW_TEST_CHROMIUM and
+# NOTIFLOW_TEST_SCHEMATHESIS, and registers `services_stop` on exit.
 set -euo pipefail
 
 services_free_port() {
