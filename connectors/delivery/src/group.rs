@@ -2,11 +2,12 @@
 //! token bucket and a concurrency limit per provider.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::breaker::{Admission, Breaker, BreakerConfig};
 use crate::Channel;
@@ -44,37 +45,78 @@ pub(crate) struct Provider {
 /// workers one at a time, first come first served. Workers waiting on the
 /// bucket themselves would all wake on every token (a herd that, with 16
 /// workers at 5,000/s on 2 cores, cost half the provider's rate and added
-/// milliseconds of jitter to every hand-off). The task runs at most two
-/// tokens ahead (one handed over, one in hand): after a quiet spell the
-/// provider may see `burst` + 2 sends at once.
+/// milliseconds of jitter to every hand-off).
+///
+/// One token is kept in reserve for a tenant that was idle: while another
+/// tenant saturates the provider, every token is spoken for before it
+/// exists, and the quiet tenant's message would wait for the next one (plus
+/// the wake-ups in between). The reserve is refilled by the next token, so
+/// the provider's rate is unchanged. The task runs at most three tokens
+/// ahead (the reserve, one handed over, one in hand): after a quiet spell the
+/// provider may see `burst` + 3 sends at once.
 struct Turns {
     limiter: Arc<DefaultDirectRateLimiter>,
     handed: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+    reserve: Arc<Reserve>,
     /// The taker starts with the first turn wanted (inside the runtime).
     sender: Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+}
+
+#[derive(Default)]
+struct Reserve {
+    full: AtomicBool,
+    refilled: Notify,
 }
 
 impl Turns {
     fn new(limiter: DefaultDirectRateLimiter) -> Self {
         let (sender, handed) = tokio::sync::mpsc::channel(1);
-        Turns { limiter: Arc::new(limiter), handed: tokio::sync::Mutex::new(handed), sender: Mutex::new(Some(sender)) }
+        Turns {
+            limiter: Arc::new(limiter),
+            handed: tokio::sync::Mutex::new(handed),
+            reserve: Arc::default(),
+            sender: Mutex::new(Some(sender)),
+        }
+    }
+
+    fn start_taker(&self) {
+        let Some(sender) = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let (limiter, reserve) = (self.limiter.clone(), self.reserve.clone());
+        // Ends when the group (and with it the receiver) is dropped.
+        tokio::spawn(async move {
+            loop {
+                limiter.until_ready().await;
+                if !reserve.full.swap(true, Ordering::AcqRel) {
+                    reserve.refilled.notify_one();
+                } else if sender.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     async fn next(&self) {
-        if let Some(sender) = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let limiter = self.limiter.clone();
-            // Ends when the group (and with it the receiver) is dropped.
-            tokio::spawn(async move {
-                loop {
-                    limiter.until_ready().await;
-                    if sender.send(()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        self.start_taker();
         let mut handed = self.handed.lock().await;
         handed.recv().await.expect("the taker runs while the group exists");
+    }
+
+    /// The reserve if it is full; else whichever comes first, the reserve
+    /// refilled or a turn in line (never only the line: it may be long).
+    async fn next_for_newcomer(&self) {
+        self.start_taker();
+        loop {
+            let refilled = self.reserve.refilled.notified();
+            tokio::pin!(refilled);
+            refilled.as_mut().enable();
+            if self.reserve.full.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            tokio::select! {
+                _ = &mut refilled => continue,
+                _ = self.next() => return,
+            }
+        }
     }
 }
 
@@ -144,6 +186,16 @@ impl ProviderGroup {
     /// Waits for a provider that takes a send now (not in `avoid` unless
     /// nothing else is), then for its token bucket and a free slot.
     pub async fn acquire(&self, avoid: &[usize]) -> Lease {
+        self.take_turn(avoid, false).await
+    }
+
+    /// A turn for a tenant that was idle: the provider's reserved token when
+    /// it has one (see [`Turns`]).
+    pub async fn acquire_for_newcomer(&self) -> Lease {
+        self.take_turn(&[], true).await
+    }
+
+    async fn take_turn(&self, avoid: &[usize], newcomer: bool) -> Lease {
         loop {
             let (index, probe) = match self.pick(avoid, Instant::now()) {
                 Ok(picked) => picked,
@@ -154,8 +206,10 @@ impl ProviderGroup {
             };
             let provider = &self.providers[index];
             let slot = provider.in_flight.clone().acquire_owned().await.expect("never closed");
-            if let Some(turns) = &provider.turns {
-                turns.next().await;
+            match &provider.turns {
+                Some(turns) if newcomer => turns.next_for_newcomer().await,
+                Some(turns) => turns.next().await,
+                None => {}
             }
             return Lease { index, probe, _slot: slot };
         }

@@ -56,17 +56,25 @@ impl<T> FairLane<T> {
         self.queues.get(tenant).is_none_or(|q| q.len() < capacity)
     }
 
-    fn push(&mut self, tenant: &str, item: T) {
-        let queue = match self.queues.get_mut(tenant) {
-            Some(queue) => queue,
+    /// True when the tenant was idle (it joins the new turns).
+    fn push(&mut self, tenant: &str, item: T) -> bool {
+        let (queue, idle) = match self.queues.get_mut(tenant) {
+            Some(queue) => (queue, false),
             None => {
                 // Not in either list: an idle tenant.
                 self.new_turns.push_back(tenant.to_string());
-                self.queues.entry(tenant.to_string()).or_default()
+                (self.queues.entry(tenant.to_string()).or_default(), true)
             }
         };
         queue.push_back(item);
         self.len += 1;
+        idle
+    }
+
+    /// A tenant that was idle has the next turn (its queue is never empty:
+    /// items leave only through `pop`, which moves it to the round).
+    fn newcomer_next(&self) -> bool {
+        !self.new_turns.is_empty()
     }
 
     fn pop(&mut self) -> Option<T> {
@@ -100,11 +108,20 @@ struct State<T> {
     closed: bool,
 }
 
+impl<T> State<T> {
+    /// The lane a worker serves next: the highest non-empty one.
+    fn top(&self) -> Option<Lane> {
+        Lane::ALL.into_iter().find(|lane| self.lanes[*lane as usize].len > 0)
+    }
+}
+
 /// Bounded per lane and tenant: a full room makes only its own writer wait.
 pub struct LaneQueue<T> {
     state: Mutex<State<T>>,
     capacity: usize,
     readable: Notify,
+    /// A tenant that was idle queued something.
+    arrived: Notify,
     writable: [Notify; 3],
 }
 
@@ -115,6 +132,7 @@ impl<T> LaneQueue<T> {
             state: Mutex::new(State { lanes: [FairLane::new(), FairLane::new(), FairLane::new()], closed: false }),
             capacity: capacity.max(1),
             readable: Notify::new(),
+            arrived: Notify::new(),
             writable: [Notify::new(), Notify::new(), Notify::new()],
         }
     }
@@ -136,9 +154,9 @@ impl<T> LaneQueue<T> {
                 }
                 let queue = &mut state.lanes[lane as usize];
                 if queue.has_room(tenant, self.capacity) {
-                    queue.push(tenant, item);
+                    let idle = queue.push(tenant, item);
                     drop(state);
-                    self.readable.notify_one();
+                    self.pushed(idle);
                     return Ok(());
                 }
             }
@@ -152,10 +170,17 @@ impl<T> LaneQueue<T> {
         if state.closed || !state.lanes[lane as usize].has_room(tenant, self.capacity) {
             return Err(item);
         }
-        state.lanes[lane as usize].push(tenant, item);
+        let idle = state.lanes[lane as usize].push(tenant, item);
         drop(state);
-        self.readable.notify_one();
+        self.pushed(idle);
         Ok(())
+    }
+
+    fn pushed(&self, tenant_was_idle: bool) {
+        self.readable.notify_one();
+        if tenant_was_idle {
+            self.arrived.notify_one();
+        }
     }
 
     /// Waits until something is queued: true, or the queue is closed and empty: false.
@@ -177,10 +202,43 @@ impl<T> LaneQueue<T> {
         }
     }
 
+    /// Waits until the next turn of the highest non-empty lane is a tenant
+    /// that was idle: true; or the queue is closed: false (what is left is
+    /// drained by `ready` readers).
+    pub async fn newcomer(&self) -> bool {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let state = self.state();
+                if state.closed {
+                    return false;
+                }
+                if state.top().is_some_and(|lane| state.lanes[lane as usize].newcomer_next()) {
+                    return true;
+                }
+            }
+            arrived.await;
+        }
+    }
+
     /// From the highest non-empty lane, the next tenant's oldest item.
     pub fn try_pop(&self) -> Option<(Lane, T)> {
+        self.pop_if(|_| true)
+    }
+
+    /// As [`try_pop`](Self::try_pop), but only when that tenant was idle.
+    pub fn try_pop_newcomer(&self) -> Option<(Lane, T)> {
+        self.pop_if(FairLane::newcomer_next)
+    }
+
+    fn pop_if(&self, wanted: impl Fn(&FairLane<T>) -> bool) -> Option<(Lane, T)> {
         let mut state = self.state();
-        let lane = Lane::ALL.into_iter().find(|lane| state.lanes[*lane as usize].len > 0)?;
+        let lane = state.top()?;
+        if !wanted(&state.lanes[lane as usize]) {
+            return None;
+        }
         let item = state.lanes[lane as usize].pop()?;
         let more = state.lanes.iter().any(|q| q.len > 0);
         drop(state);
@@ -202,6 +260,7 @@ impl<T> LaneQueue<T> {
     pub fn close(&self) {
         self.state().closed = true;
         self.readable.notify_waiters();
+        self.arrived.notify_waiters();
         self.writable.iter().for_each(Notify::notify_waiters);
     }
 }
