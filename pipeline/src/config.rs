@@ -319,7 +319,11 @@ id = "acme"
     fn the_example_config_parses_and_a_missing_secret_names_its_provider() {
         let config = Config::parse(include_str!("../../config/notiflow.example.toml"), "notiflow.example.toml").unwrap();
         let names: Vec<&str> = config.delivery.providers.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["sms-aliyun", "sms-twilio", "email-relay", "dingtalk-ops", "webhooks"]);
+        assert_eq!(names, ["sms-aliyun", "sms-twilio", "sms-aliyun-acme", "email-relay", "dingtalk-ops", "webhooks"]);
+        let registry = crate::tenants::read_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tenants.toml")).unwrap();
+        for account in registry.iter().flat_map(|t| t.provider_accounts.values()) {
+            assert!(names.contains(&account.as_str()), "examples/tenants.toml names {account}, which the example config lacks");
+        }
         assert_eq!(config.inbox.as_ref().map(|i| (i.listen.as_str(), i.keep_per_user)), Some(("0.0.0.0:8090", 500)));
         assert_eq!(config.clickhouse.as_ref().map(|c| (c.database.as_str(), c.batch_rows)), Some(("notiflow", 10_000)));
         assert_eq!(config.tracking.as_ref().map(|t| t.channels.clone()), Some(vec!["email".to_string()]));

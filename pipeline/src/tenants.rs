@@ -191,6 +191,8 @@ pub struct Registry {
 
 #[derive(Default)]
 struct RegistryState {
+    /// Counts the records applied: readers of derived views see when to rebuild them.
+    version: u64,
     tenants: HashMap<String, Arc<Tenant>>,
     /// Key hash -> tenant id.
     keys: HashMap<String, String>,
@@ -228,6 +230,7 @@ impl Registry {
             }
         };
         let mut state = self.inner.write().expect("registry lock");
+        state.version += 1;
         if let Some(old) = state.tenants.remove(key) {
             for api_key in &old.api_keys {
                 state.keys.remove(&api_key.sha256);
@@ -251,6 +254,16 @@ impl Registry {
 
     pub fn get(&self, id: &str) -> Option<Arc<Tenant>> {
         self.inner.read().expect("registry lock").tenants.get(id).cloned()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.inner.read().expect("registry lock").version
+    }
+
+    /// Every provider account some tenant (enabled or not) owns, by provider name.
+    pub fn provider_accounts(&self) -> std::collections::HashSet<String> {
+        let state = self.inner.read().expect("registry lock");
+        state.tenants.values().flat_map(|t| t.provider_accounts.values().cloned()).collect()
     }
 
     pub fn ids(&self) -> Vec<String> {

@@ -2,6 +2,7 @@
 //! token bucket and a concurrency limit per provider.
 
 use std::num::NonZeroU32;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,8 +34,20 @@ impl Default for ProviderLimits {
     }
 }
 
+/// Which providers of a channel may send a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// The channel's shared providers: every one that is no tenant's own account.
+    Shared,
+    /// One provider only, a tenant's own account: its messages never fail
+    /// over to another account (billing, registered senders), they wait.
+    Account(usize),
+}
+
 pub(crate) struct Provider {
     pub(crate) channel: Arc<dyn Channel>,
+    /// A tenant's own account: kept out of the shared rotation.
+    dedicated: AtomicBool,
     weight: i64,
     turns: Option<Turns>,
     in_flight: Arc<Semaphore>,
@@ -123,6 +136,8 @@ impl Turns {
 /// A provider's turn: held while one send is in flight.
 pub struct Lease {
     pub(crate) index: usize,
+    /// Retries of the delivery stay on it.
+    pub(crate) route: Route,
     probe: bool,
     _slot: OwnedSemaphorePermit,
 }
@@ -160,6 +175,7 @@ impl ProviderGroup {
             };
             built.push(Provider {
                 channel: provider,
+                dedicated: AtomicBool::new(false),
                 weight: i64::from(limits.weight.max(1)),
                 turns: limiter.map(Turns::new),
                 in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
@@ -183,21 +199,46 @@ impl ProviderGroup {
         &self.providers[index]
     }
 
-    /// Waits for a provider that takes a send now (not in `avoid` unless
-    /// nothing else is), then for its token bucket and a free slot.
-    pub async fn acquire(&self, avoid: &[usize]) -> Lease {
-        self.take_turn(avoid, false).await
+    /// Providers by name (`[[delivery.providers]]` names), in order.
+    pub fn accounts(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.providers.iter().enumerate().map(|(i, p)| (i, p.channel.provider()))
+    }
+
+    /// Marks which providers are tenants' own accounts (by name); the
+    /// others make up the shared rotation. Takes effect from the next turn.
+    pub fn dedicate(&self, accounts: &HashSet<String>) {
+        for provider in &self.providers {
+            provider.dedicated.store(accounts.contains(provider.channel.provider()), Ordering::Relaxed);
+        }
+    }
+
+    /// Does some provider serve tenants without an account of their own?
+    pub fn serves_shared(&self) -> bool {
+        self.providers.iter().any(|p| !p.dedicated.load(Ordering::Relaxed))
+    }
+
+    fn on_route(&self, route: Route, index: usize) -> bool {
+        match route {
+            Route::Shared => !self.providers[index].dedicated.load(Ordering::Relaxed),
+            Route::Account(account) => account == index,
+        }
+    }
+
+    /// Waits for a provider on `route` that takes a send now (not in `avoid`
+    /// unless nothing else is), then for its token bucket and a free slot.
+    pub async fn acquire(&self, route: Route, avoid: &[usize]) -> Lease {
+        self.take_turn(route, avoid, false).await
     }
 
     /// A turn for a tenant that was idle: the provider's reserved token when
     /// it has one (see [`Turns`]).
-    pub async fn acquire_for_newcomer(&self) -> Lease {
-        self.take_turn(&[], true).await
+    pub async fn acquire_for_newcomer(&self, route: Route) -> Lease {
+        self.take_turn(route, &[], true).await
     }
 
-    async fn take_turn(&self, avoid: &[usize], newcomer: bool) -> Lease {
+    async fn take_turn(&self, route: Route, avoid: &[usize], newcomer: bool) -> Lease {
         loop {
-            let (index, probe) = match self.pick(avoid, Instant::now()) {
+            let (index, probe) = match self.pick(route, avoid, Instant::now()) {
                 Ok(picked) => picked,
                 Err(until) => {
                     tokio::time::sleep_until(until.into()).await;
@@ -211,14 +252,14 @@ impl ProviderGroup {
                 Some(turns) => turns.next().await,
                 None => {}
             }
-            return Lease { index, probe, _slot: slot };
+            return Lease { index, route, probe, _slot: slot };
         }
     }
 
-    /// Is a provider outside `avoid` taking sends now (a failover target)?
-    pub fn has_other(&self, avoid: &[usize]) -> bool {
+    /// Is a provider on `route` outside `avoid` taking sends now (a failover target)?
+    pub fn has_other(&self, route: Route, avoid: &[usize]) -> bool {
         let now = Instant::now();
-        (0..self.providers.len()).any(|i| !avoid.contains(&i) && self.admission(i, now).is_some())
+        (0..self.providers.len()).any(|i| !avoid.contains(&i) && self.on_route(route, i) && self.admission(i, now).is_some())
     }
 
     fn admission(&self, index: usize, now: Instant) -> Option<Admission> {
@@ -228,12 +269,16 @@ impl ProviderGroup {
         }
     }
 
-    /// The next provider by weight among those admitting sends; or when the
-    /// earliest one will.
-    fn pick(&self, avoid: &[usize], now: Instant) -> Result<(usize, bool), Instant> {
-        let mut earliest = now + Duration::from_secs(60);
+    /// The next provider on `route` by weight among those admitting sends;
+    /// or when to look again (the earliest reopening; soon when the route
+    /// has no provider now, as accounts may change hands).
+    fn pick(&self, route: Route, avoid: &[usize], now: Instant) -> Result<(usize, bool), Instant> {
+        let mut earliest = now + Duration::from_secs(1);
         let mut open = Vec::with_capacity(self.providers.len());
         for (i, provider) in self.providers.iter().enumerate() {
+            if !self.on_route(route, i) {
+                continue;
+            }
             match provider.breaker.lock().unwrap_or_else(|e| e.into_inner()).peek(now) {
                 Admission::NotUntil(until) => earliest = earliest.min(until),
                 _ => open.push(i),
@@ -323,26 +368,26 @@ mod tests {
         let g = group(&[("a", 3), ("b", 1)], 1);
         let mut counts = [0; 2];
         for _ in 0..400 {
-            counts[g.acquire(&[]).await.index] += 1;
+            counts[g.acquire(Route::Shared, &[]).await.index] += 1;
         }
         assert_eq!(counts, [300, 100]);
-        let lease = g.acquire(&[]).await;
+        let lease = g.acquire(Route::Shared, &[]).await;
         let opened = lease.index;
         g.record(&lease, Some(false));
         for _ in 0..10 {
-            assert_ne!(g.acquire(&[]).await.index, opened, "an open circuit gets no traffic");
+            assert_ne!(g.acquire(Route::Shared, &[]).await.index, opened, "an open circuit gets no traffic");
         }
-        assert!(!g.has_other(&[1 - opened]));
+        assert!(!g.has_other(Route::Shared, &[1 - opened]));
     }
 
     #[tokio::test]
     async fn avoid_prefers_the_others_but_falls_back_when_alone() {
         let g = group(&[("a", 1), ("b", 1)], 5);
         for _ in 0..4 {
-            assert_eq!(g.acquire(&[0]).await.index, 1);
+            assert_eq!(g.acquire(Route::Shared, &[0]).await.index, 1);
         }
         let single = group(&[("only", 1)], 5);
-        assert_eq!(single.acquire(&[0]).await.index, 0);
+        assert_eq!(single.acquire(Route::Shared, &[0]).await.index, 0);
     }
 
     #[tokio::test]
@@ -354,7 +399,7 @@ mod tests {
         .unwrap();
         let started = Instant::now();
         for _ in 0..11 {
-            drop(g.acquire(&[]).await);
+            drop(g.acquire(Route::Shared, &[]).await);
         }
         // 10 intervals of 10 ms after the first token.
         let took = started.elapsed();

@@ -30,7 +30,7 @@ use std::pin::Pin;
 
 pub use breaker::BreakerConfig;
 pub use delivery::Delivery;
-pub use group::{Lease, ProviderGroup, ProviderLimits};
+pub use group::{Lease, ProviderGroup, ProviderLimits, Route};
 pub use lanes::{Lane, LaneQueue};
 pub use outcome::{Accepted, FailureReason, SendError, summary};
 pub use receipt::Receipt;

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::Serialize;
 
-use crate::group::{Lease, ProviderGroup};
+use crate::group::{Lease, ProviderGroup, Route};
 use crate::{Accepted, Channel, Delivery, FailureReason, SendError};
 
 /// How often and how far apart a delivery is tried.
@@ -87,6 +87,8 @@ pub async fn deliver(
     mut report: impl FnMut(SendResult),
 ) -> Final {
     let mut delays = policy.delays();
+    // Retries stay on the route of the first turn (a tenant's own account stays its own).
+    let route = first.as_ref().map_or(Route::Shared, |lease| lease.route);
     let mut failed_this_round: Vec<usize> = Vec::new();
     let mut attempt = 0;
     loop {
@@ -99,7 +101,7 @@ pub async fn deliver(
         }
         let lease = match first.take() {
             Some(lease) => lease,
-            None => group.acquire(&failed_this_round).await,
+            None => group.acquire(route, &failed_this_round).await,
         };
         let channel = group.provider(lease.index).channel.clone();
         let started = Instant::now();
@@ -120,7 +122,7 @@ pub async fn deliver(
             failed_this_round.push(lease.index);
         }
         drop(lease);
-        let failover = blame_provider && group.has_other(&failed_this_round);
+        let failover = blame_provider && group.has_other(route, &failed_this_round);
         let last = attempt >= policy.max_attempts;
         let again = !last && (failover || matches!(error, SendError::Retryable { .. }));
         report(SendResult {
@@ -269,5 +271,18 @@ mod tests {
         let invalid = Err(SendError::permanent(FailureReason::InvalidRecipient, "21211", "not a number"));
         let (end, results) = run_on(group(vec![("a", vec![invalid]), ("b", vec![])]), 5, None).await;
         assert_eq!((end, results.len()), (Final::Failed(FailureReason::InvalidRecipient), 1));
+    }
+
+    #[tokio::test]
+    async fn a_tenants_own_account_retries_on_itself_and_never_fails_over_to_the_shared_ones() {
+        let accepted = Ok(Accepted { provider_message_id: Some("own-2".into()) });
+        let group = group(vec![("shared", vec![]), ("own", vec![down(), accepted])]);
+        group.dedicate(&["own".to_string()].into());
+        let lease = group.acquire(Route::Account(1), &[]).await;
+        let mut results = Vec::new();
+        let end = deliver(&group, &delivery(None), &policy(5), Some(lease), |r| results.push(r)).await;
+        assert!(matches!(end, Final::Accepted(_)));
+        let seen: Vec<_> = results.iter().map(|r| (r.provider.as_str(), r.status)).collect();
+        assert_eq!(seen, [("own", "retrying"), ("own", "accepted")], "the shared provider (no script) was never asked");
     }
 }

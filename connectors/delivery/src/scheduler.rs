@@ -3,6 +3,10 @@
 //! takes its provider's turn (rate limit, concurrency slot) *before* it picks
 //! the message, so the turn goes to the highest-priority message queued when
 //! it comes up, not to one picked while waiting.
+//!
+//! A tenant with its own provider account on a channel has its own queue
+//! and workers for that account: its messages go through that account only,
+//! and the channel's shared providers serve everyone else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::{Delivery, Final, Lane, LaneQueue, ProviderGroup, RetryPolicy, SendResult, deliver};
+use crate::{Delivery, Final, Lane, LaneQueue, ProviderGroup, RetryPolicy, Route, SendResult, deliver};
 
 /// A delivery to make; `token` comes back in [`Done`] (source offsets).
 pub struct Job<T> {
@@ -19,6 +23,9 @@ pub struct Job<T> {
     pub lane: Lane,
     pub token: T,
     pub enqueued: Instant,
+    /// The provider (by name) that must send it: the tenant's own account.
+    /// None: the channel's shared providers.
+    pub account: Option<String>,
 }
 
 /// A delivery that ended, with every attempt.
@@ -38,47 +45,80 @@ pub enum Refused<T> {
 }
 
 pub struct Scheduler<T> {
-    queues: HashMap<String, Arc<LaneQueue<Job<T>>>>,
+    channels: HashMap<String, ChannelQueues<T>>,
     workers: JoinSet<()>,
+}
+
+/// One channel's providers and queues: the shared one, and one per provider
+/// for the tenants whose own account it is.
+struct ChannelQueues<T> {
+    group: Arc<ProviderGroup>,
+    shared: Arc<LaneQueue<Job<T>>>,
+    accounts: HashMap<String, Arc<LaneQueue<Job<T>>>>,
+}
+
+impl<T> ChannelQueues<T> {
+    fn all(&self) -> impl Iterator<Item = &Arc<LaneQueue<Job<T>>>> {
+        std::iter::once(&self.shared).chain(self.accounts.values())
+    }
 }
 
 impl<T: Send + 'static> Scheduler<T> {
     /// `workers`: sends in progress at once per channel (providers' own
     /// `max_in_flight` limits apply within that).
     pub fn start(groups: Vec<Arc<ProviderGroup>>, policy: RetryPolicy, workers: usize, lane_capacity: usize, done: mpsc::Sender<Done<T>>) -> Self {
-        let mut queues = HashMap::new();
+        let mut channels = HashMap::new();
         let mut set = JoinSet::new();
         for group in groups {
-            let queue = Arc::new(LaneQueue::new(lane_capacity));
-            for _ in 0..workers.max(1) {
-                set.spawn(work(group.clone(), queue.clone(), policy.clone(), done.clone(), Role::Regular));
-            }
-            set.spawn(work(group.clone(), queue.clone(), policy.clone(), done.clone(), Role::Newcomers));
-            queues.insert(group.channel().to_string(), queue);
+            let mut spawn_route = |route: Route| {
+                let queue = Arc::new(LaneQueue::new(lane_capacity));
+                for _ in 0..workers.max(1) {
+                    set.spawn(work(group.clone(), route, queue.clone(), policy.clone(), done.clone(), Role::Regular));
+                }
+                set.spawn(work(group.clone(), route, queue.clone(), policy.clone(), done.clone(), Role::Newcomers));
+                queue
+            };
+            let shared = spawn_route(Route::Shared);
+            let accounts = group.accounts().map(|(index, name)| (name.to_string(), spawn_route(Route::Account(index)))).collect();
+            channels.insert(group.channel().to_string(), ChannelQueues { group, shared, accounts });
         }
-        Scheduler { queues, workers: set }
+        Scheduler { channels, workers: set }
     }
 
     pub fn channels(&self) -> impl Iterator<Item = &str> {
-        self.queues.keys().map(String::as_str)
+        self.channels.keys().map(String::as_str)
     }
 
-    /// Queues a job if its channel's lane has room, else hands it back at once
+    /// Marks the providers (by name) that are tenants' own accounts, on every
+    /// channel: the shared rotation leaves them out from the next turn.
+    pub fn dedicate(&self, accounts: &std::collections::HashSet<String>) {
+        self.channels.values().for_each(|c| c.group.dedicate(accounts));
+    }
+
+    /// The queue of the job's route; None: nothing can send it (no provider
+    /// for the channel, no such account, or every provider is some tenant's own).
+    fn queue_for(&self, job: &Job<T>) -> Option<&Arc<LaneQueue<Job<T>>>> {
+        let channel = self.channels.get(job.delivery.channel.as_deref().unwrap_or_default())?;
+        match &job.account {
+            None => channel.group.serves_shared().then_some(&channel.shared),
+            Some(account) => channel.accounts.get(account),
+        }
+    }
+
+    /// Queues a job if its route's lane has room, else hands it back at once
     /// (the caller parks it, so one full channel never blocks a reader that
     /// also feeds other channels).
     pub fn try_submit(&self, job: Job<T>) -> Result<(), Refused<T>> {
-        let channel = job.delivery.channel.as_deref().unwrap_or_default();
-        match self.queues.get(channel) {
+        match self.queue_for(&job) {
             Some(queue) => queue.try_push(job.lane, &job.delivery.tenant.clone(), job).map_err(Refused::Full),
             None => Err(Refused::NoProvider(job)),
         }
     }
 
-    /// Queues a job on its channel (waiting while that channel's lane is
-    /// full). Err: no provider serves the channel, or the scheduler stopped.
+    /// Queues a job on its route (waiting while that lane is full). Err: nothing
+    /// can send it (see [`try_submit`](Self::try_submit)), or the scheduler stopped.
     pub async fn submit(&self, job: Job<T>) -> Result<(), Job<T>> {
-        let channel = job.delivery.channel.as_deref().unwrap_or_default();
-        match self.queues.get(channel) {
+        match self.queue_for(&job) {
             Some(queue) => queue.push(job.lane, &job.delivery.tenant.clone(), job).await,
             None => Err(job),
         }
@@ -86,7 +126,7 @@ impl<T: Send + 'static> Scheduler<T> {
 
     /// Finishes what is queued, then stops the workers.
     pub async fn drain(mut self) {
-        self.queues.values().for_each(|q| q.close());
+        self.channels.values().flat_map(ChannelQueues::all).for_each(|q| q.close());
         while self.workers.join_next().await.is_some() {}
     }
 }
@@ -102,15 +142,15 @@ enum Role {
     Newcomers,
 }
 
-async fn work<T>(group: Arc<ProviderGroup>, queue: Arc<LaneQueue<Job<T>>>, policy: RetryPolicy, done: mpsc::Sender<Done<T>>, role: Role) {
+async fn work<T>(group: Arc<ProviderGroup>, route: Route, queue: Arc<LaneQueue<Job<T>>>, policy: RetryPolicy, done: mpsc::Sender<Done<T>>, role: Role) {
     loop {
         let (lease, popped) = match role {
             Role::Regular if queue.ready().await => {
-                let lease = group.acquire(&[]).await;
+                let lease = group.acquire(route, &[]).await;
                 (lease, queue.try_pop())
             }
             Role::Newcomers if queue.newcomer().await => {
-                let lease = group.acquire_for_newcomer().await;
+                let lease = group.acquire_for_newcomer(route).await;
                 (lease, queue.try_pop_newcomer())
             }
             _ => return,
@@ -118,8 +158,7 @@ async fn work<T>(group: Arc<ProviderGroup>, queue: Arc<LaneQueue<Job<T>>>, polic
         // Another worker may have taken it meanwhile; the turn is given up.
         let Some((lane, job)) = popped else { continue };
         let handoff = job.enqueued.elapsed();
-        metrics::histogram!("notiflow_handoff_seconds", "channel" => group.channel().to_string(), "lane" => lane.as_str())
-            .record(handoff.as_secs_f64());
+        metrics::histogram!("notiflow_handoff_seconds", "channel" => group.channel().to_string(), "lane" => lane.as_str()).record(handoff.as_secs_f64());
         let mut results = Vec::new();
         let outcome = deliver(&group, &job.delivery, &policy, Some(lease), |r| results.push(r)).await;
         if done.send(Done { job, outcome, results, handoff }).await.is_err() {
@@ -157,9 +196,65 @@ mod tests {
 
     fn tenant_job(channel: &str, id: &str, lane: Lane, tenant: &str) -> Job<()> {
         let delivery =
-            serde_json::from_value(serde_json::json!({"type": "send", "message_id": id, "request_id": id, "tenant": tenant, "channel": channel}))
-                .unwrap();
-        Job { delivery, lane, token: (), enqueued: Instant::now() }
+            serde_json::from_value(serde_json::json!({"type": "send", "message_id": id, "request_id": id, "tenant": tenant, "channel": channel})).unwrap();
+        Job { delivery, lane, token: (), enqueued: Instant::now(), account: None }
+    }
+
+    /// Accepts everything, noting (provider, message).
+    struct Named(Arc<Mutex<Vec<(String, String)>>>, &'static str);
+
+    impl Channel for Named {
+        fn channel(&self) -> &str {
+            "sms"
+        }
+        fn provider(&self) -> &str {
+            self.1
+        }
+        fn send<'a>(&'a self, delivery: &'a Delivery, _: u32) -> SendFuture<'a> {
+            self.0.lock().unwrap().push((self.1.to_string(), delivery.message_id.clone()));
+            Box::pin(async { Ok(Accepted::default()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tenants_own_account_sends_only_its_messages_and_only_it_sends_them() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let providers = ["shared-1", "shared-2", "acme-own"].map(|name| (Arc::new(Named(sent.clone(), name)) as Arc<dyn Channel>, ProviderLimits::default()));
+        let group = Arc::new(ProviderGroup::new(providers.into()).unwrap());
+        let (tx, mut rx) = mpsc::channel(1000);
+        let scheduler = Scheduler::start(vec![group], RetryPolicy::default(), 4, 1000, tx);
+        scheduler.dedicate(&["acme-own".to_string()].into());
+        for i in 0..30 {
+            let (tenant, account) = if i % 3 == 0 { ("acme", Some("acme-own".to_string())) } else { ("globex", None) };
+            let job = Job { account, ..tenant_job("sms", &format!("{tenant}{i}"), Lane::Normal, tenant) };
+            scheduler.submit(job).await.ok().unwrap();
+        }
+        let unknown = Job { account: Some("nobody".into()), ..tenant_job("sms", "x", Lane::Normal, "acme") };
+        assert!(scheduler.try_submit(unknown).is_err(), "an account no provider has");
+        scheduler.drain().await;
+        let mut ended = 0;
+        while rx.try_recv().is_ok() {
+            ended += 1;
+        }
+        assert_eq!(ended, 30);
+        let sent = sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 30);
+        for (provider, message) in &sent {
+            assert_eq!(provider == "acme-own", message.starts_with("acme"), "{message} went through {provider}");
+        }
+        let shared: std::collections::HashSet<&str> = sent.iter().filter(|(p, _)| p != "acme-own").map(|(p, _)| p.as_str()).collect();
+        assert_eq!(shared.len(), 2, "both shared providers serve the others: {shared:?}");
+    }
+
+    #[tokio::test]
+    async fn when_every_provider_is_a_tenants_own_the_others_are_refused() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let group = Arc::new(ProviderGroup::new(vec![(Arc::new(Named(sent, "acme-own")) as Arc<dyn Channel>, ProviderLimits::default())]).unwrap());
+        let (tx, _rx) = mpsc::channel(10);
+        let scheduler = Scheduler::start(vec![group], RetryPolicy::default(), 1, 10, tx);
+        assert!(scheduler.try_submit(tenant_job("sms", "g", Lane::Normal, "globex")).is_ok(), "shared while nobody owns it");
+        scheduler.dedicate(&["acme-own".to_string()].into());
+        assert!(matches!(scheduler.try_submit(tenant_job("sms", "g2", Lane::Normal, "globex")), Err(Refused::NoProvider(_))));
     }
 
     #[tokio::test]

@@ -87,7 +87,8 @@ async fn measure(backlog: Load, measured: Load, room: usize, rate: f64, spacing:
         let (scheduler, queued) = (scheduler.clone(), queued.clone());
         async move {
             for i in 0..backlog.jobs {
-                let job = Job { delivery: delivery(format!("d_backlog{i}"), backlog.tenant), lane: backlog.lane, token: (), enqueued: Instant::now() };
+                let job =
+                    Job { delivery: delivery(format!("d_backlog{i}"), backlog.tenant), lane: backlog.lane, token: (), enqueued: Instant::now(), account: None };
                 if scheduler.submit(job).await.is_err() {
                     return;
                 }
@@ -101,7 +102,8 @@ async fn measure(backlog: Load, measured: Load, room: usize, rate: f64, spacing:
     }
     let started = Instant::now();
     for i in 0..measured.jobs {
-        let job = Job { delivery: delivery(format!("d_measured{i}"), measured.tenant), lane: measured.lane, token: (), enqueued: Instant::now() };
+        let job =
+            Job { delivery: delivery(format!("d_measured{i}"), measured.tenant), lane: measured.lane, token: (), enqueued: Instant::now(), account: None };
         scheduler.submit(job).await.ok();
         tokio::time::sleep(spacing).await;
     }

@@ -114,6 +114,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     let tenants = Arc::new(tenant_rules::TenantRules::start(kafka, &tenants_topic, &topics.sends).await?);
     let (done_tx, done_rx) = mpsc::channel::<Done<Token>>(4096);
     let scheduler = Arc::new(Scheduler::start(groups, delivery.retry_policy(), delivery.workers_per_channel, delivery.lane_capacity, done_tx));
+    tenants.sync_accounts(&scheduler);
     let channels: Vec<String> = scheduler.channels().map(str::to_string).collect();
     tracing::info!(?channels, "delivering");
     let (skip_tx, skip_rx) = mpsc::channel::<Output>(4096);
@@ -251,7 +252,9 @@ impl LaneReader {
                 if let Some(tracker) = &self.tracker {
                     tracker.rewrite(&mut delivery);
                 }
-                let job = Job { delivery, lane, token: Token { record }, enqueued: Instant::now() };
+                self.tenants.sync_accounts(&self.scheduler);
+                let account = self.tenants.account(&delivery.tenant, delivery.channel.as_deref().unwrap_or_default());
+                let job = Job { delivery, lane, token: Token { record }, enqueued: Instant::now(), account };
                 let queued = match self.kind {
                     ReaderKind::Lane(_) => self.scheduler.try_submit(job),
                     ReaderKind::Parked => self.scheduler.submit(job).await.map_err(Refused::NoProvider),
@@ -261,7 +264,13 @@ impl LaneReader {
                     Err(Refused::Full(job)) => Output::Parked { record: job.token.record, lane, channel: job.delivery.channel.unwrap_or_default() },
                     Err(Refused::NoProvider(job)) => {
                         let channel = job.delivery.channel.clone().unwrap_or_default();
-                        skip(job.token.record, Some(job.delivery), "no_provider", format!("no provider serves channel `{channel}`"))
+                        let error = match &job.account {
+                            Some(account) => {
+                                format!("tenant {}'s {channel} account `{account}` is not a configured provider", job.delivery.tenant)
+                            }
+                            None => format!("no provider serves channel `{channel}` (besides tenants' own accounts)"),
+                        };
+                        skip(job.token.record, Some(job.delivery), "no_provider", error)
                     }
                 }
             }

@@ -1,5 +1,6 @@
 //! What the tenant registry says about a tenant's deliveries: who they come
-//! from (`senders`: email From, SMS signature) and how many may go per day.
+//! from (`senders`: email From, SMS signature), which provider account sends
+//! them (`provider_accounts`) and how many may go per day.
 //!
 //! Daily message quotas per channel (`quotas.messages_per_day`) are enforced
 //! where messages leave: a delivery over its
@@ -15,12 +16,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use notiflow_connector::LogReader;
+use notiflow_delivery::Scheduler;
 use notiflow_kafka::{KafkaConfig, KafkaReader};
 
 use crate::tenants::Registry;
 
 pub struct TenantRules {
     registry: Registry,
+    /// The registry version the scheduler's account split was last set from.
+    accounts_synced: Mutex<Option<u64>>,
     /// (tenant, channel) -> (UTC day number, deliveries that day).
     used: Mutex<HashMap<(String, String), (i64, u64)>>,
 }
@@ -54,7 +58,7 @@ impl TenantRules {
             }
         }
         tracing::info!(counted = used.values().map(|(_, n)| n).sum::<u64>(), "today's deliveries counted against tenant quotas");
-        Ok(TenantRules { registry, used: Mutex::new(used) })
+        Ok(TenantRules { registry, accounts_synced: Mutex::new(None), used: Mutex::new(used) })
     }
 
     /// The tenant's sender identity on the channel, if it registered one.
@@ -64,6 +68,23 @@ impl TenantRules {
             "email" => tenant.senders.email_from.clone(),
             "sms" => tenant.senders.sms_signature.clone(),
             _ => None,
+        }
+    }
+
+    /// The tenant's own provider account on the channel, if it has one.
+    pub fn account(&self, tenant: &str, channel: &str) -> Option<String> {
+        self.registry.get(tenant)?.provider_accounts.get(channel).cloned()
+    }
+
+    /// Keeps the providers that are tenants' own accounts out of the shared
+    /// rotation: set again whenever the registry changed (before a job is
+    /// routed, so a new owner's account never serves others once it is read).
+    pub fn sync_accounts<T: Send + 'static>(&self, scheduler: &Scheduler<T>) {
+        let version = self.registry.version();
+        let mut synced = self.accounts_synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced != Some(version) {
+            scheduler.dedicate(&self.registry.provider_accounts());
+            *synced = Some(version);
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
-use notiflow_kafka::{KafkaAdmin, KafkaSink, read_topic_to_end};
 use notiflow_email::fake::FakeSmtp;
+use notiflow_kafka::{KafkaAdmin, KafkaConfig, KafkaSink, read_topic_to_end};
 use notiflow_sms::fake::Mode;
 use serde_json::{Value, json};
 
@@ -243,7 +243,12 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
     assert_eq!(robot_texts, (0..DINGTALK).map(|i| format!("code dt{i}")).collect::<Vec<_>>(), "signed robot messages: {:?}", robot.log().refused);
 
     // Events: one end per delivery.
-    let events: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.events")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
+    let events: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.events"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap())
+        .collect();
     let mut ends: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in &events {
         ends.entry(e["delivery_id"].as_str().unwrap().to_string()).or_default().push(e["event"].as_str().unwrap().to_string());
@@ -256,9 +261,16 @@ async fn deliver_sends_each_dispatch_record_once_failing_over_and_dead_lettering
 
     // Every attempt on notify.sends: the accepted ones match, and the
     // primary's failures during the outage are there as retrying attempts.
-    let sends: Vec<Value> = read_topic_to_end(&kafka, &topic("notify.sends")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
+    let sends: Vec<Value> =
+        read_topic_to_end(&kafka, &topic("notify.sends")).await.unwrap().iter().map(|r| serde_json::from_slice(r.payload.as_ref().unwrap()).unwrap()).collect();
     let count = |status: &str, provider: &str| sends.iter().filter(|s| s["status"] == status && s["provider"] == provider).count();
-    let accepted = [count("accepted", "aliyun-main"), count("accepted", "twilio-backup"), count("accepted", "hooks"), count("accepted", "relay"), count("accepted", "dingtalk")];
+    let accepted = [
+        count("accepted", "aliyun-main"),
+        count("accepted", "twilio-backup"),
+        count("accepted", "hooks"),
+        count("accepted", "relay"),
+        count("accepted", "dingtalk"),
+    ];
     assert_eq!(accepted, [primary, backup, WEBHOOKS, EMAILS, DINGTALK]);
     assert!(count("retrying", "aliyun-main") >= 1, "the outage shows as failed attempts on the primary");
     assert!(sends.iter().filter(|s| s["status"] == "failed").all(|s| s["failure_reason"] == "invalid_recipient"));
@@ -334,7 +346,12 @@ pool_size = 1
     // Emails first, then the SMS behind them in the same lane topic.
     let mut records: Vec<Value> = (0..SLOW_EMAILS).map(|i| dispatch(&format!("e{i}"), "email", &format!("u{i}@example.com"), "normal")).collect();
     records.extend((0..FAST_SMS).map(|i| dispatch(&format!("s{i}"), "sms", &format!("+86138{i:08}"), "normal")));
-    let out = records.iter().map(|v| OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: v.to_string().into_bytes(), headers: vec![] });
+    let out = records.iter().map(|v| OutRecord {
+        topic: Arc::from(topic("notify.dispatch.normal")),
+        key: None,
+        payload: v.to_string().into_bytes(),
+        headers: vec![],
+    });
     KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
 
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
@@ -448,66 +465,149 @@ from = "+15005550006"
     assert!(resent <= 8 + 40, "{resent} resent: more than in flight plus one commit interval");
 }
 
+/// `notiflow deliver` on SMS dispatch records of several tenants, with a tenant registry.
+struct TenantCase {
+    config: notiflow::config::Config,
+    dir: tempfile::TempDir,
+    notiflow: support::Notiflow,
+}
+
+impl TenantCase {
+    /// `providers`: `[[delivery.providers]]` TOML given the receipts port (nobody serves it: these tests count sends).
+    async fn new(providers: impl Fn(u16) -> String, env: &[(&str, &str)], tenants: &str) -> TenantCase {
+        let config = support::kafka_config(1);
+        dispatch_lanes(&config).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+        let port = support::free_port();
+        toml.push_str(&support::receipts_and_delivery_toml(port));
+        toml.push_str(&providers(port));
+        let toml_path = dir.path().join("notiflow.toml");
+        std::fs::write(&toml_path, &toml).unwrap();
+        let notiflow = support::Notiflow::new(&toml_path, env);
+        let case = TenantCase { config, dir, notiflow };
+        case.put_tenants(tenants);
+        case
+    }
+
+    fn put_tenants(&self, tenants: &str) {
+        let path = self.dir.path().join("tenants.toml");
+        std::fs::write(&path, tenants).unwrap();
+        let put = self.notiflow.command(&["tenant", "put", path.to_str().unwrap()]).output().unwrap();
+        assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    }
+
+    fn topic(&self, name: &str) -> String {
+        self.config.topics.resolve(name)
+    }
+
+    fn kafka(&self) -> &KafkaConfig {
+        self.config.kafka.as_ref().unwrap()
+    }
+
+    /// Normal-lane SMS dispatch records: (id, tenant).
+    async fn publish(&self, ids: &[(&str, &str)]) {
+        let lane = self.topic("notify.dispatch.normal");
+        let out = ids
+            .iter()
+            .map(|(id, tenant)| {
+                let mut v = dispatch(id, "sms", "+8613800000000", "normal");
+                v["tenant"] = json!(tenant);
+                OutRecord { topic: Arc::from(lane.as_str()), key: None, payload: v.to_string().into_bytes(), headers: vec![] }
+            })
+            .collect();
+        KafkaSink::new(self.kafka()).unwrap().send_all(out).await.unwrap();
+    }
+
+    fn deliver(&self) {
+        let output = self.notiflow.command(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// The dead-letter reason of every record on notify.dlq, and the records.
+    async fn dead_letters(&self) -> (Vec<String>, Vec<Value>) {
+        let dlq = read_topic_to_end(self.kafka(), &self.topic("notify.dlq")).await.unwrap();
+        let reason = |r: &notiflow_connector::Record| r.headers.iter().find(|h| h.name == notiflow::dlq::headers::REASON).map(|h| h.value.clone());
+        let reasons = dlq.iter().map(|r| String::from_utf8_lossy(&reason(r).unwrap_or_default()).to_string()).collect();
+        (reasons, support::read_json(self.kafka(), &self.topic("notify.dlq")).await)
+    }
+}
+
+fn ids<'a>(prefix: &str, tenant: &'a str, n: usize) -> Vec<(String, &'a str)> {
+    (0..n).map(|i| (format!("{prefix}{i}"), tenant)).collect()
+}
+
+fn as_refs<'a>(ids: &'a [(String, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    ids.iter().map(|(id, t)| (id.as_str(), *t)).collect()
+}
+
 /// A tenant's daily SMS quota from the registry: deliveries beyond it are
 /// dead-lettered as `tenant_quota` (another tenant is not touched), and a
 /// restarted deliver still knows what was used today (counted from notify.sends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_daily_quota_stops_its_messages_only_and_survives_a_restart() {
     let _turn = support::one_at_a_time().await;
-    let config = support::kafka_config(1);
-    let kafka = config.kafka.clone().unwrap();
-    let topic = |name: &str| config.topics.resolve(name);
-    dispatch_lanes(&config).await;
     let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
-    // Status callbacks go to a receipts port nobody serves: this test counts sends, not receipts.
-    let port = support::free_port();
-    toml.push_str(&support::receipts_and_delivery_toml(port));
-    toml.push_str(&support::twilio_provider_toml(&twilio.endpoint, "NOTIFLOW_IT_QUOTA_TWILIO", port));
-    let toml_path = dir.path().join("notiflow.toml");
-    std::fs::write(&toml_path, &toml).unwrap();
-    let notiflow = support::Notiflow::new(&toml_path, &[("NOTIFLOW_IT_QUOTA_TWILIO", "tw-token")]);
-    let tenants = dir.path().join("tenants.toml");
-    std::fs::write(&tenants, "[[tenants]]\nid = \"acme\"\nquotas = { messages_per_day = { sms = 5 } }\n\n[[tenants]]\nid = \"globex\"\n").unwrap();
-    assert!(notiflow.command(&["tenant", "put", tenants.to_str().unwrap()]).output().unwrap().status.success());
-
-    let publish = |ids: Vec<(String, &'static str)>| {
-        let kafka = kafka.clone();
-        let lane = topic("notify.dispatch.normal");
-        async move {
-            let out = ids
-                .iter()
-                .map(|(id, tenant)| {
-                    let mut v = dispatch(id, "sms", "+8613800000000", "normal");
-                    v["tenant"] = json!(tenant);
-                    OutRecord { topic: Arc::from(lane.as_str()), key: None, payload: v.to_string().into_bytes(), headers: vec![] }
-                })
-                .collect();
-            KafkaSink::new(&kafka).unwrap().send_all(out).await.unwrap();
-        }
-    };
-    let deliver = || {
-        let output = notiflow.command(&["deliver", "--exit-when-idle-ms", "2000"]).output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    };
-    let mut first: Vec<(String, &str)> = (0..8).map(|i| (format!("a{i}"), "acme")).collect();
-    first.extend((0..3).map(|i| (format!("g{i}"), "globex")));
-    publish(first).await;
-    deliver();
+    let tenants = "[[tenants]]\nid = \"acme\"\nquotas = { messages_per_day = { sms = 5 } }\n\n[[tenants]]\nid = \"globex\"\n";
+    let case = TenantCase::new(
+        |port| support::twilio_provider_toml(&twilio.endpoint, "NOTIFLOW_IT_QUOTA_TWILIO", port),
+        &[("NOTIFLOW_IT_QUOTA_TWILIO", "tw-token")],
+        tenants,
+    )
+    .await;
+    let mut first = ids("a", "acme", 8);
+    first.extend(ids("g", "globex", 3));
+    case.publish(&as_refs(&first)).await;
+    case.deliver();
     assert_eq!(twilio.log().accepted.len(), 5 + 3, "acme's 5 of its quota and all of globex's");
-    let dead: Vec<Value> = support::read_json(&kafka, &topic("notify.dlq")).await;
-    let dlq = read_topic_to_end(&kafka, &topic("notify.dlq")).await.unwrap();
-    let reasons: Vec<String> =
-        dlq.iter().map(|r| String::from_utf8_lossy(&r.headers.iter().find(|h| h.name == notiflow::dlq::headers::REASON).unwrap().value).to_string()).collect();
+    let (reasons, dead) = case.dead_letters().await;
     assert_eq!(reasons, ["tenant_quota"; 3], "{dead:?}");
     assert!(dead.iter().all(|d| d["tenant"] == "acme"), "the original dispatch records, all acme's");
 
     // A new run the same day: acme's quota is still used up; globex still sends.
-    publish(vec![("a8".into(), "acme"), ("g3".into(), "globex")]).await;
-    deliver();
+    case.publish(&[("a8", "acme"), ("g3", "globex")]).await;
+    case.deliver();
     assert_eq!(twilio.log().accepted.len(), 9, "only globex's new message went");
-    let events = support::read_json(&kafka, &topic("notify.events")).await;
+    let events = support::read_json(case.kafka(), &case.topic("notify.events")).await;
     let refused = events.iter().filter(|e| e["reason"] == "tenant_quota").count();
     assert_eq!(refused, 4, "a send_failed event per refused delivery");
+}
+
+/// A tenant with its own SMS account in the registry: its messages go through
+/// that account only, and the account never sends anyone else's; a tenant
+/// naming an account this deliver does not have is dead-lettered (nothing lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_provider_account_carries_its_messages_and_no_one_elses() {
+    let _turn = support::one_at_a_time().await;
+    let shared = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
+    let acme_own = notiflow_sms::fake::twilio("ACacme", "acme-token").await;
+    let providers = |port| {
+        support::twilio_provider_toml(&shared.endpoint, "NOTIFLOW_IT_ACCOUNTS_SHARED", port)
+            + &support::twilio_account_toml("twilio-acme", "ACacme", &acme_own.endpoint, "NOTIFLOW_IT_ACCOUNTS_ACME", port)
+    };
+    let env = [("NOTIFLOW_IT_ACCOUNTS_SHARED", "tw-token"), ("NOTIFLOW_IT_ACCOUNTS_ACME", "acme-token")];
+    let tenants = "[[tenants]]\nid = \"acme\"\nprovider_accounts = { sms = \"twilio-acme\" }\n\n[[tenants]]\nid = \"globex\"\n\n\
+                   [[tenants]]\nid = \"initech\"\nprovider_accounts = { sms = \"twilio-initech\" }\n";
+    let case = TenantCase::new(providers, &env, tenants).await;
+    let mut sent = ids("a", "acme", 6);
+    sent.extend(ids("g", "globex", 6));
+    sent.extend(ids("i", "initech", 2));
+    case.publish(&as_refs(&sent)).await;
+    case.deliver();
+    assert_eq!(acme_own.log().accepted.len(), 6, "acme's six, on acme's account");
+    assert_eq!(shared.log().accepted.len(), 6, "globex's six, on the shared account");
+    let sends = support::read_json(case.kafka(), &case.topic("notify.sends")).await;
+    let pairs: BTreeSet<(String, String)> = sends.iter().map(|s| (s["tenant"].as_str().unwrap().into(), s["provider"].as_str().unwrap().into())).collect();
+    let expected: BTreeSet<(String, String)> =
+        [("acme", "twilio-acme"), ("globex", "twilio-main")].iter().map(|(t, p)| (t.to_string(), p.to_string())).collect();
+    assert_eq!(pairs, expected, "{sends:?}");
+    let (reasons, dead) = case.dead_letters().await;
+    assert_eq!(reasons, ["no_provider"; 2], "{dead:?}");
+    assert!(dead.iter().all(|d| d["tenant"] == "initech"), "initech's account is not configured here: {dead:?}");
+
+    // acme leaves its own account: from the next run its messages use the shared one, and so may everyone's.
+    case.put_tenants("[[tenants]]\nid = \"acme\"\n\n[[tenants]]\nid = \"globex\"\n\n[[tenants]]\nid = \"initech\"\n");
+    case.publish(&[("a6", "acme"), ("g6", "globex")]).await;
+    case.deliver();
+    assert_eq!(acme_own.log().accepted.len() + shared.log().accepted.len(), 14, "both new messages sent");
 }

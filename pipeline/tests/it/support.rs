@@ -145,8 +145,13 @@ pub fn receipts_and_delivery_toml(port: u16) -> String {
 
 /// A Twilio provider `twilio-main` (auth token from `token_env`) whose status callbacks go to the receipts server on `port`.
 pub fn twilio_provider_toml(endpoint: &str, token_env: &str, port: u16) -> String {
+    twilio_account_toml("twilio-main", "AC0123", endpoint, token_env, port)
+}
+
+/// A Twilio provider `name` for account `sid` (auth token from `token_env`), status callbacks to the receipts server on `port`.
+pub fn twilio_account_toml(name: &str, sid: &str, endpoint: &str, token_env: &str, port: u16) -> String {
     format!(
-        "\n[[delivery.providers]]\nname = \"twilio-main\"\n[delivery.providers.twilio]\nendpoint = \"{endpoint}\"\naccount_sid = \"AC0123\"\n\
-         auth_token = {{ env = \"{token_env}\" }}\nfrom = \"+15005550006\"\nstatus_callback = \"http://127.0.0.1:{port}/v1/receipts/twilio/twilio-main\"\n"
+        "\n[[delivery.providers]]\nname = \"{name}\"\n[delivery.providers.twilio]\nendpoint = \"{endpoint}\"\naccount_sid = \"{sid}\"\n\
+         auth_token = {{ env = \"{token_env}\" }}\nfrom = \"+15005550006\"\nstatus_callback = \"http://127.0.0.1:{port}/v1/receipts/twilio/{name}\"\n"
     )
 }

@@ -165,7 +165,7 @@ async fn failover_moves_traffic_to_the_secondary_within_a_second_and_loses_nothi
             primary.set_mode(Mode::Down);
             down_at = Some(Instant::now());
         }
-        let job = Job { delivery: sms(&i.to_string(), "+8613800138000"), lane: Lane::Normal, token: i, enqueued: Instant::now() };
+        let job = Job { delivery: sms(&i.to_string(), "+8613800138000"), lane: Lane::Normal, token: i, enqueued: Instant::now(), account: None };
         scheduler.submit(job).await.ok().unwrap();
         // ~500 messages/s, so the stream spans the outage.
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -207,7 +207,7 @@ async fn the_send_rate_stays_within_five_percent_of_the_limit() {
     let scheduler = Scheduler::start(vec![group], RetryPolicy::default(), 16, 10_000, done_tx);
     let total = 600;
     for i in 0..total {
-        scheduler.submit(Job { delivery: sms(&i.to_string(), "+8613800138000"), lane: Lane::Low, token: i, enqueued: Instant::now() }).await.ok().unwrap();
+        scheduler.submit(Job { delivery: sms(&i.to_string(), "+8613800138000"), lane: Lane::Low, token: i, enqueued: Instant::now(), account: None }).await.ok().unwrap();
     }
     scheduler.drain().await;
     let mut accepted = 0;
