@@ -185,41 +185,41 @@ impl<T> LaneQueue<T> {
 
     /// Waits until something is queued: true, or the queue is closed and empty: false.
     pub async fn ready(&self) -> bool {
-        loop {
-            let readable = self.readable.notified();
-            tokio::pin!(readable);
-            readable.as_mut().enable();
-            {
-                let state = self.state();
-                if state.lanes.iter().any(|q| q.len > 0) {
-                    return true;
-                }
-                if state.closed {
-                    return false;
-                }
+        self.wait_on(&self.readable, |state| {
+            if state.top().is_some() {
+                Some(true)
+            } else {
+                state.closed.then_some(false)
             }
-            readable.await;
-        }
+        })
+        .await
     }
 
     /// Waits until the next turn of the highest non-empty lane is a tenant
     /// that was idle: true; or the queue is closed: false (what is left is
     /// drained by `ready` readers).
     pub async fn newcomer(&self) -> bool {
-        loop {
-            let arrived = self.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            {
-                let state = self.state();
-                if state.closed {
-                    return false;
-                }
-                if state.top().is_some_and(|lane| state.lanes[lane as usize].newcomer_next()) {
-                    return true;
-                }
+        self.wait_on(&self.arrived, |state| {
+            if state.closed {
+                Some(false)
+            } else {
+                state.top().is_some_and(|lane| state.lanes[lane as usize].newcomer_next()).then_some(true)
             }
-            arrived.await;
+        })
+        .await
+    }
+
+    /// Re-checks `answer` on the state each time `signal` fires, until it answers.
+    async fn wait_on(&self, signal: &Notify, answer: impl Fn(&State<T>) -> Option<bool>) -> bool {
+        loop {
+            // Registered before the check, so a signal between the check and the wait is not lost.
+            let signalled = signal.notified();
+            tokio::pin!(signalled);
+            signalled.as_mut().enable();
+            if let Some(answer) = answer(&self.state()) {
+                return answer;
+            }
+            signalled.await;
         }
     }
 

@@ -174,36 +174,13 @@ mod tests {
     use super::*;
     use crate::{Accepted, Channel, ProviderLimits, SendFuture};
 
-    /// Accepts everything, noting the order.
-    struct Recorder(Arc<Mutex<Vec<String>>>, &'static str);
+    /// Messages sent, in order: (provider, message id).
+    type Sent = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// An SMS provider that accepts everything, noting it in `Sent`.
+    struct Recorder(Sent, &'static str);
 
     impl Channel for Recorder {
-        fn channel(&self) -> &str {
-            self.1
-        }
-        fn provider(&self) -> &str {
-            "recorder"
-        }
-        fn send<'a>(&'a self, delivery: &'a Delivery, _: u32) -> SendFuture<'a> {
-            self.0.lock().unwrap().push(delivery.message_id.clone());
-            Box::pin(async { Ok(Accepted::default()) })
-        }
-    }
-
-    fn job(channel: &str, id: &str, lane: Lane) -> Job<()> {
-        tenant_job(channel, id, lane, "t")
-    }
-
-    fn tenant_job(channel: &str, id: &str, lane: Lane, tenant: &str) -> Job<()> {
-        let delivery =
-            serde_json::from_value(serde_json::json!({"type": "send", "message_id": id, "request_id": id, "tenant": tenant, "channel": channel})).unwrap();
-        Job { delivery, lane, token: (), enqueued: Instant::now(), account: None }
-    }
-
-    /// Accepts everything, noting (provider, message).
-    struct Named(Arc<Mutex<Vec<(String, String)>>>, &'static str);
-
-    impl Channel for Named {
         fn channel(&self) -> &str {
             "sms"
         }
@@ -216,10 +193,33 @@ mod tests {
         }
     }
 
+    /// One SMS provider limited to `rate`/s (burst 1), four workers.
+    fn rate_limited(rate: f64) -> (Sent, Scheduler<()>, mpsc::Receiver<Done<()>>) {
+        let sent = Sent::default();
+        let limits = ProviderLimits { rate_per_s: Some(rate), burst: 1, ..Default::default() };
+        let group = Arc::new(ProviderGroup::new(vec![(Arc::new(Recorder(sent.clone(), "recorder")) as Arc<dyn Channel>, limits)]).unwrap());
+        let (tx, rx) = mpsc::channel(1000);
+        (sent, Scheduler::start(vec![group], RetryPolicy::default(), 4, 1000, tx), rx)
+    }
+
+    fn message_ids(sent: &Sent) -> Vec<String> {
+        sent.lock().unwrap().iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    fn job(channel: &str, id: &str, lane: Lane) -> Job<()> {
+        tenant_job(channel, id, lane, "t")
+    }
+
+    fn tenant_job(channel: &str, id: &str, lane: Lane, tenant: &str) -> Job<()> {
+        let delivery =
+            serde_json::from_value(serde_json::json!({"type": "send", "message_id": id, "request_id": id, "tenant": tenant, "channel": channel})).unwrap();
+        Job { delivery, lane, token: (), enqueued: Instant::now(), account: None }
+    }
+
     #[tokio::test]
     async fn a_tenants_own_account_sends_only_its_messages_and_only_it_sends_them() {
         let sent = Arc::new(Mutex::new(Vec::new()));
-        let providers = ["shared-1", "shared-2", "acme-own"].map(|name| (Arc::new(Named(sent.clone(), name)) as Arc<dyn Channel>, ProviderLimits::default()));
+        let providers = ["shared-1", "shared-2", "acme-own"].map(|name| (Arc::new(Recorder(sent.clone(), name)) as Arc<dyn Channel>, ProviderLimits::default()));
         let group = Arc::new(ProviderGroup::new(providers.into()).unwrap());
         let (tx, mut rx) = mpsc::channel(1000);
         let scheduler = Scheduler::start(vec![group], RetryPolicy::default(), 4, 1000, tx);
@@ -249,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn when_every_provider_is_a_tenants_own_the_others_are_refused() {
         let sent = Arc::new(Mutex::new(Vec::new()));
-        let group = Arc::new(ProviderGroup::new(vec![(Arc::new(Named(sent, "acme-own")) as Arc<dyn Channel>, ProviderLimits::default())]).unwrap());
+        let group = Arc::new(ProviderGroup::new(vec![(Arc::new(Recorder(sent, "acme-own")) as Arc<dyn Channel>, ProviderLimits::default())]).unwrap());
         let (tx, _rx) = mpsc::channel(10);
         let scheduler = Scheduler::start(vec![group], RetryPolicy::default(), 1, 10, tx);
         assert!(scheduler.try_submit(tenant_job("sms", "g", Lane::Normal, "globex")).is_ok(), "shared while nobody owns it");
@@ -261,11 +261,7 @@ mod tests {
     async fn a_quiet_tenant_takes_the_reserved_token_while_another_saturates_the_provider() {
         // One token every 250 ms: without the reserve, the quiet tenant's
         // message would wait for the next token (on average 125 ms).
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let limits = ProviderLimits { rate_per_s: Some(4.0), burst: 1, ..Default::default() };
-        let group = Arc::new(ProviderGroup::new(vec![(Arc::new(Recorder(sent.clone(), "sms")) as Arc<dyn Channel>, limits)]).unwrap());
-        let (tx, mut rx) = mpsc::channel(1000);
-        let scheduler = Scheduler::start(vec![group], RetryPolicy::default(), 4, 1000, tx);
+        let (sent, scheduler, mut rx) = rate_limited(4.0);
         for i in 0..20 {
             scheduler.submit(tenant_job("sms", &format!("blast{i}"), Lane::Normal, "blaster")).await.ok().unwrap();
         }
@@ -280,7 +276,7 @@ mod tests {
             }
         };
         assert!(quiet.handoff < Duration::from_millis(100), "waited {:?} for a turn", quiet.handoff);
-        let order = sent.lock().unwrap().clone();
+        let order = message_ids(&sent);
         assert_eq!(order.iter().position(|id| id == "quiet"), Some(blasted_before));
         // The rate holds: the reserve is a token taken earlier, not an extra one
         // (1 at the start + one per 250 ms over ~1.1 s, with the reserve's refill).
@@ -289,11 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_high_message_overtakes_queued_low_ones_behind_a_rate_limit() {
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let limits = ProviderLimits { rate_per_s: Some(200.0), burst: 1, ..Default::default() };
-        let group = Arc::new(ProviderGroup::new(vec![(Arc::new(Recorder(sent.clone(), "sms")) as Arc<dyn Channel>, limits)]).unwrap());
-        let (tx, mut rx) = mpsc::channel(1000);
-        let scheduler = Scheduler::start(vec![group], RetryPolicy::default(), 4, 1000, tx);
+        let (sent, scheduler, mut rx) = rate_limited(200.0);
         for i in 0..50 {
             scheduler.submit(job("sms", &format!("low{i}"), Lane::Low)).await.ok().unwrap();
         }
@@ -307,7 +299,7 @@ mod tests {
             ended += 1;
         }
         assert_eq!(ended, 51);
-        let order = sent.lock().unwrap().clone();
+        let order = message_ids(&sent);
         let high_at = order.iter().position(|id| id == "high").unwrap();
         // It takes the next turn; workers already holding a turn may each
         // have popped one low meanwhile.
