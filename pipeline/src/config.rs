@@ -277,7 +277,8 @@ impl Config {
     }
 }
 
-fn line_column(text: &str, byte: usize) -> (usize, usize) {
+/// 1-based line and column of a byte offset, for `file:line:column` errors.
+pub(crate) fn line_column(text: &str, byte: usize) -> (usize, usize) {
     let before = &text[..byte.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map(|nl| before.len() - nl).unwrap_or(before.len() + 1);

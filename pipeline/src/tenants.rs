@@ -143,11 +143,11 @@ struct TenantFile {
 pub fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<Tenant>> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let file: TenantFile = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(1);
+        let (line, _) = e.span().map(|s| crate::config::line_column(&text, s.start)).unwrap_or((1, 1));
         anyhow::anyhow!("{}:{line}: {}", path.display(), e.message())
     })?;
     for tenant in &file.tenants {
-        let line = text.find(&format!("\"{}\"", tenant.id)).map(|i| text[..i].matches('\n').count() + 1).unwrap_or(1);
+        let (line, _) = text.find(&format!("\"{}\"", tenant.id)).map(|i| crate::config::line_column(&text, i)).unwrap_or((1, 1));
         tenant.check().map_err(|e| anyhow::anyhow!("{}:{line}: {e}", path.display()))?;
         if !tenant.api_keys.is_empty() {
             anyhow::bail!(

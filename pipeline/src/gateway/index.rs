@@ -4,12 +4,13 @@
 //! instances count too) and by this gateway's own writes, including ones
 //! still waiting for the broker: a concurrent retry waits for that outcome.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use notiflow_connector::Record;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+
+use super::recent::Recent;
 
 /// A request seen on the topic.
 pub struct SeenRequest {
@@ -78,41 +79,36 @@ struct Slot {
 }
 
 pub struct RequestIndex {
-    max_keys: usize,
-    window_ms: i64,
-    inner: Mutex<Inner>,
+    slots: Mutex<Recent<u128, Slot>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    slots: HashMap<u128, Slot>,
-    /// Keys by when they were first seen, for forgetting the oldest.
-    order: VecDeque<(i64, u128)>,
+/// A pending write stays until settled.
+fn pending(slot: &Slot) -> bool {
+    matches!(slot.state, SlotState::Pending(_))
 }
 
 impl RequestIndex {
     pub fn new(max_keys: usize, window_ms: i64) -> Self {
-        RequestIndex { max_keys: max_keys.max(1), window_ms, inner: Mutex::new(Inner::default()) }
+        RequestIndex { slots: Mutex::new(Recent::new(max_keys, window_ms)) }
     }
 
     /// A request on the topic: the first write of a key wins.
     pub fn observe(&self, seen: &SeenRequest) {
         let now = chrono::Utc::now().timestamp_millis();
-        if seen.at_ms < now - self.window_ms {
+        let mut slots = self.slots.lock().expect("index lock");
+        if slots.too_old(seen.at_ms, now) {
             return;
         }
         let key = request_key(&seen.tenant, &seen.request_id, seen.recall);
-        let mut inner = self.inner.lock().expect("index lock");
-        if !inner.slots.contains_key(&key) {
-            inner.slots.insert(key, Slot { fingerprint: seen.fingerprint, state: SlotState::Written });
-            inner.order.push_back((seen.at_ms, key));
+        if slots.get(&key).is_none() {
+            slots.insert(key, Slot { fingerprint: seen.fingerprint, state: SlotState::Written }, seen.at_ms);
         }
-        self.forget_old(&mut inner, now);
+        slots.forget_old(now, pending);
     }
 
     pub fn claim(&self, key: u128, fingerprint: u64) -> Claim {
-        let mut inner = self.inner.lock().expect("index lock");
-        match inner.slots.get(&key) {
+        let mut slots = self.slots.lock().expect("index lock");
+        match slots.get(&key) {
             Some(slot) => {
                 let same = slot.fingerprint == fingerprint;
                 match &slot.state {
@@ -122,10 +118,9 @@ impl RequestIndex {
             }
             None => {
                 let (tx, _) = watch::channel(None);
-                inner.slots.insert(key, Slot { fingerprint, state: SlotState::Pending(tx) });
                 let now = chrono::Utc::now().timestamp_millis();
-                inner.order.push_back((now, key));
-                self.forget_old(&mut inner, now);
+                slots.insert(key, Slot { fingerprint, state: SlotState::Pending(tx) }, now);
+                slots.forget_old(now, pending);
                 Claim::Write
             }
         }
@@ -133,35 +128,21 @@ impl RequestIndex {
 
     /// The outcome of a `Claim::Write`: written, or released for a retry.
     pub fn settle(&self, key: u128, written: bool) {
-        let mut inner = self.inner.lock().expect("index lock");
-        let Some(slot) = inner.slots.get_mut(&key) else { return };
+        let mut slots = self.slots.lock().expect("index lock");
+        let Some(slot) = slots.get_mut(&key) else { return };
         if let SlotState::Pending(tx) = &slot.state {
             tx.send_replace(Some(written));
         }
         if written {
             slot.state = SlotState::Written;
         } else {
-            inner.slots.remove(&key);
+            slots.remove(&key);
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.inner.lock().expect("index lock").slots.len()
-    }
-
-    fn forget_old(&self, inner: &mut Inner, now: i64) {
-        while let Some(&(at, key)) = inner.order.front() {
-            let expired = at < now - self.window_ms || inner.slots.len() > self.max_keys;
-            if !expired {
-                break;
-            }
-            inner.order.pop_front();
-            // A pending write stays until settled; its order entry is dropped with it.
-            if matches!(inner.slots.get(&key), Some(Slot { state: SlotState::Written, .. })) {
-                inner.slots.remove(&key);
-            }
-        }
+        self.slots.lock().expect("index lock").len()
     }
 }
 

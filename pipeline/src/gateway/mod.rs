@@ -18,6 +18,7 @@ mod api;
 pub mod bench;
 mod index;
 mod openapi;
+mod recent;
 mod status;
 
 use std::sync::Arc;

@@ -4,12 +4,12 @@
 //! kept as their JSON text (a few hundred bytes each; a parsed value is
 //! several times that) and read when a timeline is asked for.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
 use super::index::SeenRequest;
+use super::recent::Recent;
 
 #[derive(Debug, Clone)]
 pub struct Timeline {
@@ -50,20 +50,12 @@ impl Timeline {
 }
 
 pub struct Timelines {
-    max_messages: usize,
-    window_ms: i64,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    messages: HashMap<String, Timeline>,
-    order: VecDeque<(i64, String)>,
+    messages: Mutex<Recent<String, Timeline>>,
 }
 
 impl Timelines {
     pub fn new(max_messages: usize, window_ms: i64) -> Self {
-        Timelines { max_messages: max_messages.max(1), window_ms, inner: Mutex::new(Inner::default()) }
+        Timelines { messages: Mutex::new(Recent::new(max_messages, window_ms)) }
     }
 
     pub fn observe_request(&self, seen: &SeenRequest) {
@@ -95,8 +87,8 @@ impl Timelines {
     }
 
     fn push(&self, message_id: String, tenant: &str, request_id: Option<&str>, event: Box<str>, at_ms: i64) {
-        let mut inner = self.inner.lock().expect("timelines lock");
-        match inner.messages.get_mut(&message_id) {
+        let mut messages = self.messages.lock().expect("timelines lock");
+        match messages.get_mut(&message_id) {
             // Events name their tenant; one naming another tenant for this id is not this message's.
             Some(timeline) if timeline.tenant != tenant => return,
             Some(timeline) => {
@@ -107,24 +99,16 @@ impl Timelines {
             }
             None => {
                 let timeline = Timeline { tenant: tenant.to_string(), request_id: request_id.map(str::to_string), events: vec![event] };
-                inner.messages.insert(message_id.clone(), timeline);
-                inner.order.push_back((at_ms, message_id));
+                messages.insert(message_id, timeline, at_ms);
             }
         }
-        let now = chrono::Utc::now().timestamp_millis();
-        while let Some((at, _)) = inner.order.front() {
-            if *at >= now - self.window_ms && inner.messages.len() <= self.max_messages {
-                break;
-            }
-            let (_, id) = inner.order.pop_front().expect("front exists");
-            inner.messages.remove(&id);
-        }
+        messages.forget_old(chrono::Utc::now().timestamp_millis(), |_| false);
     }
 
     /// The message's timeline, only for its own tenant.
     pub fn get(&self, tenant: &str, message_id: &str) -> Option<Timeline> {
-        let inner = self.inner.lock().expect("timelines lock");
-        inner.messages.get(message_id).filter(|t| t.tenant == tenant).cloned()
+        let messages = self.messages.lock().expect("timelines lock");
+        messages.get(message_id).filter(|t| t.tenant == tenant).cloned()
     }
 }
 
