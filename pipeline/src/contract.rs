@@ -157,7 +157,33 @@ impl Contract {
 
     /// Checks a parsed request (the HTTP gateway has no record key).
     pub fn check_value(&self, body: &mut Value) -> Result<ValidRequest, Rejection> {
-        let named = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_string);
+        // Most requests are valid: the yes/no check is much cheaper than collecting errors.
+        if !self.validator.is_valid(body) {
+            return Err(Rejection {
+                reason: Reason::SchemaViolation,
+                error: self.schema_errors(body).join("; "),
+                tenant: text_field(body, "tenant"),
+                request_id: text_field(body, "request_id"),
+            });
+        }
+        self.accept(body)
+    }
+
+    /// Up to five schema violations, each with where it is.
+    fn schema_errors(&self, body: &Value) -> Vec<String> {
+        self.validator
+            .iter_errors(body)
+            .take(5)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                format!("{}: {e}", if path.is_empty() { "/" } else { path.as_str() })
+            })
+            .collect()
+    }
+
+    /// The checks after the schema's, on a schema-valid request.
+    fn accept(&self, body: &mut Value) -> Result<ValidRequest, Rejection> {
+        let named = |field: &str| text_field(body, field);
         let (tenant, request_id) = (named("tenant"), named("request_id"));
         let reject = |reason, error: String| Rejection {
             reason,
@@ -165,19 +191,6 @@ impl Contract {
             tenant: tenant.clone(),
             request_id: request_id.clone(),
         };
-
-        let errors: Vec<String> = self
-            .validator
-            .iter_errors(body)
-            .take(5)
-            .map(|e| {
-                let path = e.instance_path().to_string();
-                format!("{}: {e}", if path.is_empty() { "/" } else { path.as_str() })
-            })
-            .collect();
-        if !errors.is_empty() {
-            return Err(reject(Reason::SchemaViolation, errors.join("; ")));
-        }
         // The schema guarantees these fields and their types from here on.
         let (tenant_id, request_id_str) = (tenant.clone().unwrap_or_default(), request_id.clone().unwrap_or_default());
         if self.tenants.as_ref().is_some_and(|known| !known.contains(&tenant_id)) {
@@ -224,6 +237,10 @@ impl Contract {
 }
 
 /// `m_` + the first 16 bytes of SHA-256(tenant NUL request_id), hex.
+fn text_field(body: &Value, field: &str) -> Option<String> {
+    body.get(field).and_then(Value::as_str).map(str::to_string)
+}
+
 pub fn message_id(tenant: &str, request_id: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(tenant.as_bytes());
@@ -232,9 +249,7 @@ pub fn message_id(tenant: &str, request_id: &str) -> String {
     let digest = hasher.finalize();
     let mut id = String::with_capacity(34);
     id.push_str("m_");
-    for byte in &digest[..16] {
-        id.push_str(&format!("{byte:02x}"));
-    }
+    crate::hex::push(&mut id, &digest[..16]);
     id
 }
 

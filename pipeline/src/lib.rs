@@ -13,6 +13,7 @@ pub mod events;
 pub mod follow;
 pub mod gateway;
 pub mod golden;
+pub mod hex;
 pub mod inbox;
 pub mod job;
 pub mod logs;

@@ -156,9 +156,9 @@ enum Command {
         /// Run only the cases whose name contains this text.
         #[arg(long)]
         only: Option<String>,
-        /// Requests per second for the latency case.
-        #[arg(long, default_value_t = 20_000)]
-        rate: usize,
+        /// Requests per second for the latency cases, comma-separated (one case each).
+        #[arg(long = "rate", value_delimiter = ',', default_value = "10000,20000")]
+        rates: Vec<usize>,
     },
     /// Templates on notify.templates: check and publish, or list.
     Template {
@@ -461,8 +461,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("topics ready: {}", specs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { brokers, clickhouse, records, dedupe_keys, sql, only, rate } => {
-            let options = notiflow::bench::BenchOptions { only, rate, brokers, clickhouse, records, dedupe_keys, sql_dir: sql };
+        Command::Bench { brokers, clickhouse, records, dedupe_keys, sql, only, rates } => {
+            let options = notiflow::bench::BenchOptions { only, rates, brokers, clickhouse, records, dedupe_keys, sql_dir: sql };
             let results = notiflow::bench::run(&options).await?;
             println!("{}", notiflow::bench::render(&results));
             Ok(ExitCode::SUCCESS)

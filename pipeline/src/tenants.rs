@@ -161,7 +161,7 @@ pub fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<Tenant>> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(bytes)
 }
 
 /// Hex SHA-256 of a secret (API keys, analysts' passwords), as stored.

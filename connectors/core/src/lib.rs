@@ -177,12 +177,48 @@ pub enum AssignmentChange {
 /// written per partition.
 pub trait Sink: Send + Sync {
     fn send_all(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<Positions, ConnectorError>> + Send;
+
+    /// Hands `records` to the sink and returns once they are queued (waiting
+    /// for room when the sink's queue is full); the returned [`Acks`] resolve
+    /// when every one of them is durable. A job reads and processes its next
+    /// micro-batch while these are in flight. The default writes at once.
+    fn submit(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<Acks, ConnectorError>> + Send {
+        async move { Ok(Acks::done(self.send_all(records).await)) }
+    }
 }
 
 /// A shared sink writes like the sink itself.
 impl<S: Sink> Sink for Arc<S> {
     fn send_all(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<Positions, ConnectorError>> + Send {
         (**self).send_all(records)
+    }
+
+    fn submit(&self, records: Vec<OutRecord>) -> impl Future<Output = Result<Acks, ConnectorError>> + Send {
+        (**self).submit(records)
+    }
+}
+
+/// The acknowledgements of records already handed to a sink: resolves to the
+/// highest offset written per partition once all of them are durable, or to
+/// the first error.
+pub struct Acks(std::pin::Pin<Box<dyn Future<Output = Result<Positions, ConnectorError>> + Send + 'static>>);
+
+impl Acks {
+    pub fn new(pending: impl Future<Output = Result<Positions, ConnectorError>> + Send + 'static) -> Self {
+        Acks(Box::pin(pending))
+    }
+
+    /// Acknowledgements that are already in.
+    pub fn done(result: Result<Positions, ConnectorError>) -> Self {
+        Acks::new(std::future::ready(result))
+    }
+}
+
+impl Future for Acks {
+    type Output = Result<Positions, ConnectorError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
     }
 }
 

@@ -3,11 +3,13 @@
 //! acknowledged, and topic creation.
 
 mod admin;
+mod baseline;
 mod config;
 mod source;
 mod sink;
 
 pub use admin::KafkaAdmin;
+pub use baseline::{RawLoop, RawPassthrough, raw_passthrough};
 pub use config::KafkaConfig;
 pub use sink::KafkaSink;
 pub use source::{KafkaReader, KafkaSource, committed_offsets, read_topic_to_end};

@@ -1,6 +1,7 @@
+use std::sync::Arc;
 use std::time::Duration;
 
-use notiflow_connector::{ConnectorError, OutRecord, Positions, Sink, note_position};
+use notiflow_connector::{Acks, ConnectorError, OutRecord, Positions, Sink, note_position};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -35,12 +36,18 @@ impl KafkaSink {
     }
 
     async fn send_timed(&self, records: Vec<OutRecord>, times: Vec<Option<i64>>) -> Result<Positions, ConnectorError> {
+        acknowledged(self.enqueue_all(&records, &times).await?).await
+    }
+
+    /// Queues every record in the producer (waiting for room when its queue
+    /// is full); returns each one's delivery with its topic.
+    async fn enqueue_all(&self, records: &[OutRecord], times: &[Option<i64>]) -> Result<Vec<(DeliveryFuture, Arc<str>)>, ConnectorError> {
         let mut pending = Vec::with_capacity(records.len());
-        for (record, time) in records.iter().zip(&times) {
+        for (record, time) in records.iter().zip(times) {
             loop {
                 match self.enqueue(record, *time) {
                     Ok(delivery) => {
-                        pending.push(delivery);
+                        pending.push((delivery, record.topic.clone()));
                         break;
                     }
                     // The local queue is full: let deliveries drain, then retry.
@@ -51,17 +58,7 @@ impl KafkaSink {
                 }
             }
         }
-        let mut positions = Positions::new();
-        for (delivery, record) in pending.into_iter().zip(&records) {
-            match delivery.await {
-                Ok(Ok(delivered)) => note_position(&mut positions, &record.topic, delivered.partition, delivered.offset),
-                Ok(Err((err, _message))) => return Err(classify(err)),
-                Err(_canceled) => {
-                    return Err(ConnectorError::Transient { service: "kafka", message: "producer dropped a delivery".into() });
-                }
-            }
-        }
-        Ok(positions)
+        Ok(pending)
     }
 
     /// Writes records and reports each one's outcome (partition, offset) on
@@ -108,9 +105,29 @@ impl KafkaSink {
     }
 }
 
+/// Waits for every delivery: the highest offset per partition, or the first error.
+async fn acknowledged(pending: Vec<(DeliveryFuture, Arc<str>)>) -> Result<Positions, ConnectorError> {
+    let mut positions = Positions::new();
+    for (delivery, topic) in pending {
+        match delivery.await {
+            Ok(Ok(delivered)) => note_position(&mut positions, &topic, delivered.partition, delivered.offset),
+            Ok(Err((err, _message))) => return Err(classify(err)),
+            Err(_canceled) => {
+                return Err(ConnectorError::Transient { service: "kafka", message: "producer dropped a delivery".into() });
+            }
+        }
+    }
+    Ok(positions)
+}
+
 impl Sink for KafkaSink {
     async fn send_all(&self, records: Vec<OutRecord>) -> Result<Positions, ConnectorError> {
         let times = vec![None; records.len()];
         self.send_timed(records, times).await
+    }
+
+    async fn submit(&self, records: Vec<OutRecord>) -> Result<Acks, ConnectorError> {
+        let times = vec![None; records.len()];
+        Ok(Acks::new(acknowledged(self.enqueue_all(&records, &times).await?)))
     }
 }

@@ -2,6 +2,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
+
 use notiflow_connector::{AssignmentChange, BatchLimits, ConnectorError, Header, Offsets, Record, Source};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -140,7 +142,7 @@ impl KafkaSource {
 impl Source for KafkaSource {
     async fn next_batch(&mut self, limits: BatchLimits) -> Result<Vec<Record>, ConnectorError> {
         let deadline = tokio::time::Instant::now() + limits.max_wait;
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(limits.max_records.min(1024));
         let mut topics: Vec<Arc<str>> = Vec::new();
         let intern = |topics: &mut Vec<Arc<str>>, name: &str| match topics.iter().find(|t| t.as_ref() == name) {
             Some(t) => t.clone(),
@@ -150,34 +152,60 @@ impl Source for KafkaSource {
                 t
             }
         };
-        while batch.len() < limits.max_records {
+        // One stream per consumer for the whole call: each `recv()` would
+        // register and drop a waker slot per message.
+        let mut main = self.consumer.stream();
+        let mut follower = self.follower.as_ref().map(|f| f.stream());
+        let mut failure = None;
+        'batch: while batch.len() < limits.max_records {
+            // What librdkafka has already fetched is taken without a timer or a wake-up.
+            for stream in std::iter::once(&mut main).chain(follower.as_mut()) {
+                while batch.len() < limits.max_records {
+                    match stream.next().now_or_never().flatten() {
+                        Some(Ok(m)) => batch.push(to_record(intern(&mut topics, m.topic()), &m)),
+                        Some(Err(err)) => {
+                            failure = Some(err);
+                            break 'batch;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if batch.len() >= limits.max_records {
+                break;
+            }
             // Once the batch has records, it closes as soon as the fetched
             // data is drained: waiting for the next fetch would only add latency.
             let close_at = if batch.is_empty() { deadline } else { deadline.min(tokio::time::Instant::now() + DRAINED_AFTER) };
-            let follower = async {
-                match &self.follower {
-                    Some(follower) => follower.recv().await,
+            let from_follower = async {
+                match follower.as_mut() {
+                    Some(stream) => stream.next().await,
                     None => std::future::pending().await,
                 }
             };
             let received = tokio::select! {
-                message = self.consumer.recv() => message.map(|m| to_record(intern(&mut topics, m.topic()), &m)),
-                message = follower => message.map(|m| to_record(intern(&mut topics, m.topic()), &m)),
+                message = main.next() => message,
+                message = from_follower => message,
                 _ = tokio::time::sleep_until(close_at) => break,
             };
             match received {
-                Ok(record) => batch.push(record),
-                Err(err) => {
-                    let err = classify(err);
-                    if batch.is_empty() {
-                        return Err(err);
-                    }
-                    // Hand out what we have; the error comes back on the next call.
-                    tracing::warn!(%err, "kafka consume error after a partial batch");
+                Some(Ok(m)) => batch.push(to_record(intern(&mut topics, m.topic()), &m)),
+                Some(Err(err)) => {
+                    failure = Some(err);
                     break;
                 }
+                None => break,
             }
         }
+        if let Some(err) = failure {
+            let err = classify(err);
+            if batch.is_empty() {
+                return Err(err);
+            }
+            // Hand out what we have; the error comes back on the next call.
+            tracing::warn!(%err, "kafka consume error after a partial batch");
+        }
+        drop((main, follower));
         // A rebalance inside this call may have revoked partitions whose
         // records were already taken: they belong to the new owner now.
         let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());

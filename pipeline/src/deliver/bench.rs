@@ -125,6 +125,8 @@ fn case(name: String, handoffs: &[f64], seconds: f64, note: String) -> CaseResul
         seconds,
         p50_ms: percentile(handoffs, 50.0),
         p99_ms: percentile(handoffs, 99.0),
+        max_ms: handoffs.last().copied(),
+        samples: handoffs.len(),
         peak_rss_mb: crate::bench::peak_rss(),
         note,
     }

@@ -3,17 +3,15 @@
 //! record at a time, to find which records are bad. Columns declared `JSON`
 //! carry raw JSON text both ways.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, StructArray, TimestampNanosecondArray};
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder, StructArray, TimestampNanosecondArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::json::writer::{EncoderOptions, NullableEncoder, make_encoder};
 use arrow::json::{Encoder, EncoderFactory, ReaderBuilder};
 use notiflow_connector::Record;
-use serde_json::value::RawValue;
 
 /// Hidden columns every source has. Columns starting with `_` are engine
 /// metadata: never written to sinks.
@@ -108,12 +106,14 @@ impl SourceDecoder {
             }
         };
         // JSON columns: raw text of the top-level field.
-        let mut json_values: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(good.len()); self.json_columns.len()];
+        let mut json_values: Vec<StringBuilder> = (0..self.json_columns.len()).map(|_| StringBuilder::with_capacity(good.len(), good.len() * 32)).collect();
         if !self.json_columns.is_empty() {
+            let names: Vec<&str> = self.json_columns.iter().map(String::as_str).collect();
+            let mut found = vec![None; names.len()];
             for &i in &good {
-                let fields: HashMap<&str, &RawValue> = serde_json::from_slice(payload(i)).unwrap_or_default();
-                for (c, name) in self.json_columns.iter().enumerate() {
-                    json_values[c].push(fields.get(name.as_str()).filter(|v| v.get() != "null").map(|v| v.get().to_string()));
+                super::json_fields::top_level(payload(i), &names, &mut found);
+                for (column, value) in json_values.iter_mut().zip(&found) {
+                    column.append_option(value.map(|v| v.get()).filter(|v| *v != "null"));
                 }
             }
         }
@@ -134,7 +134,7 @@ impl SourceDecoder {
             } else if name == SOURCE_COLUMN {
                 Arc::new(Int32Array::from_value(self.index, good.len()))
             } else if let Some(c) = self.json_columns.iter().position(|j| j == name) {
-                Arc::new(StringArray::from(std::mem::take(&mut json_values[c])))
+                Arc::new(json_values[c].finish())
             } else {
                 decoded.column_by_name(name).expect("decoded column").clone()
             };

@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, IntervalUnit, TimeUnit};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use datafusion::prelude::SessionContext;
+use serde_json::value::RawValue;
 
 pub const TUMBLE: &str = "tumble";
 pub const SLIDING: &str = "sliding";
@@ -119,23 +120,32 @@ fn json_get(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue>
     let (rows, arrays) = text_args("json_get", args)?;
     let (documents, fields) = (&arrays[0], &arrays[1]);
     let mut out = StringBuilder::with_capacity(documents.len(), documents.len() * 16);
+    // Rows of one template share its document: the previous row's answer is reused.
+    let mut previous: Option<(usize, Option<String>)> = None;
     for i in 0..documents.len() {
         if documents.is_null(i) || fields.is_null(i) {
             out.append_null();
             continue;
         }
-        let value = serde_json::from_str::<std::collections::HashMap<&str, &serde_json::value::RawValue>>(documents.value(i))
-            .ok()
-            .and_then(|map| map.get(fields.value(i)).map(|v| v.get().to_string()));
-        match value.as_deref() {
-            None | Some("null") => out.append_null(),
-            Some(raw) => match serde_json::from_str::<String>(raw) {
-                Ok(string) => out.append_value(string),
-                Err(_) => out.append_value(raw),
+        let (document, field) = (documents.value(i), fields.value(i));
+        let answer = match previous.take() {
+            Some((p, answer)) if documents.value(p) == document && fields.value(p) == field => answer,
+            _ => match top_level_field(document, field).map(RawValue::get) {
+                None | Some("null") => None,
+                Some(raw) => Some(serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_string())),
             },
-        }
+        };
+        out.append_option(answer.as_deref());
+        previous = Some((i, answer));
     }
     text_result(rows, Arc::new(out.finish()))
+}
+
+/// The raw JSON of `field` at the top level of the object `document`.
+fn top_level_field<'a>(document: &'a str, field: &str) -> Option<&'a RawValue> {
+    let mut found = [None];
+    super::json_fields::top_level(document.as_bytes(), &[field], &mut found).then_some(())?;
+    found[0]
 }
 
 /// Nanoseconds of an interval literal with no month part.
@@ -146,5 +156,39 @@ pub fn interval_nanos(value: &ScalarValue) -> Option<i64> {
         }
         ScalarValue::IntervalDayTime(Some(v)) => Some(i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(documents: Vec<Option<&str>>, field: &str) -> Vec<Option<String>> {
+        let args = [ColumnarValue::Array(Arc::new(StringArray::from(documents))), ColumnarValue::Scalar(ScalarValue::Utf8(Some(field.into())))];
+        let ColumnarValue::Array(out) = json_get(&args).unwrap() else { panic!("an array") };
+        let out = out.as_any().downcast_ref::<StringArray>().unwrap();
+        (0..out.len()).map(|i| (!out.is_null(i)).then(|| out.value(i).to_string())).collect()
+    }
+
+    #[test]
+    fn json_get_reads_one_top_level_field() {
+        let doc = r#"{"a": "x\"y", "b": {"c": [1, 2]}, "n": null, "k\u0065y": 5, "d": 1, "d": 2}"#;
+        assert_eq!(get(vec![Some(doc)], "a"), vec![Some("x\"y".to_string())]);
+        assert_eq!(get(vec![Some(doc)], "b"), vec![Some(r#"{"c": [1, 2]}"#.to_string())]);
+        assert_eq!(get(vec![Some(doc)], "c"), vec![None], "not a top-level field");
+        assert_eq!(get(vec![Some(doc)], "n"), vec![None]);
+        assert_eq!(get(vec![Some(doc)], "key"), vec![Some("5".to_string())], "escaped key");
+        assert_eq!(get(vec![Some(doc)], "d"), vec![Some("2".to_string())], "the last of a repeated key");
+        for bad in ["[1]", "\"s\"", "{\"a\": 1", "{\"a\": 1} x", ""] {
+            assert_eq!(get(vec![Some(bad)], "a"), vec![None], "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_get_repeats_are_answered_like_the_first() {
+        let (one, two) = (r#"{"a": "1"}"#, r#"{"a": "2"}"#);
+        let got = get(vec![Some(one), Some(one), None, Some(one), Some(two), Some(two), Some(one)], "a");
+        let expected = ["1", "1", "", "1", "2", "2", "1"].map(|v| (!v.is_empty()).then(|| v.to_string()));
+        assert_eq!(got, expected);
     }
 }

@@ -8,6 +8,7 @@ pub mod feed;
 pub mod functions;
 pub mod hold;
 pub mod interval_join;
+pub mod json_fields;
 pub mod lookup;
 pub mod plan;
 pub mod row_number;

@@ -612,7 +612,7 @@ fn content_id(flow: u32, payload: &[u8]) -> OutputId {
 }
 
 fn hex(id: &OutputId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(id)
 }
 
 fn parse_id(text: &[u8]) -> Option<OutputId> {
@@ -771,6 +771,11 @@ impl BatchProcessor for PipelineRun {
             }
             Some(_) => Ok(None),
         }
+    }
+
+    fn commit_due(&self) -> bool {
+        // Without checkpoints every batch commits (see `durable`).
+        self.checkpointing.as_ref().is_none_or(|c| self.last_checkpoint.elapsed() >= c.interval)
     }
 
     fn finish(&mut self) -> anyhow::Result<Option<Commit>> {

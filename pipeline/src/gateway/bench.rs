@@ -71,6 +71,8 @@ fn result(name: &str, calls: usize, seconds: f64, latencies: &[f64], note: Strin
         seconds,
         p50_ms: percentile(latencies, 50.0),
         p99_ms: percentile(latencies, 99.0),
+        max_ms: latencies.last().copied(),
+        samples: latencies.len(),
         peak_rss_mb: crate::bench::peak_rss(),
         note,
     }

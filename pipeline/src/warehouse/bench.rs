@@ -114,6 +114,8 @@ pub async fn sink_throughput(url: &str, rows: usize) -> anyhow::Result<Vec<CaseR
         seconds,
         p50_ms: None,
         p99_ms: None,
+        max_ms: None,
+        samples: 0,
         peak_rss_mb: crate::bench::peak_rss(),
         note,
     };

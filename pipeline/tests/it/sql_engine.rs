@@ -460,6 +460,9 @@ impl notiflow::job::BatchProcessor for NoFinish<'_> {
     fn timers_due(&self) -> bool {
         self.0.timers_due()
     }
+    fn commit_due(&self) -> bool {
+        self.0.commit_due()
+    }
     async fn rebalance(&mut self, changes: Vec<notiflow_connector::AssignmentChange>) -> anyhow::Result<()> {
         self.0.rebalance(changes).await
     }

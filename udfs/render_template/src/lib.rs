@@ -22,6 +22,9 @@ serde_json = "1"
 
 // notiflow: dead_letter_reason = template_error
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use arroyo_udf_plugin::udf;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 
@@ -42,6 +45,43 @@ fn environment(html: bool) -> Environment<'static> {
     env
 }
 
+/// Templates compiled at most this many at a time per thread (then the cache starts over).
+const CACHED_TEMPLATES: usize = 1024;
+
+/// Compiled templates by their source text: a template is parsed once, not
+/// once per row (the catalog changes rarely; a new version is a new source).
+struct Compiled {
+    /// Text and HTML environments (auto-escape differs).
+    envs: [Environment<'static>; 2],
+    /// Template source -> its name in the environment, per format.
+    names: [HashMap<String, String>; 2],
+}
+
+impl Compiled {
+    fn new() -> Self {
+        Compiled { envs: [environment(false), environment(true)], names: [HashMap::new(), HashMap::new()] }
+    }
+
+    fn render(&mut self, source: &str, html: bool, params: Value) -> Result<String, String> {
+        let i = usize::from(html);
+        if !self.names[i].contains_key(source) {
+            if self.names[i].len() >= CACHED_TEMPLATES {
+                self.envs[i] = environment(html);
+                self.names[i].clear();
+            }
+            let name = format!("t{}", self.names[i].len());
+            self.envs[i].add_template_owned(name.clone(), source.to_string()).map_err(|e| format!("template error: {e:#}"))?;
+            self.names[i].insert(source.to_string(), name);
+        }
+        let template = self.envs[i].get_template(&self.names[i][source]).map_err(|e| format!("template error: {e:#}"))?;
+        template.render(params).map_err(|e| format!("render error: {e:#}"))
+    }
+}
+
+thread_local! {
+    static COMPILED: RefCell<Compiled> = RefCell::new(Compiled::new());
+}
+
 /// The rendering itself, with a typed error (the `#[udf]` wrapper turns it into a row failure).
 pub fn try_render(template: &str, params_json: &str, locale: Option<&str>, format: Option<&str>) -> Result<String, String> {
     let params: serde_json::Value = serde_json::from_str(params_json).map_err(|e| format!("params are not JSON: {e}"))?;
@@ -52,9 +92,7 @@ pub fn try_render(template: &str, params_json: &str, locale: Option<&str>, forma
         params.entry("locale").or_insert_with(|| serde_json::Value::String(locale.to_string()));
     }
     let html = format.is_some_and(|f| f.eq_ignore_ascii_case("html"));
-    let env = environment(html);
-    let compiled = env.template_from_str(template).map_err(|e| format!("template error: {e:#}"))?;
-    let rendered = compiled.render(Value::from_serialize(&params)).map_err(|e| format!("render error: {e:#}"))?;
+    let rendered = COMPILED.with(|cache| cache.borrow_mut().render(template, html, Value::from_serialize(&params)))?;
     if rendered.len() > MAX_OUTPUT {
         return Err(format!("rendered text is {} bytes, more than the {MAX_OUTPUT} allowed", rendered.len()));
     }
@@ -79,6 +117,28 @@ mod tests {
         let out = try_render("{% if locale == 'zh-CN' %}您好{% else %}Hello{% endif %} {{ name }}, code {{ code }}", r#"{"name":"Li","code":"4711"}"#, Some("zh-CN"), None);
         assert_eq!(out.unwrap(), "您好 Li, code 4711");
         assert_eq!(render_template("{{ n + 1 }}", r#"{"n": 41}"#, None, Some("text")), "42");
+    }
+
+    #[test]
+    fn a_cached_template_renders_each_rows_params() {
+        for (name, expected) in [("Ann", "Hi Ann"), ("Bo", "Hi Bo")] {
+            assert_eq!(try_render("Hi {{ name }}", &format!(r#"{{"name":"{name}"}}"#), None, None).unwrap(), expected);
+        }
+        // The same source in HTML is compiled apart: it escapes.
+        assert_eq!(try_render("Hi {{ name }}", r#"{"name":"<b>"}"#, None, Some("html")).unwrap(), "Hi &lt;b&gt;");
+        assert_eq!(try_render("Hi {{ name }}", r#"{"name":"<b>"}"#, None, None).unwrap(), "Hi <b>");
+        // A broken template is never cached as good.
+        for _ in 0..2 {
+            assert!(try_render("{{ oops", "{}", None, None).unwrap_err().contains("template error"));
+        }
+    }
+
+    #[test]
+    fn the_cache_starts_over_when_full() {
+        for i in 0..CACHED_TEMPLATES + 5 {
+            assert_eq!(try_render(&format!("{i}-{{{{ x }}}}"), r#"{"x":1}"#, None, None).unwrap(), format!("{i}-1"));
+        }
+        assert_eq!(try_render("0-{{ x }}", r#"{"x":2}"#, None, None).unwrap(), "0-2");
     }
 
     #[test]
