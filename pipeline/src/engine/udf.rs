@@ -498,6 +498,26 @@ fn call_tolerant(loaded: &Loaded, args: &[ArrayRef], ret: &DataType, mut failed:
     Ok(concat(&refs)?)
 }
 
+/// Moves the argument vector into memory from the system allocator: the UDF
+/// takes ownership of it and frees it with its own allocator, the system's,
+/// whatever this process's global allocator is (the binary uses mimalloc).
+fn in_system_memory(items: Vec<FfiArraySchema>) -> (*mut FfiArraySchema, usize, usize) {
+    use std::alloc::{GlobalAlloc, Layout, System, handle_alloc_error};
+    let len = items.len();
+    let capacity = len.max(1);
+    let layout = Layout::array::<FfiArraySchema>(capacity).expect("a few arguments fit in memory");
+    // SAFETY: the layout has a non-zero size (capacity >= 1).
+    let ptr = unsafe { System.alloc(layout) }.cast::<FfiArraySchema>();
+    if ptr.is_null() {
+        handle_alloc_error(layout);
+    }
+    for (i, item) in items.into_iter().enumerate() {
+        // SAFETY: `ptr` has room for `capacity >= len` items; each slot is written once.
+        unsafe { ptr.add(i).write(item) };
+    }
+    (ptr, len, capacity)
+}
+
 /// Calls `__run` once; `None` when the UDF reported an error (it panicked).
 fn call(loaded: &Loaded, args: &[ArrayRef]) -> Result<Option<ArrayRef>> {
     let mut ffi = Vec::with_capacity(args.len());
@@ -505,10 +525,7 @@ fn call(loaded: &Loaded, args: &[ArrayRef]) -> Result<Option<ArrayRef>> {
         let (array, schema) = to_ffi(&array.to_data())?;
         ffi.push(FfiArraySchema(array, schema));
     }
-    // The UDF takes ownership of the argument vector and frees it with the
-    // system allocator, which is also this process's allocator.
-    let (len, capacity) = (ffi.len(), ffi.capacity());
-    let ptr = ffi.leak().as_mut_ptr();
+    let (ptr, len, capacity) = in_system_memory(ffi);
     // SAFETY: `__run` has arroyo-udf-common 0.2's signature; arguments are valid C Data Interface arrays.
     match unsafe { (loaded.run)(FfiArrays { ptr, len, capacity, error: false }) } {
         RunResult::Ok(FfiArraySchema(array, schema)) => {
