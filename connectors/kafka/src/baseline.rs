@@ -98,6 +98,10 @@ pub fn raw_passthrough(config: &KafkaConfig, settings: &RawLoop, on_assigned: im
             on_assigned.take().expect("checked")();
             last_record = Instant::now();
         }
+        // A timed loop serves delivery reports every turn: each write's latency is taken when its report is served.
+        if keep_timestamps {
+            producer.poll(Duration::ZERO);
+        }
         let Some(message) = polled else {
             if last_record.elapsed() > idle {
                 break;
