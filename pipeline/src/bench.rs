@@ -425,8 +425,7 @@ async fn latency_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, r
     let prefix = format!("lat_{}_{}", std::process::id(), now_ms());
     let (config, mut run, mut source) = pipeline_on_broker(kafka, &prefix, &options.sql_dir, "latency").await?;
     let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
-    let dispatch: Vec<Arc<str>> =
-        ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| Arc::from(config.topics.resolve(t).as_str())).collect();
+    let dispatch = dispatch_topics(&config);
     let sink = KafkaSink::new(kafka)?;
     join_group(&mut run, &mut source).await?;
 
@@ -456,6 +455,11 @@ async fn latency_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, r
             kafka.fetch_wait_max_ms
         ),
     })
+}
+
+/// The dispatch topics (as `config` names them): where a request's deliveries end.
+fn dispatch_topics(config: &Config) -> Vec<Arc<str>> {
+    ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| Arc::from(config.topics.resolve(t).as_str())).collect()
 }
 
 /// Creates `names` (2 partitions each) under a fresh prefix; returns their full names.
@@ -695,8 +699,7 @@ async fn in_process_latency(options: &BenchOptions, name: &str, rate: usize) -> 
     let (_keep, shutdown) = watch::channel(false);
     let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(2) };
     let config = Config::embedded();
-    let dispatch: Vec<Arc<str>> =
-        ["notify.dispatch.high", "notify.dispatch.normal", "notify.dispatch.low"].iter().map(|t| Arc::from(config.topics.resolve(t).as_str())).collect();
+    let dispatch = dispatch_topics(&config);
     let mut timed = Timed::end_to_end(&mut run, dispatch);
     reset_peak_rss();
     let started = Instant::now();

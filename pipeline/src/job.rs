@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use notiflow_connector::{Acks, AssignmentChange, BatchLimits, Offsets, OutRecord, Positions, Record, Sink, Source};
+use notiflow_connector::{Acks, AssignmentChange, BatchLimits, Offsets, OutRecord, Positions, Record, Sink, Source, note_position};
 use tokio::sync::watch;
 
 
@@ -109,9 +109,8 @@ struct Outputs {
 
 impl Outputs {
     fn acknowledged<P: BatchProcessor>(&mut self, batch: InFlight, written: Positions, processor: &mut P) {
-        for (partition, offset) in written {
-            let slot = self.acknowledged.written.entry(partition).or_insert(offset);
-            *slot = (*slot).max(offset);
+        for ((topic, partition), offset) in written {
+            note_position(&mut self.acknowledged.written, &topic, partition, offset);
         }
         self.acknowledged.consumed.merge(&batch.consumed);
         self.acknowledged.batches += 1;
@@ -254,7 +253,7 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
 
-    use notiflow_connector::{ConnectorError, note_position};
+    use notiflow_connector::ConnectorError;
 
     use super::*;
 

@@ -39,26 +39,24 @@ impl KafkaSink {
         acknowledged(self.enqueue_all(&records, &times).await?).await
     }
 
-    /// Queues every record in the producer (waiting for room when its queue
-    /// is full); returns each one's delivery with its topic.
+    /// Queues every record in the producer; returns each one's delivery with its topic.
     async fn enqueue_all(&self, records: &[OutRecord], times: &[Option<i64>]) -> Result<Vec<(DeliveryFuture, Arc<str>)>, ConnectorError> {
         let mut pending = Vec::with_capacity(records.len());
         for (record, time) in records.iter().zip(times) {
-            loop {
-                match self.enqueue(record, *time) {
-                    Ok(delivery) => {
-                        pending.push((delivery, record.topic.clone()));
-                        break;
-                    }
-                    // The local queue is full: let deliveries drain, then retry.
-                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err(err) => return Err(classify(err)),
-                }
-            }
+            pending.push((self.enqueue_waiting(record, *time).await?, record.topic.clone()));
         }
         Ok(pending)
+    }
+
+    /// Queues one record, waiting for room while the producer's local queue is full.
+    async fn enqueue_waiting(&self, record: &OutRecord, timestamp_ms: Option<i64>) -> Result<DeliveryFuture, ConnectorError> {
+        loop {
+            match self.enqueue(record, timestamp_ms) {
+                // Let deliveries drain, then retry.
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                other => return other.map_err(classify),
+            }
+        }
     }
 
     /// Writes records and reports each one's outcome (partition, offset) on
@@ -67,13 +65,7 @@ impl KafkaSink {
     pub async fn send_each(&self, records: &[OutRecord]) -> Vec<Result<(i32, i64), ConnectorError>> {
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
-            let delivery = loop {
-                match self.enqueue(record, None) {
-                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    other => break other.map_err(classify),
-                }
-            };
-            pending.push(delivery);
+            pending.push(self.enqueue_waiting(record, None).await);
         }
         let mut outcomes = Vec::with_capacity(records.len());
         for delivery in pending {

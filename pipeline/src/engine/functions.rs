@@ -144,7 +144,8 @@ fn json_get(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue>
 /// The raw JSON of `field` at the top level of the object `document`.
 fn top_level_field<'a>(document: &'a str, field: &str) -> Option<&'a RawValue> {
     let mut found = [None];
-    super::json_fields::top_level(document.as_bytes(), &[field], &mut found).then_some(())?;
+    // Not a JSON object: `found` stays empty.
+    super::json_fields::top_level(document.as_bytes(), &[field], &mut found);
     found[0]
 }
 
