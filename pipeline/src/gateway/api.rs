@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::GatewayConfig;
-use super::index::{Claim, RequestIndex, fingerprint, request_key};
+use super::index::{Claim, RequestIndex, SeenRequest, fingerprint, request_key};
 use super::status::Timelines;
 use crate::contract::{Contract, Kind};
 use crate::tenants::{Registry, Tenant};
@@ -210,9 +210,12 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 
 /// A request that passed every check, ready to write.
 struct Checked {
+    tenant: String,
     request_id: String,
     message_id: String,
+    recall: bool,
     key: u128,
+    fingerprint: u64,
     record_key: String,
     payload: Vec<u8>,
 }
@@ -319,11 +322,15 @@ impl Gateway {
             }
         }
         let payload = serde_json::to_vec(&valid.body).expect("a JSON value serializes");
+        let recall = valid.kind == Kind::Recall;
         Ok(Checked {
-            key: request_key(&valid.tenant, &valid.request_id, valid.kind == Kind::Recall),
+            key: request_key(&valid.tenant, &valid.request_id, recall),
+            fingerprint: fingerprint(&payload),
             record_key: format!("{}/{}", valid.tenant, valid.request_id),
             message_id: valid.message_id,
             request_id: valid.request_id,
+            tenant: valid.tenant,
+            recall,
             payload,
         })
     }
@@ -368,7 +375,7 @@ impl Gateway {
         let mut plans = Vec::with_capacity(checked.len());
         let mut reused = Vec::new();
         for c in &checked {
-            plans.push(match self.request_ids.claim(c.key, fingerprint(&c.payload)) {
+            plans.push(match self.request_ids.claim(c.key, c.fingerprint) {
                 Claim::Write => Plan::Write,
                 Claim::Written { same: true } => Plan::Duplicate,
                 Claim::InProgress { same: true, outcome } => Plan::Wait(outcome),
@@ -399,8 +406,21 @@ impl Gateway {
             .collect();
         let outcomes = self.sink.send_each(&records).await;
         let mut failed = Vec::new();
+        let written_at = chrono::Utc::now().timestamp_millis();
         for (&i, outcome) in writes.iter().zip(&outcomes) {
             self.request_ids.settle(checked[i].key, outcome.is_ok());
+            if outcome.is_ok() {
+                // Read-your-writes: a status lookup right after the 202 finds the message
+                // before this gateway's reader of notify.requests has caught up.
+                let c = &checked[i];
+                self.timelines.observe_request(&SeenRequest {
+                    tenant: c.tenant.clone(),
+                    request_id: c.request_id.clone(),
+                    recall: c.recall,
+                    fingerprint: c.fingerprint,
+                    at_ms: written_at,
+                });
+            }
             if let Err(err) = outcome {
                 tracing::warn!(%err, request_id = %checked[i].request_id, "the broker did not acknowledge a request");
                 failed.push(checked[i].request_id.clone());

@@ -17,6 +17,21 @@ pub struct Timeline {
     pub request_id: Option<String>,
     /// Each event's JSON, in the order it was written.
     pub events: Vec<Box<str>>,
+    /// Which request entries (`received`, `recall_received`) are in `events`:
+    /// the gateway enters its own writes at once and skips their echo from the topic.
+    requests_seen: RequestsSeen,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestsSeen {
+    send: bool,
+    recall: bool,
+}
+
+impl RequestsSeen {
+    fn flag(&mut self, recall: bool) -> &mut bool {
+        if recall { &mut self.recall } else { &mut self.send }
+    }
 }
 
 impl Timeline {
@@ -58,6 +73,8 @@ impl Timelines {
         Timelines { messages: Mutex::new(Recent::new(max_messages, window_ms)) }
     }
 
+    /// A request, either written by this gateway (entered at once, so a client
+    /// reads its own write) or read from notify.requests; each is entered once.
     pub fn observe_request(&self, seen: &SeenRequest) {
         let message_id = crate::contract::message_id(&seen.tenant, &seen.request_id);
         let at = chrono::DateTime::from_timestamp_millis(seen.at_ms).unwrap_or_default();
@@ -68,7 +85,7 @@ impl Timelines {
             "request_id": seen.request_id,
             "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
-        self.push(message_id, &seen.tenant, Some(&seen.request_id), event.to_string().into(), seen.at_ms);
+        self.push(message_id, &seen.tenant, Some(&seen.request_id), event.to_string().into(), seen.at_ms, Some(seen.recall));
     }
 
     /// One notify.events record (unreadable ones and events without a message are skipped).
@@ -83,22 +100,34 @@ impl Timelines {
         let Ok(Names { message_id: Some(message_id), tenant: Some(tenant), request_id }) = serde_json::from_str::<Names>(text) else {
             return;
         };
-        self.push(message_id, &tenant, request_id.as_deref(), text.into(), chrono::Utc::now().timestamp_millis());
+        self.push(message_id, &tenant, request_id.as_deref(), text.into(), chrono::Utc::now().timestamp_millis(), None);
     }
 
-    fn push(&self, message_id: String, tenant: &str, request_id: Option<&str>, event: Box<str>, at_ms: i64) {
+    /// `request`: `Some(recall)` for a request entry, entered only once per kind.
+    fn push(&self, message_id: String, tenant: &str, request_id: Option<&str>, event: Box<str>, at_ms: i64, request: Option<bool>) {
         let mut messages = self.messages.lock().expect("timelines lock");
         match messages.get_mut(&message_id) {
             // Events name their tenant; one naming another tenant for this id is not this message's.
             Some(timeline) if timeline.tenant != tenant => return,
             Some(timeline) => {
+                if let Some(recall) = request {
+                    let seen = timeline.requests_seen.flag(recall);
+                    if std::mem::replace(seen, true) {
+                        return;
+                    }
+                }
                 if timeline.request_id.is_none() {
                     timeline.request_id = request_id.map(str::to_string);
                 }
                 timeline.events.push(event);
             }
             None => {
-                let timeline = Timeline { tenant: tenant.to_string(), request_id: request_id.map(str::to_string), events: vec![event] };
+                let mut requests_seen = RequestsSeen::default();
+                if let Some(recall) = request {
+                    *requests_seen.flag(recall) = true;
+                }
+                let timeline =
+                    Timeline { tenant: tenant.to_string(), request_id: request_id.map(str::to_string), events: vec![event], requests_seen };
                 messages.insert(message_id, timeline, at_ms);
             }
         }
@@ -129,6 +158,14 @@ mod tests {
         });
         let id = crate::contract::message_id("acme", "r-1");
         assert_eq!(timelines.get("acme", &id).unwrap().to_json(&id)["status"], "received");
+        // The same request read back from the topic (after the gateway entered its own write) is not entered twice.
+        timelines.observe_request(&SeenRequest {
+            tenant: "acme".into(),
+            request_id: "r-1".into(),
+            recall: false,
+            fingerprint: 0,
+            at_ms: now + 5,
+        });
         for (event, delivery) in [("accepted", None), ("dispatched", Some("d_1")), ("sent", Some("d_1"))] {
             let mut e = json!({"event": event, "message_id": id, "tenant": "acme", "at": "t", "source": "s"});
             if let Some(d) = delivery {

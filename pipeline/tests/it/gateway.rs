@@ -123,6 +123,9 @@ async fn gateway_writes_each_request_once_keeps_tenants_apart_and_sheds_load() {
         let (status, first) = gateway.post_json("/v1/send", &acme, &send(&id)).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{first}");
         assert_eq!(first["status"], "accepted");
+        // Read-your-writes: the status is there right after the 202, before the topic is read back.
+        let (status, timeline) = gateway.get(&format!("/v1/messages/{}", first["message_id"].as_str().unwrap()), &acme).await;
+        assert_eq!((status, timeline["status"].as_str()), (StatusCode::OK, Some("received")), "{timeline}");
         let (status, again) = gateway.post_json("/v1/send", &acme, &send(&id)).await;
         assert_eq!((status, &again["message_id"], &again["status"]), (StatusCode::ACCEPTED, &first["message_id"], &json!("duplicate")));
         expected.insert(format!("acme/{id}"), first["message_id"].as_str().unwrap().to_string());
@@ -255,6 +258,8 @@ async fn gateway_writes_each_request_once_keeps_tenants_apart_and_sheds_load() {
         let names: Vec<&str> = timeline["events"].as_array().unwrap().iter().filter_map(|e| e["event"].as_str()).collect();
         if names.contains(&"accepted") {
             assert_eq!(names[0], "received", "{names:?}");
+            // Entered at the write and read back from notify.requests: still one entry.
+            assert_eq!(names.iter().filter(|n| **n == "received").count(), 1, "{names:?}");
             break;
         }
         assert!(Instant::now() < deadline, "the gateway never showed the pipeline's events: {timeline}");
