@@ -289,6 +289,8 @@ async fn gateway_passes_fuzzing_against_its_own_openapi_document() {
         .args(["run", &format!("{}/openapi.json", gateway.base), "--checks", "all", "--max-examples", "50", "--workers", "2"])
         .args(["--header", &format!("Authorization: Bearer {key}")])
         .env("NO_COLOR", "1")
+        // Its example database and crash cache go in the test's directory, not the repository.
+        .current_dir(dir.path())
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&output.stdout);
