@@ -11,7 +11,7 @@ use arrow::array::{Array, Int32Array, RecordBatch, StringArray, TimestampNanosec
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::physical_expr::expressions::Column;
 use notiflow_connector::memory::MemoryBroker;
-use notiflow_connector::{BatchLimits, Offsets, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
+use notiflow_connector::{AssignmentChange, BatchLimits, LogReader, Offsets, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
 use notiflow_kafka::{KafkaAdmin, KafkaConfig, KafkaSink, KafkaSource};
 use tokio::sync::watch;
 
@@ -33,6 +33,9 @@ pub struct BenchOptions {
     /// Distinct keys for the dedupe case.
     pub dedupe_keys: usize,
     pub sql_dir: PathBuf,
+    /// Pipeline members (threads in one consumer group) for the whole-pipeline
+    /// cases, one case per count.
+    pub workers: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,20 +115,59 @@ impl<P> Timed<P> {
         Timed { inner, end_to_end: None, pending: Default::default(), latencies_ms: vec![], first_record: None, last_ack: None }
     }
 
-    /// Seconds from the first record processed to the last outputs acknowledged.
-    fn busy_seconds(&self) -> f64 {
-        self.first_record.zip(self.last_ack).map(|(a, b)| b.saturating_duration_since(a).as_secs_f64()).unwrap_or(0.0)
-    }
-
-    fn sorted_latencies(&self) -> Vec<f64> {
-        let mut latencies = self.latencies_ms.clone();
-        latencies.sort_by(f64::total_cmp);
-        latencies
+    /// What this member measured, to be combined with the other members'.
+    fn measured(self, records_in: u64) -> Measured {
+        Measured { records_in, first_record: self.first_record, last_ack: self.last_ack, latencies_ms: self.latencies_ms }
     }
 
     fn end_to_end(inner: P, topics: Vec<Arc<str>>) -> Self {
         Timed { inner, end_to_end: Some(topics), pending: Default::default(), latencies_ms: vec![], first_record: None, last_ack: None }
     }
+}
+
+/// What the members of one case measured together.
+#[derive(Default)]
+struct Measured {
+    records_in: u64,
+    first_record: Option<Instant>,
+    last_ack: Option<Instant>,
+    latencies_ms: Vec<f64>,
+}
+
+impl Measured {
+    fn add(mut self, member: Measured) -> Measured {
+        self.records_in += member.records_in;
+        self.first_record = self.first_record.into_iter().chain(member.first_record).min();
+        self.last_ack = self.last_ack.into_iter().chain(member.last_ack).max();
+        self.latencies_ms.extend(member.latencies_ms);
+        self
+    }
+
+    /// Seconds from the first record any member processed to the last outputs any acknowledged.
+    fn busy_seconds(&self) -> f64 {
+        self.first_record.zip(self.last_ack).map(|(a, b)| b.saturating_duration_since(a).as_secs_f64()).unwrap_or(0.0)
+    }
+
+    fn sorted_latencies(&mut self) -> Vec<f64> {
+        self.latencies_ms.sort_by(f64::total_cmp);
+        std::mem::take(&mut self.latencies_ms)
+    }
+}
+
+/// Runs `workers` members of a case (`crate::workers`: a thread and runtime
+/// each, one consumer group) and combines what they measured.
+fn members<F, Fut>(workers: usize, stop: &watch::Sender<bool>, member: F) -> anyhow::Result<Measured>
+where
+    F: Fn(usize) -> Fut + Sync,
+    Fut: Future<Output = anyhow::Result<Measured>>,
+{
+    let measured = tokio::task::block_in_place(|| crate::workers::on_threads(workers, "bench-member", stop, member))?;
+    Ok(measured.into_iter().fold(Measured::default(), Measured::add))
+}
+
+/// Case names: one member is the plain name.
+fn with_workers(name: &str, workers: usize) -> String {
+    if workers == 1 { name.to_string() } else { format!("{name}, {workers} workers") }
 }
 
 /// `requested_at` of an output row (JSON, `YYYY-MM-DDTHH:MM:SS.fff`), in ms.
@@ -258,15 +300,6 @@ impl BatchProcessor for Passthrough {
 /// Pipelines checkpoint (and commit) at `notiflow run`'s default interval.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Checkpoints into a fresh state topic, as `notiflow run` does into its group's.
-async fn checkpointed(run: &mut crate::engine::PipelineRun, kafka: &KafkaConfig, name: &str) -> anyhow::Result<()> {
-    let topic = format!("notiflow-bench-state-{}-{name}-{}", std::process::id(), now_ms());
-    KafkaAdmin::new(kafka)?.ensure_topics(&[notiflow_connector::TopicSpec { name: topic.clone(), partitions: 1, compacted: true }]).await?;
-    let checkpointing = crate::engine::Checkpointing { state: crate::engine::checkpoint::StateTopic::new(topic), interval: CHECKPOINT_INTERVAL };
-    run.enable_checkpoints(checkpointing, crate::logs::Logs::Kafka(notiflow_kafka::KafkaReader::new(kafka))).await?;
-    Ok(())
-}
-
 fn request_records(topic: &Arc<str>, count: usize, max_bytes: usize) -> Vec<OutRecord> {
     sample_requests(count, 0, max_bytes)
         .into_iter()
@@ -293,16 +326,23 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
         for (name, sql) in [
             ("job-loop passthrough (notiflow's Kafka source, job loop and sink; no SQL)", None),
             ("stateless SQL stage (project + filter)", Some(stateless_sql()?)),
-            ("whole request pipeline over the broker (sql/: 4 stages, topic hops, example catalog)", Some(options.sql_dir.clone())),
         ] {
             if wanted(name) {
-                results.push(kafka_case(&kafka, name, options, sql).await?);
+                results.push(kafka_case(&kafka, name, options, sql, 1).await?);
+            }
+        }
+        for &workers in &options.workers {
+            let name = with_workers("whole request pipeline over the broker (sql/: 4 stages, topic hops, example catalog)", workers);
+            if wanted(&name) {
+                results.push(kafka_case(&kafka, &name, options, Some(options.sql_dir.clone()), workers).await?);
             }
         }
         for &rate in &options.rates {
-            let name = format!("whole request pipeline at {rate} requests/s over the broker (latency: request -> dispatch ack)");
-            if wanted(&name) {
-                results.push(latency_case(&kafka, &name, options, rate).await?);
+            for &workers in &options.workers {
+                let name = with_workers(&format!("whole request pipeline at {rate} requests/s over the broker (latency: request -> dispatch ack)"), workers);
+                if wanted(&name) {
+                    results.push(latency_case(&kafka, &name, options, rate, workers).await?);
+                }
             }
             let name = format!("two-hop raw rdkafka chain at {rate} records/s (latency floor: producer -> 2nd hop ack)");
             if wanted(&name) {
@@ -320,13 +360,17 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
             results.extend(crate::warehouse::bench::sink_throughput(url, options.records).await?);
         }
     }
-    if wanted("whole request pipeline, in-process") {
-        results.push(in_process_pipeline(options).await?);
+    for &workers in &options.workers {
+        if wanted(&with_workers("whole request pipeline, in-process", workers)) {
+            results.push(in_process_pipeline(options, workers).await?);
+        }
     }
     for &rate in &options.rates {
-        let name = format!("whole request pipeline at {rate} requests/s, in-process source and sink (engine latency)");
-        if wanted(&name) {
-            results.push(in_process_latency(options, &name, rate).await?);
+        for &workers in &options.workers {
+            let name = with_workers(&format!("whole request pipeline at {rate} requests/s, in-process source and sink (engine latency)"), workers);
+            if wanted(&name) {
+                results.push(in_process_latency(options, &name, rate, workers).await?);
+            }
         }
     }
     if wanted("priority") {
@@ -355,12 +399,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<CaseResult>> {
 /// writes renamed with `prefix`), the example catalog published, lookups
 /// loaded and checkpoints on: as `notiflow run` starts. Returns the config,
 /// the run and a source over every stream topic (stages hop through topics).
-async fn pipeline_on_broker(
-    kafka: &KafkaConfig,
-    prefix: &str,
-    sql_dir: &std::path::Path,
-    name: &str,
-) -> anyhow::Result<(Config, crate::engine::PipelineRun, KafkaSource)> {
+async fn pipeline_on_broker(kafka: &KafkaConfig, prefix: &str, sql_dir: &std::path::Path, name: &str) -> anyhow::Result<BrokerPipeline> {
     let mut config = Config::embedded();
     config.kafka = Some(kafka.clone());
     config.topics.partitions = 2;
@@ -368,17 +407,45 @@ async fn pipeline_on_broker(
     let mut logical = probe.source_topics();
     logical.extend(probe.output_topics());
     config.topics.rename = logical.iter().map(|t| (t.clone(), format!("{prefix}.{t}"))).collect();
-    let mut run = crate::load_pipeline(sql_dir, &config).await?;
+    let run = crate::load_pipeline(sql_dir, &config).await?;
     KafkaAdmin::new(kafka)?.ensure_topics(&crate::topic_specs(&run, &config)).await?;
     let catalog: Vec<OutRecord> =
         crate::demo::catalog_records(&config)?.into_iter().filter(|r| logical.iter().any(|t| config.topics.resolve(t) == r.topic.as_ref())).collect();
     KafkaSink::new(kafka)?.send_all(catalog).await?;
-    let lookups = run.prepare(&notiflow_kafka::KafkaReader::new(kafka)).await?;
-    checkpointed(&mut run, kafka, name).await?;
-    let topics = run.stream_topics();
-    let source = KafkaSource::new(kafka, &format!("{prefix}-group"), &topics.iter().map(String::as_str).collect::<Vec<_>>(), "earliest")?
-        .follow(kafka, &lookups)?;
-    Ok((config, run, source))
+    let state_topic = format!("notiflow-bench-state-{}-{name}-{}", std::process::id(), now_ms());
+    KafkaAdmin::new(kafka)?.ensure_topics(&[notiflow_connector::TopicSpec { name: state_topic.clone(), partitions: 1, compacted: true }]).await?;
+    // Members share the state topic, so a partition's state follows it on a rebalance.
+    let stream_partitions = run.stream_topics().len() * config.topics.partitions as usize;
+    Ok(BrokerPipeline { kafka: kafka.clone(), config, sql_dir: sql_dir.to_path_buf(), group: format!("{prefix}-group"), state_topic, stream_partitions })
+}
+
+/// The request pipeline set up on the broker (topics, catalog, state topic),
+/// ready for members of its consumer group.
+struct BrokerPipeline {
+    kafka: KafkaConfig,
+    config: Config,
+    sql_dir: PathBuf,
+    group: String,
+    state_topic: String,
+    /// Partitions of the topics the pipeline consumes (shared by the members).
+    stream_partitions: usize,
+}
+
+impl BrokerPipeline {
+    /// One member: its own plans, lookup tables, consumer and checkpoints.
+    async fn member(&self) -> anyhow::Result<(crate::engine::PipelineRun, KafkaSource)> {
+        let mut run = crate::load_pipeline(&self.sql_dir, &self.config).await?;
+        let lookups = run.prepare(&notiflow_kafka::KafkaReader::new(&self.kafka)).await?;
+        let checkpointing = crate::engine::Checkpointing {
+            state: crate::engine::checkpoint::StateTopic::new(self.state_topic.clone()),
+            interval: CHECKPOINT_INTERVAL,
+        };
+        run.enable_checkpoints(checkpointing, crate::logs::Logs::Kafka(notiflow_kafka::KafkaReader::new(&self.kafka))).await?;
+        let topics = run.stream_topics();
+        let source = KafkaSource::new(&self.kafka, &self.group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), "earliest")?
+            .follow(&self.kafka, &lookups)?;
+        Ok((run, source))
+    }
 }
 
 /// Produces `records` at `rate` per second in 10 ms ticks without waiting for
@@ -401,55 +468,100 @@ fn paced_producer(kafka: &KafkaConfig, records: Vec<OutRecord>, rate: usize) -> 
     }))
 }
 
-/// Reads (empty) batches until the consumer group has given this source its
-/// partitions, and hands them to the pipeline: a paced producer started after
-/// this measures the pipeline, not the group join.
-async fn join_group(run: &mut crate::engine::PipelineRun, source: &mut KafkaSource) -> anyhow::Result<()> {
+/// Reads (empty) batches until the consumer group has given this member its
+/// share (`share` stream partitions) and every member has its share, handing
+/// each change to the pipeline: a paced producer started after this measures
+/// the pipeline, not the group join.
+async fn join_group(run: &mut crate::engine::PipelineRun, source: &mut KafkaSource, share: usize, joined: &JoinedMembers) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut assigned = std::collections::BTreeSet::new();
+    let mut counted = false;
     loop {
         let batch = source.next_batch(BatchLimits { max_records: 1, max_wait: Duration::from_millis(100) }).await?;
         anyhow::ensure!(batch.is_empty(), "records arrived before the producer started");
         let changes = source.assignment_changes();
-        if !changes.is_empty() {
-            return run.rebalance(changes).await;
+        for change in &changes {
+            match change {
+                AssignmentChange::Assigned(partitions) => assigned.extend(partitions.iter().cloned()),
+                AssignmentChange::Revoked(partitions) => partitions.iter().for_each(|p| {
+                    assigned.remove(p);
+                }),
+            }
         }
-        anyhow::ensure!(Instant::now() < deadline, "no partitions assigned within 60 s");
+        if !changes.is_empty() {
+            run.rebalance(changes).await?;
+        }
+        if assigned.len() == share && !counted {
+            counted = true;
+            joined.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if counted && joined.count.load(std::sync::atomic::Ordering::SeqCst) == joined.members {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the group did not settle on {} members within 60 s", joined.members);
     }
+}
+
+/// How many members of a case have their share of the partitions.
+struct JoinedMembers {
+    members: usize,
+    count: std::sync::atomic::AtomicUsize,
 }
 
 /// The request pipeline over the broker while a producer writes at a fixed
 /// rate: latency from each request's producer timestamp to the moment each of
 /// its deliveries is acknowledged on a dispatch topic (every stage and topic
 /// hop on the way).
-async fn latency_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, rate: usize) -> anyhow::Result<CaseResult> {
+async fn latency_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, rate: usize, workers: usize) -> anyhow::Result<CaseResult> {
     let prefix = format!("lat_{}_{}", std::process::id(), now_ms());
-    let (config, mut run, mut source) = pipeline_on_broker(kafka, &prefix, &options.sql_dir, "latency").await?;
-    let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
-    let dispatch = dispatch_topics(&config);
-    let sink = KafkaSink::new(kafka)?;
-    join_group(&mut run, &mut source).await?;
+    let setup = pipeline_on_broker(kafka, &prefix, &options.sql_dir, "latency").await?;
+    let input: Arc<str> = Arc::from(setup.config.topics.resolve("notify.requests").as_str());
+    let dispatch = dispatch_topics(&setup.config);
+    let joined = JoinedMembers { members: workers, count: Default::default() };
+    let (all_joined_tx, all_joined) = watch::channel(false);
 
-    // Producer: `rate` requests per second for 5 s.
+    // Producer: `rate` requests per second for 5 s, once every member has its partitions.
     let total = rate * 5;
-    let producing = paced_producer(kafka, request_records(&input, total, config.pipeline.max_request_bytes), rate)?;
-    let (_keep, shutdown) = watch::channel(false);
-    let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(2) };
-    let mut timed = Timed::end_to_end(&mut run, dispatch);
+    let records = request_records(&input, total, setup.config.pipeline.max_request_bytes);
+    let producing = {
+        let kafka = kafka.clone();
+        let mut all_joined = all_joined.clone();
+        tokio::spawn(async move {
+            all_joined.wait_for(|j| *j).await?;
+            paced_producer(&kafka, records, rate)?.await?
+        })
+    };
+    let (stop, shutdown) = watch::channel(false);
+    let idle = StopWhen::GroupIdleFor(Duration::from_millis(1500), Default::default());
     reset_peak_rss();
-    let (records_in, _) = run_job(&mut timed, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(1500)), shutdown).await?;
+    let mut measured = members(workers, &stop, |_member| {
+        let (setup, joined, dispatch, shutdown, all_joined_tx, idle) =
+            (&setup, &joined, dispatch.clone(), shutdown.clone(), &all_joined_tx, idle.clone());
+        async move {
+            let (mut run, mut source) = setup.member().await?;
+            join_group(&mut run, &mut source, setup.stream_partitions / workers, joined).await?;
+            all_joined_tx.send_replace(true);
+            let sink = KafkaSink::new(&setup.kafka)?;
+            let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(2) };
+            let mut timed = Timed::end_to_end(&mut run, dispatch);
+            let (records_in, _) = run_job(&mut timed, &mut source, &sink, limits, idle, shutdown).await?;
+            Ok(timed.measured(records_in))
+        }
+    })?;
     producing.await??;
-    let latencies = timed.sorted_latencies();
+    let latencies = measured.sorted_latencies();
     Ok(CaseResult {
         name: name.into(),
         records: total,
-        seconds: timed.busy_seconds(),
+        seconds: measured.busy_seconds(),
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
         max_ms: latencies.last().copied(),
         samples: latencies.len(),
         peak_rss_mb: peak_rss_mb(),
         note: format!(
-            "{total} requests ({records_in} records incl. stage hops), {} deliveries timed; client settings: linger.ms {}, fetch.wait.max.ms {}; producer paced in 10 ms ticks, not waiting for acks; latency = request's producer timestamp (ms) -> its delivery acknowledged on a dispatch topic",
+            "{total} requests ({} records incl. stage hops), {} deliveries timed; {workers} member(s) in one consumer group; client settings: linger.ms {}, fetch.wait.max.ms {}; producer paced in 10 ms ticks, not waiting for acks; latency = request's producer timestamp (ms) -> its delivery acknowledged on a dispatch topic",
+            measured.records_in,
             latencies.len(),
             kafka.linger_ms,
             kafka.fetch_wait_max_ms
@@ -576,115 +688,179 @@ fn stateless_sql() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-async fn kafka_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, sql: Option<PathBuf>) -> anyhow::Result<CaseResult> {
+async fn kafka_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, sql: Option<PathBuf>, workers: usize) -> anyhow::Result<CaseResult> {
     let prefix = format!("bench_{}_{}", std::process::id(), now_ms());
-    let (config, mut pipeline, mut source, input) = match &sql {
+    let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(20) };
+    // Idle for the whole group: a member may wait while another still writes to its partitions.
+    let stop = StopWhen::GroupIdleFor(Duration::from_millis(1500), Default::default());
+    let (stopping, shutdown) = watch::channel(false);
+    let measured = match &sql {
         Some(dir) => {
-            let (config, run, source) = pipeline_on_broker(kafka, &prefix, dir, "throughput").await?;
+            let setup = pipeline_on_broker(kafka, &prefix, dir, "throughput").await?;
             let logical = if dir == &options.sql_dir { "notify.requests" } else { "bench.in" };
-            let input: Arc<str> = Arc::from(config.topics.resolve(logical).as_str());
-            (config, Some(run), source, input)
+            let input: Arc<str> = Arc::from(setup.config.topics.resolve(logical).as_str());
+            KafkaSink::new(kafka)?.send_all(request_records(&input, options.records, setup.config.pipeline.max_request_bytes)).await?;
+            reset_peak_rss();
+            members(workers, &stopping, |_member| {
+                let (setup, shutdown, stop) = (&setup, shutdown.clone(), stop.clone());
+                async move {
+                    let (run, mut source) = setup.member().await?;
+                    let sink = KafkaSink::new(&setup.kafka)?;
+                    let mut timed = Timed::per_record(run);
+                    let (n, _) = run_job(&mut timed, &mut source, &sink, limits, stop, shutdown).await?;
+                    Ok(timed.measured(n))
+                }
+            })?
         }
         None => {
             let mut config = Config::embedded();
             config.topics.rename = ["bench.in", "bench.out"].iter().map(|t| (t.to_string(), format!("{prefix}.{t}"))).collect();
             let input: Arc<str> = Arc::from(config.topics.resolve("bench.in").as_str());
             KafkaAdmin::new(kafka)?.ensure_topics(&["bench.in", "bench.out"].map(|t| TopicSpec::new(config.topics.resolve(t), 2))).await?;
-            let source = KafkaSource::new(kafka, &format!("{prefix}-group"), &[input.as_ref()], "earliest")?;
-            (config, None, source, input)
-        }
-    };
-    KafkaSink::new(kafka)?.send_all(request_records(&input, options.records, config.pipeline.max_request_bytes)).await?;
-
-    let sink = KafkaSink::new(kafka)?;
-    let (_keep, shutdown) = watch::channel(false);
-    let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(20) };
-    reset_peak_rss();
-    let stop = StopWhen::IdleFor(Duration::from_millis(1500));
-    let (records, seconds) = match pipeline.take() {
-        None => {
-            let passthrough = Passthrough {
-                topic: Arc::from(config.topics.resolve("bench.out").as_str()),
-                consumed: Offsets::default(),
-                last_commit: Instant::now(),
-            };
+            KafkaSink::new(kafka)?.send_all(request_records(&input, options.records, config.pipeline.max_request_bytes)).await?;
+            let mut source = KafkaSource::new(kafka, &format!("{prefix}-group"), &[input.as_ref()], "earliest")?;
+            let passthrough =
+                Passthrough { topic: Arc::from(config.topics.resolve("bench.out").as_str()), consumed: Offsets::default(), last_commit: Instant::now() };
+            let sink = KafkaSink::new(kafka)?;
             let mut timed = Timed::per_record(passthrough);
+            reset_peak_rss();
             let (n, _) = run_job(&mut timed, &mut source, &sink, limits, stop, shutdown).await?;
-            (n, timed.busy_seconds())
-        }
-        Some(run) => {
-            let mut timed = Timed::per_record(run);
-            let (n, _) = run_job(&mut timed, &mut source, &sink, limits, stop, shutdown).await?;
-            (n, timed.busy_seconds())
+            timed.measured(n)
         }
     };
     // Later stages read what earlier ones wrote: more records than requests.
-    anyhow::ensure!(records as usize >= options.records, "{name}: consumed {records} of {} requests", options.records);
+    anyhow::ensure!(measured.records_in as usize >= options.records, "{name}: consumed {} of {} requests", measured.records_in, options.records);
     Ok(CaseResult {
         name: name.into(),
         records: options.records,
-        seconds,
+        seconds: measured.busy_seconds(),
         p50_ms: None,
         p99_ms: None,
         max_ms: None,
         samples: 0,
         peak_rss_mb: peak_rss_mb(),
         note: format!(
-            "{} requests ({records} records incl. stage hops) drained from a backlog on the broker; first record processed -> last outputs acknowledged (the group join is not counted, as for the raw loop)",
-            options.records
+            "{} requests ({} records incl. stage hops) drained from a backlog on the broker by {workers} member(s) of one consumer group; first record processed -> last outputs acknowledged (the group join is not counted, as for the raw loop)",
+            options.records, measured.records_in
         ),
     })
 }
 
-/// The request pipeline over a fresh in-process log: (run, log, requests
-/// topic, request size limit).
-async fn in_process_setup(options: &BenchOptions) -> anyhow::Result<(crate::engine::PipelineRun, MemoryBroker, Arc<str>, usize)> {
-    let config = Config::embedded();
-    let mut run = crate::load_pipeline(&options.sql_dir, &config).await?;
-    let broker = MemoryBroker::new();
-    broker.ensure_topics(&crate::topic_specs(&run, &config)).await?;
-    broker.append(crate::demo::catalog_records(&config)?)?;
-    run.prepare(&broker).await?;
-    let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
-    Ok((run, broker, input, config.pipeline.max_request_bytes))
+/// The request pipeline set up on a fresh in-process log (topics, catalog),
+/// ready for members of its consumer group.
+struct InProcessPipeline {
+    broker: MemoryBroker,
+    config: Config,
+    sql_dir: PathBuf,
+    input: Arc<str>,
+    /// Topics whose records the pipeline consumes (shared by the members).
+    stream_topics: Vec<String>,
+}
+
+const IN_PROCESS_GROUP: &str = "bench";
+
+impl InProcessPipeline {
+    async fn new(options: &BenchOptions) -> anyhow::Result<Self> {
+        let config = Config::embedded();
+        let probe = crate::load_pipeline(&options.sql_dir, &config).await?;
+        let broker = MemoryBroker::new();
+        broker.ensure_topics(&crate::topic_specs(&probe, &config)).await?;
+        broker.append(crate::demo::catalog_records(&config)?)?;
+        let input: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
+        Ok(InProcessPipeline { broker, sql_dir: options.sql_dir.clone(), input, stream_topics: probe.stream_topics(), config })
+    }
+
+    fn requests(&self, count: usize) -> Vec<OutRecord> {
+        request_records(&self.input, count, self.config.pipeline.max_request_bytes)
+    }
+
+    /// Member `member` of `members`: its own plans and lookup tables, its share of the partitions.
+    async fn member(&self, member: usize, members: usize) -> anyhow::Result<(crate::engine::PipelineRun, notiflow_connector::memory::MemorySource)> {
+        let mut run = crate::load_pipeline(&self.sql_dir, &self.config).await?;
+        run.prepare(&self.broker).await?;
+        let topics = run.source_topics();
+        let lookups: Vec<&str> = topics.iter().filter(|t| !self.stream_topics.contains(t)).map(String::as_str).collect();
+        let source =
+            self.broker.consumer(IN_PROCESS_GROUP, &topics.iter().map(String::as_str).collect::<Vec<_>>()).member_of(member, members, &lookups);
+        Ok((run, source))
+    }
+
+    /// Whether the group has committed every record of the consumed topics.
+    async fn drained(&self) -> anyhow::Result<bool> {
+        for topic in &self.stream_topics {
+            for (partition, end) in self.broker.end_offsets(topic).await? {
+                if self.broker.committed(IN_PROCESS_GROUP, topic, partition).unwrap_or(0) < end {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Raises `stop` once `producing` is done and the group has consumed
+    /// everything, stage hops included (members cannot tell by themselves:
+    /// one may be idle while another still writes to its partitions).
+    fn stop_when_drained(self: &Arc<Self>, stop: watch::Sender<bool>, producing: Option<tokio::task::JoinHandle<anyhow::Result<()>>>) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Some(producing) = producing {
+                producing.await??;
+            }
+            let mut drained_checks = 0;
+            while drained_checks < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drained_checks = if this.drained().await? { drained_checks + 1 } else { 0 };
+            }
+            stop.send_replace(true);
+            Ok(())
+        })
+    }
 }
 
 /// The request pipeline with the in-process log: compute only, no broker.
-async fn in_process_pipeline(options: &BenchOptions) -> anyhow::Result<CaseResult> {
-    let (mut run, broker, input, max_request_bytes) = in_process_setup(options).await?;
-    broker.append(request_records(&input, options.records, max_request_bytes))?;
-    let topics = run.source_topics();
-    let mut source = broker.consumer("bench", &topics.iter().map(String::as_str).collect::<Vec<_>>());
-    let sink = broker.producer();
-    let (_keep, shutdown) = watch::channel(false);
-    let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(5) };
+async fn in_process_pipeline(options: &BenchOptions, workers: usize) -> anyhow::Result<CaseResult> {
+    let setup = Arc::new(InProcessPipeline::new(options).await?);
+    setup.broker.append(setup.requests(options.records))?;
+    let (stop, shutdown) = watch::channel(false);
+    let stopping = setup.stop_when_drained(stop.clone(), None);
     reset_peak_rss();
-    let started = Instant::now();
-    let (records, _) = run_job(&mut run, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(200)), shutdown).await?;
-    let seconds = (started.elapsed() - Duration::from_millis(200)).as_secs_f64();
-    anyhow::ensure!(records as usize >= options.records, "consumed {records} of {} requests", options.records);
+    let measured = members(workers, &stop, |member| {
+        let (setup, shutdown) = (&setup, shutdown.clone());
+        async move {
+            let (run, mut source) = setup.member(member, workers).await?;
+            let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(5) };
+            let mut timed = Timed::per_record(run);
+            let (records, _) = run_job(&mut timed, &mut source, &setup.broker.producer(), limits, StopWhen::Shutdown, shutdown).await?;
+            Ok(timed.measured(records))
+        }
+    })?;
+    stopping.await??;
+    anyhow::ensure!(measured.records_in as usize >= options.records, "consumed {} of {} requests", measured.records_in, options.records);
     Ok(CaseResult {
-        name: "whole request pipeline, in-process source and sink (compute only)".into(),
+        name: with_workers("whole request pipeline, in-process source and sink (compute only)", workers),
         records: options.records,
-        seconds,
+        seconds: measured.busy_seconds(),
         p50_ms: None,
         p99_ms: None,
         max_ms: None,
         samples: 0,
         peak_rss_mb: peak_rss_mb(),
-        note: format!("{} requests ({records} records incl. stage hops); all 4 stages, contract check, example catalog", options.records),
+        note: format!(
+            "{} requests ({} records incl. stage hops); all 4 stages, contract check, example catalog; {workers} member(s), a thread each; first record processed -> last outputs written",
+            options.records, measured.records_in
+        ),
     })
 }
 
 /// The request pipeline with an in-process source and sink while requests
 /// arrive at a fixed rate (1 ms ticks): the engine's own share of the latency,
 /// without broker or client waits.
-async fn in_process_latency(options: &BenchOptions, name: &str, rate: usize) -> anyhow::Result<CaseResult> {
-    let (mut run, broker, input, max_request_bytes) = in_process_setup(options).await?;
+async fn in_process_latency(options: &BenchOptions, name: &str, rate: usize, workers: usize) -> anyhow::Result<CaseResult> {
+    let setup = Arc::new(InProcessPipeline::new(options).await?);
     let seconds = 5;
-    let records = request_records(&input, rate * seconds, max_request_bytes);
+    let records = setup.requests(rate * seconds);
     let per_tick = (rate / 1000).max(1);
-    let appender = broker.clone();
+    let appender = setup.broker.clone();
     let producing = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_millis(1));
         for chunk in records.chunks(per_tick) {
@@ -693,31 +869,34 @@ async fn in_process_latency(options: &BenchOptions, name: &str, rate: usize) -> 
         }
         anyhow::Ok(())
     });
-    let topics = run.source_topics();
-    let mut source = broker.consumer("bench", &topics.iter().map(String::as_str).collect::<Vec<_>>());
-    let sink = broker.producer();
-    let (_keep, shutdown) = watch::channel(false);
-    let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(2) };
-    let config = Config::embedded();
-    let dispatch = dispatch_topics(&config);
-    let mut timed = Timed::end_to_end(&mut run, dispatch);
+    let (stop, shutdown) = watch::channel(false);
+    let stopping = setup.stop_when_drained(stop.clone(), Some(producing));
+    let dispatch = dispatch_topics(&setup.config);
     reset_peak_rss();
-    let started = Instant::now();
-    let (records_in, _) = run_job(&mut timed, &mut source, &sink, limits, StopWhen::IdleFor(Duration::from_millis(300)), shutdown).await?;
-    let elapsed = (started.elapsed() - Duration::from_millis(300)).as_secs_f64();
-    producing.await??;
-    let latencies = timed.sorted_latencies();
+    let mut measured = members(workers, &stop, |member| {
+        let (setup, shutdown, dispatch) = (&setup, shutdown.clone(), dispatch.clone());
+        async move {
+            let (mut run, mut source) = setup.member(member, workers).await?;
+            let limits = BatchLimits { max_records: 4096, max_wait: Duration::from_millis(2) };
+            let mut timed = Timed::end_to_end(&mut run, dispatch);
+            let (records, _) = run_job(&mut timed, &mut source, &setup.broker.producer(), limits, StopWhen::Shutdown, shutdown).await?;
+            Ok(timed.measured(records))
+        }
+    })?;
+    stopping.await??;
+    let latencies = measured.sorted_latencies();
     Ok(CaseResult {
         name: name.into(),
         records: rate * seconds,
-        seconds: elapsed,
+        seconds: measured.busy_seconds(),
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
         max_ms: latencies.last().copied(),
         samples: latencies.len(),
         peak_rss_mb: peak_rss_mb(),
         note: format!(
-            "no broker; {records_in} records incl. stage hops, {} deliveries timed: request appended (ms resolution) -> its delivery written to a dispatch topic; what the engine adds",
+            "no broker; {} records incl. stage hops, {} deliveries timed: request appended (ms resolution) -> its delivery written to a dispatch topic; {workers} member(s); what the engine adds",
+            measured.records_in,
             latencies.len()
         ),
     })

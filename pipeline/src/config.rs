@@ -98,6 +98,10 @@ pub struct PipelineConfig {
     /// The compacted topic checkpoints go to (per input partition, so state
     /// follows partitions between instances); empty: `<group_id>.state`.
     pub state_topic: String,
+    /// Members of the consumer group this process runs, a thread each (they
+    /// share the partitions as instances would; more than the cores, or than
+    /// the topics' partitions, buys nothing).
+    pub workers: usize,
 }
 
 impl Default for PipelineConfig {
@@ -109,6 +113,7 @@ impl Default for PipelineConfig {
             batch_max_wait_ms: 50,
             checkpoint_interval_ms: 1000,
             state_topic: String::new(),
+            workers: 1,
         }
     }
 }
@@ -244,6 +249,9 @@ impl Config {
         }
         if self.pipeline.batch_max_records == 0 {
             return Err(at("batch_max_records", "batch_max_records must be >= 1".into()));
+        }
+        if self.pipeline.workers == 0 {
+            return Err(at("workers", "workers must be >= 1".into()));
         }
         let mut seen = BTreeSet::new();
         for tenant in &self.tenants {

@@ -6,6 +6,8 @@
 //! changes reach the processor before the batch that follows them.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -14,12 +16,40 @@ use tokio::sync::watch;
 
 
 /// When a job stops by itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum StopWhen {
     /// Only on shutdown.
     Shutdown,
     /// After this long without a record (demo runs, tests).
     IdleFor(Duration),
+    /// After this long without a record read by any member of a group of jobs
+    /// (`crate::workers`): a member idle while another still writes to its
+    /// partitions keeps going.
+    GroupIdleFor(Duration, Arc<Activity>),
+}
+
+/// When a job (or any member of a group of jobs) last read a record or got partitions.
+#[derive(Debug)]
+pub struct Activity {
+    since: Instant,
+    last_nanos: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { since: Instant::now(), last_nanos: AtomicU64::new(0) }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let now = self.since.elapsed().as_nanos() as u64;
+        self.last_nanos.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.since.elapsed().saturating_sub(Duration::from_nanos(self.last_nanos.load(Ordering::Relaxed)))
+    }
 }
 
 /// What to make durable, then commit.
@@ -182,7 +212,11 @@ pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(u64, u64)> {
     let (mut records_in, mut batches) = (0u64, 0u64);
-    let mut idle_since = Instant::now();
+    let activity = match &stop {
+        StopWhen::GroupIdleFor(_, shared) => shared.clone(),
+        StopWhen::Shutdown | StopWhen::IdleFor(_) => Arc::new(Activity::default()),
+    };
+    activity.touch();
     let mut outputs = Outputs::default();
     loop {
         if *shutdown.borrow() {
@@ -199,18 +233,18 @@ pub async fn run_job<P: BatchProcessor, S: Source, K: Sink>(
             outputs.settle(processor, source, sink).await?;
             processor.rebalance(changes).await?;
             // Idle counts from the last assignment: a restarted member may wait for its partitions.
-            idle_since = Instant::now();
+            activity.touch();
         }
         if batch.is_empty() && !processor.timers_due() {
             // Nothing to overlap with: make what is in flight durable (and commit when due).
             outputs.settle(processor, source, sink).await?;
-            match stop {
-                StopWhen::IdleFor(idle) if idle_since.elapsed() >= idle => break,
+            match &stop {
+                StopWhen::IdleFor(idle) | StopWhen::GroupIdleFor(idle, _) if activity.idle_for() >= *idle => break,
                 _ => continue,
             }
         }
         if !batch.is_empty() {
-            idle_since = Instant::now();
+            activity.touch();
         }
         let started = Instant::now();
         let mut out = Vec::with_capacity(batch.len() * 2);
@@ -283,11 +317,12 @@ mod tests {
         }
     }
 
-    /// Hands out `batches` batches of 10 records, then nothing.
+    /// Hands out `batches` batches of 10 records (each after `pace`), then nothing.
     struct Batches {
         next: i64,
         batches: i64,
         seen: Shared,
+        pace: Duration,
     }
 
     impl Source for Batches {
@@ -299,6 +334,9 @@ mod tests {
             if self.next >= self.batches * 10 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 return Ok(vec![]);
+            }
+            if !self.pace.is_zero() {
+                tokio::time::sleep(self.pace).await;
             }
             let batch = (self.next..self.next + 10).map(record).collect();
             self.next += 10;
@@ -402,7 +440,7 @@ mod tests {
 
     fn fakes(batches: i64) -> (Shared, Batches, SlowAcks) {
         let seen = Shared::default();
-        (seen.clone(), Batches { next: 0, batches, seen: seen.clone() }, SlowAcks { seen, delay_ms: Mutex::new(40) })
+        (seen.clone(), Batches { next: 0, batches, seen: seen.clone(), pace: Duration::ZERO }, SlowAcks { seen, delay_ms: Mutex::new(40) })
     }
 
     #[tokio::test]
@@ -435,5 +473,33 @@ mod tests {
         let committed = seen.committed.last().unwrap().2;
         assert!(seen.acked.len() as i64 >= committed);
         assert!(source.next > committed, "records were read past the last commit");
+    }
+
+    #[tokio::test]
+    async fn a_group_member_without_input_waits_while_another_still_reads() {
+        let activity = Arc::new(Activity::default());
+        let idle = StopWhen::GroupIdleFor(Duration::from_millis(100), activity.clone());
+        let (_keep, shutdown) = watch::channel(false);
+        // The busy member reads a batch every ~5 ms for ~300 ms: never idle for 100 ms.
+        let seen = Shared::default();
+        let mut busy_source = Batches { next: 0, batches: 60, seen: seen.clone(), pace: Duration::from_millis(5) };
+        let busy_sink = SlowAcks { seen: seen.clone(), delay_ms: Mutex::new(4) };
+        let (_, mut idle_source, idle_sink) = fakes(0);
+        let (mut busy, mut quiet) = (CopyEach::default(), CopyEach::default());
+        let started = Instant::now();
+        let busy_job = async {
+            let (records, _) = run_job(&mut busy, &mut busy_source, &busy_sink, BatchLimits::default(), idle.clone(), shutdown.clone()).await.unwrap();
+            (records, started.elapsed())
+        };
+        let quiet_job = async {
+            let (records, _) = run_job(&mut quiet, &mut idle_source, &idle_sink, BatchLimits::default(), idle.clone(), shutdown.clone()).await.unwrap();
+            (records, started.elapsed())
+        };
+        let ((busy_records, busy_took), (quiet_records, quiet_took)) = tokio::join!(busy_job, quiet_job);
+        assert_eq!((busy_records, quiet_records), (600, 0));
+        assert!(busy_took >= Duration::from_millis(300), "the busy member read for {busy_took:?}");
+        // Alone (IdleFor), the quiet member would have stopped at ~100 ms.
+        assert!(quiet_took + Duration::from_millis(50) >= busy_took, "the idle member stopped at {quiet_took:?}, the busy one at {busy_took:?}");
+        assert!(activity.idle_for() >= Duration::from_millis(100));
     }
 }

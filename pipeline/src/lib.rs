@@ -25,6 +25,7 @@ pub mod sql;
 pub mod tenants;
 pub mod trace;
 pub mod tracking;
+pub mod workers;
 pub mod warehouse;
 
 use std::path::Path;

@@ -159,6 +159,9 @@ enum Command {
         /// Requests per second for the latency cases, comma-separated (one case each).
         #[arg(long = "rate", value_delimiter = ',', default_value = "10000,20000")]
         rates: Vec<usize>,
+        /// Pipeline members (threads in one consumer group) for the whole-pipeline cases, comma-separated (one case each).
+        #[arg(long = "workers", value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
     },
     /// Templates on notify.templates: check and publish, or list.
     Template {
@@ -467,8 +470,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("topics ready: {}", specs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { brokers, clickhouse, records, dedupe_keys, sql, only, rates } => {
-            let options = notiflow::bench::BenchOptions { only, rates, brokers, clickhouse, records, dedupe_keys, sql_dir: sql };
+        Command::Bench { brokers, clickhouse, records, dedupe_keys, sql, only, rates, workers } => {
+            let options = notiflow::bench::BenchOptions { only, rates, brokers, clickhouse, records, dedupe_keys, sql_dir: sql, workers };
             let results = notiflow::bench::run(&options).await?;
             println!("{}", notiflow::bench::render(&results));
             Ok(ExitCode::SUCCESS)
@@ -612,13 +615,72 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
         }
     }
     let config = &config;
-    let mut run = notiflow::load_pipeline(dir, config).await?;
+    // Checked (file:line errors) and its topics created once, before the members start.
+    let probe = notiflow::load_pipeline(dir, config).await?;
+    KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&probe, config)).await?;
+    let (topics, group) = (probe.stream_topics(), notiflow::group_id(&probe, config));
+    drop(probe);
     let handle = notiflow::metrics_http::recorder();
     if !config.metrics.listen.is_empty() {
         let addr = notiflow::metrics_http::serve(&config.metrics.listen, handle).await?;
         tracing::info!(%addr, "metrics at /metrics");
     }
-    KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&run, config)).await?;
+    let (stop_tx, shutdown) = watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let on_interrupt = stop_tx.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("interrupt: finishing the current batch");
+            on_interrupt.send_replace(true);
+        }
+    });
+    let workers = config.pipeline.workers;
+    // Idle means idle for the whole group: one member may wait while another still writes to its partitions.
+    let stop = match idle {
+        Some(idle) => StopWhen::GroupIdleFor(idle, Default::default()),
+        None => StopWhen::Shutdown,
+    };
+    tracing::info!(pipeline = %dir.display(), ?topics, %group, workers, "pipeline running");
+    let members = tokio::task::block_in_place(|| {
+        notiflow::workers::on_threads(workers, "pipeline", &stop_tx, |member| run_member(dir, config, member, stop.clone(), shutdown.clone()))
+    })?;
+    if workers > 1 {
+        let each: Vec<String> = members.iter().map(|(t, _)| t.records_in.to_string()).collect();
+        println!("members: {workers}, records in each: {}", each.join(", "));
+    }
+    let mut totals = RunTotals::default();
+    let mut recovery = MemberReport::default();
+    for (member_totals, report) in members {
+        totals.records_in += member_totals.records_in;
+        totals.batches += member_totals.batches;
+        for (sink, n) in member_totals.dispatched {
+            *totals.dispatched.entry(sink).or_default() += n;
+        }
+        for (reason, n) in member_totals.dead_lettered {
+            *totals.dead_lettered.entry(reason).or_default() += n;
+        }
+        recovery.add(report);
+    }
+    recovery.print();
+    Ok(totals)
+}
+
+/// One member of the pipeline's consumer group: its own plans, lookup tables,
+/// state, consumer and producer (see `notiflow::workers`).
+async fn run_member(
+    dir: &Path,
+    config: &Config,
+    member: usize,
+    stop: StopWhen,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(RunTotals, MemberReport)> {
+    let mut kafka = config.kafka.clone().ok_or_else(no_kafka)?;
+    // Static membership: each member of this process is its own group member.
+    if let Some(id) = kafka.properties.get_mut("group.instance.id").filter(|_| member > 0) {
+        id.push_str(&format!("-{member}"));
+    }
+    let kafka = &kafka;
+    let mut run = notiflow::load_pipeline(dir, config).await?;
     let topics = run.stream_topics();
     let group = notiflow::group_id(&run, config);
     let lookups = run.prepare(&KafkaReader::new(kafka)).await?;
@@ -626,30 +688,55 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     let start = run.pipeline.sources.first().map(|s| s.kafka.start_offset.as_str()).unwrap_or("earliest");
     let mut source = KafkaSource::new(kafka, &group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), start)?.follow(kafka, &lookups)?;
     let sink = KafkaSink::new(kafka)?;
-    let (stop_tx, shutdown) = watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("interrupt: finishing the current batch");
-            let _ = stop_tx.send(true);
-        }
-    });
-    let stop = idle.map(StopWhen::IdleFor).unwrap_or(StopWhen::Shutdown);
-    tracing::info!(pipeline = %dir.display(), ?topics, %group, "pipeline running");
     let (records_in, batches) = run_job(&mut run, &mut source, &sink, notiflow::batch_limits(config), stop, shutdown).await?;
-    if run.gap_records > 0 {
-        println!("WARNING: the broker skipped {} offsets of the source topics (records never delivered)", run.gap_records);
+    let report = MemberReport {
+        gap_records: run.gap_records,
+        restored_partitions: run.restored_partitions,
+        held: run.held().0,
+        next_due: run.held().1,
+        skipped: run.skipped,
+        suppressed: run.suppressed,
+    };
+    let totals = RunTotals { records_in, batches, ..std::mem::take(&mut run.totals) };
+    Ok((totals, report))
+}
+
+/// What a member's run says about recovery and held records, summed over members.
+#[derive(Default)]
+struct MemberReport {
+    gap_records: u64,
+    restored_partitions: u64,
+    held: usize,
+    next_due: Option<i64>,
+    skipped: u64,
+    suppressed: u64,
+}
+
+impl MemberReport {
+    fn add(&mut self, other: MemberReport) {
+        self.gap_records += other.gap_records;
+        self.restored_partitions += other.restored_partitions;
+        self.held += other.held;
+        self.next_due = self.next_due.into_iter().chain(other.next_due).min();
+        self.skipped += other.skipped;
+        self.suppressed += other.suppressed;
     }
-    if run.restored_partitions > 0 {
-        println!("restored state of {} partitions from checkpoints", run.restored_partitions);
+
+    fn print(&self) {
+        if self.gap_records > 0 {
+            println!("WARNING: the broker skipped {} offsets of the source topics (records never delivered)", self.gap_records);
+        }
+        if self.restored_partitions > 0 {
+            println!("restored state of {} partitions from checkpoints", self.restored_partitions);
+        }
+        if let Some(next_due) = self.next_due {
+            let next = chrono::DateTime::from_timestamp_millis(next_due).map(|t| t.to_rfc3339()).unwrap_or_default();
+            println!("held for later: {} records (saved in the checkpoint; next due {next})", self.held);
+        }
+        if self.skipped + self.suppressed > 0 {
+            println!("recovery: {} records already in the checkpoint skipped, {} outputs already written suppressed", self.skipped, self.suppressed);
+        }
     }
-    if let (held, Some(next_due)) = run.held() {
-        let next = chrono::DateTime::from_timestamp_millis(next_due).map(|t| t.to_rfc3339()).unwrap_or_default();
-        println!("held for later: {held} records (saved in the checkpoint; next due {next})");
-    }
-    if run.skipped + run.suppressed > 0 {
-        println!("recovery: {} records already in the checkpoint skipped, {} outputs already written suppressed", run.skipped, run.suppressed);
-    }
-    Ok(RunTotals { records_in, batches, ..run.totals })
 }
 
 fn print_totals(totals: &RunTotals) {

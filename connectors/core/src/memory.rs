@@ -102,6 +102,7 @@ impl MemoryBroker {
             topics: topics.iter().map(|t| Arc::from(*t)).collect(),
             positions: HashMap::new(),
             announced: false,
+            share: None,
         }
     }
 
@@ -117,15 +118,44 @@ pub struct MemorySource {
     positions: HashMap<(Arc<str>, i32), i64>,
     /// Whether the (whole) assignment was reported.
     announced: bool,
+    /// This consumer's share when a group has several members (None: all of it).
+    share: Option<Share>,
+}
+
+/// A static share of a group's partitions: partition `p` of a shared topic
+/// belongs to member `p % members`; `whole` topics (lookup tables every
+/// member needs) are read entirely by each.
+struct Share {
+    member: usize,
+    members: usize,
+    whole: Vec<Arc<str>>,
 }
 
 impl MemorySource {
+    /// Makes this consumer member `member` of `members` in its group (the
+    /// in-process stand-in for a consumer group's assignment).
+    pub fn member_of(mut self, member: usize, members: usize, whole_topics: &[&str]) -> Self {
+        assert!(member < members, "member {member} of {members}");
+        self.share = Some(Share { member, members, whole: whole_topics.iter().map(|t| Arc::from(*t)).collect() });
+        self
+    }
+
+    fn owns(&self, topic: &Arc<str>, partition: usize) -> bool {
+        match &self.share {
+            None => true,
+            Some(share) => share.whole.contains(topic) || partition % share.members == share.member,
+        }
+    }
+
     fn take_available(&mut self, max_records: usize) -> Vec<Record> {
         let log = self.broker.log.lock().expect("memory log poisoned");
         let mut batch = Vec::new();
         for topic in &self.topics {
             let Some(partitions) = log.topics.get(topic) else { continue };
             for (partition, records) in partitions.iter().enumerate() {
+                if !self.owns(topic, partition) {
+                    continue;
+                }
                 let key = (topic.clone(), partition as i32);
                 let committed = log.committed.get(&(self.group.clone(), topic.clone(), partition as i32));
                 let position = self.positions.entry(key).or_insert_with(|| committed.copied().unwrap_or(0));
@@ -156,7 +186,7 @@ impl Source for MemorySource {
         }
     }
 
-    /// One member per group: every partition of its topics, once.
+    /// The member's partitions (every partition of its topics, or its share), once.
     fn assignment_changes(&mut self) -> Vec<crate::AssignmentChange> {
         if self.announced {
             return Vec::new();
@@ -166,7 +196,9 @@ impl Source for MemorySource {
         let partitions: Vec<(Arc<str>, i32)> = self
             .topics
             .iter()
-            .flat_map(|t| (0..log.topics.get(t).map_or(0, |p| p.len())).map(move |p| (t.clone(), p as i32)))
+            .flat_map(|t| (0..log.topics.get(t).map_or(0, |p| p.len())).map(move |p| (t.clone(), p)))
+            .filter(|(t, p)| self.owns(t, *p))
+            .map(|(t, p)| (t, p as i32))
             .collect();
         vec![crate::AssignmentChange::Assigned(partitions)]
     }
@@ -283,6 +315,30 @@ mod tests {
         });
         let waited = consumer.next_batch(BatchLimits { max_wait: Duration::from_secs(5), ..limits }).await.unwrap();
         assert_eq!(waited.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn members_share_a_groups_partitions_and_each_reads_whole_topics() {
+        let broker = MemoryBroker::new();
+        broker.create_topic(&TopicSpec::new("stream", 4));
+        broker.create_topic(&TopicSpec::new("lookup", 2));
+        broker.append((0..40).map(|i| out("stream", &format!("k{i}"), "v")).collect()).unwrap();
+        broker.append((0..6).map(|i| out("lookup", &format!("l{i}"), "v")).collect()).unwrap();
+        let limits = BatchLimits { max_records: 1000, max_wait: Duration::from_millis(5) };
+        let mut seen = Vec::new();
+        for member in 0..2 {
+            let mut consumer = broker.consumer("g", &["stream", "lookup"]).member_of(member, 2, &["lookup"]);
+            let [crate::AssignmentChange::Assigned(assigned)] = &consumer.assignment_changes()[..] else { panic!("one assignment") };
+            let stream: Vec<i32> = assigned.iter().filter(|(t, _)| t.as_ref() == "stream").map(|(_, p)| *p).collect();
+            assert_eq!(stream, if member == 0 { vec![0, 2] } else { vec![1, 3] });
+            let batch = consumer.next_batch(limits).await.unwrap();
+            assert_eq!(batch.iter().filter(|r| r.topic.as_ref() == "lookup").count(), 6, "every member reads the whole lookup");
+            seen.extend(batch.into_iter().filter(|r| r.topic.as_ref() == "stream").map(|r| (r.partition, r.offset)));
+        }
+        seen.sort();
+        let read = seen.len();
+        seen.dedup();
+        assert_eq!((read, seen.len()), (40, 40), "each stream record goes to exactly one member");
     }
 
     #[test]

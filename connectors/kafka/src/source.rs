@@ -229,8 +229,12 @@ impl Source for KafkaSource {
             return Ok(());
         }
         // A synchronous commit: the job must know the offsets are stored
-        // before it reports the batch done.
-        tokio::task::block_in_place(|| self.consumer.commit(&list, CommitMode::Sync)).map_err(classify)
+        // before it reports the batch done. On a shared runtime other tasks
+        // move off this thread meanwhile; a member's own single-threaded
+        // runtime (notiflow's workers) has nothing else to run.
+        let commit = || self.consumer.commit(&list, CommitMode::Sync);
+        let shared = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if shared { tokio::task::block_in_place(commit) } else { commit() }.map_err(classify)
     }
 }
 

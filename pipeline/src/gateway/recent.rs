@@ -44,6 +44,7 @@ impl<K: Hash + Eq + Clone, V> Recent<K, V> {
         self.entries.remove(key)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -166,7 +166,7 @@ pub fn spawn_instance(base: &std::path::Path, sql_dir: &std::path::Path, config:
     config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), id);
     let dir = base.join(instance);
     std::fs::create_dir_all(&dir).unwrap();
-    let toml = support::write_toml_with(&config, &dir, "batch_max_records = 500\ncheckpoint_interval_ms = 150");
+    let toml = support::write_toml_with(&config, &dir, &format!("batch_max_records = 500\ncheckpoint_interval_ms = 150\nworkers = {}", config.pipeline.workers));
     std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"))
         .arg("run")
         .arg(sql_dir)
@@ -214,6 +214,41 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
     let said = finished(setup.spawn("a", "20000"), setup._dir.path(), "a");
     eprintln!("killed after {at_kill} copies; restart said:\n{said}\n{}", setup.log("a"));
     assert!(said.contains("restored state of"), "the restart resumed from the checkpoints");
+    setup.check_outputs().await;
+}
+
+/// One process running two members of the group (`pipeline.workers = 2`, a
+/// thread each), killed with -9 mid-stream and restarted: the output is as if
+/// one instance had done it all, and both members did part of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_in_one_process_share_partitions_and_survive_kill_minus_nine() {
+    let _turn = support::one_at_a_time().await;
+    let mut setup = Setup::new(PAIRS, 4).await;
+    setup.config.pipeline.workers = 2;
+    setup.produce(0..COPIES).await;
+    let mut child = setup.spawn("a", "60000");
+    // Early: two members copy fast, and the restart should have work left for both
+    // (end offsets, cheap to poll, rather than reading the outputs to the end).
+    let reader = KafkaReader::new(&setup.kafka);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while end_total(&reader, &setup.topic("copied")).await < (PAIRS * COPIES / 10) as i64 {
+        assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "no progress before the kill:\n{}", setup.log("a"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at_kill = end_total(&KafkaReader::new(&setup.kafka), &setup.topic("copied")).await;
+    assert!(at_kill < (PAIRS * COPIES) as i64, "killed too late to test anything: {at_kill}");
+
+    let said = finished(setup.spawn("a", "20000"), setup._dir.path(), "a");
+    eprintln!("killed after {at_kill} copies; restart said:\n{said}\n{}", setup.log("a"));
+    assert!(said.contains("restored state of"), "the restart resumed from the checkpoints");
+    let each: Vec<u64> = said
+        .lines()
+        .find_map(|l| l.strip_prefix("members: 2, records in each: "))
+        .map(|l| l.split(", ").filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    assert!(each.len() == 2 && each.iter().all(|n| *n > 0), "both members read records: {each:?}");
     setup.check_outputs().await;
 }
 
