@@ -1,6 +1,7 @@
 //! Functions the engine adds to DataFusion's: window markers used in
 //! `PARTITION BY` (`tumble`, `sliding`) and notiflow helpers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
@@ -120,23 +121,31 @@ fn json_get(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue>
     let (rows, arrays) = text_args("json_get", args)?;
     let (documents, fields) = (&arrays[0], &arrays[1]);
     let mut out = StringBuilder::with_capacity(documents.len(), documents.len() * 16);
-    // Rows of one template share its document: the previous row's answer is reused.
-    let mut previous: Option<(usize, Option<String>)> = None;
+    // Rows of one template share its documents, read for a few keys (a channel, a
+    // locale) in any order: each distinct (document, field) is parsed once per batch.
+    // Keyed by a hash of the document; the row it came from is compared on a hit.
+    let mut answers: HashMap<(u64, &str), (usize, Option<String>)> = HashMap::new();
     for i in 0..documents.len() {
         if documents.is_null(i) || fields.is_null(i) {
             out.append_null();
             continue;
         }
         let (document, field) = (documents.value(i), fields.value(i));
-        let answer = match previous.take() {
-            Some((p, answer)) if documents.value(p) == document && fields.value(p) == field => answer,
-            _ => match top_level_field(document, field).map(RawValue::get) {
-                None | Some("null") => None,
-                Some(raw) => Some(serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_string())),
-            },
-        };
-        out.append_option(answer.as_deref());
-        previous = Some((i, answer));
+        let key = (xxhash_rust::xxh3::xxh3_64(document.as_bytes()), field);
+        match answers.get(&key) {
+            Some((row, answer)) if documents.value(*row) == document => out.append_option(answer.as_deref()),
+            seen => {
+                let answer = match top_level_field(document, field).map(RawValue::get) {
+                    None | Some("null") => None,
+                    Some(raw) => Some(serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_string())),
+                };
+                out.append_option(answer.as_deref());
+                // A hash collision keeps the first document's answer; this one is just not cached.
+                if seen.is_none() {
+                    answers.insert(key, (i, answer));
+                }
+            }
+        }
     }
     text_result(rows, Arc::new(out.finish()))
 }
@@ -183,6 +192,19 @@ mod tests {
         for bad in ["[1]", "\"s\"", "{\"a\": 1", "{\"a\": 1} x", ""] {
             assert_eq!(get(vec![Some(bad)], "a"), vec![None], "{bad}");
         }
+    }
+
+    #[test]
+    fn json_get_answers_documents_and_fields_in_any_order_like_the_first_time() {
+        let (one, two) = (r#"{"sms": "s1", "email": "e1"}"#, r#"{"sms": "s2"}"#);
+        let documents = StringArray::from(vec![Some(one), Some(two), Some(one), Some(one), Some(two), Some(one), None]);
+        let fields = StringArray::from(vec![Some("sms"), Some("sms"), Some("email"), Some("sms"), Some("email"), Some("email"), Some("sms")]);
+        let ColumnarValue::Array(out) = json_get(&[ColumnarValue::Array(Arc::new(documents)), ColumnarValue::Array(Arc::new(fields))]).unwrap() else {
+            panic!("an array")
+        };
+        let out = out.as_any().downcast_ref::<StringArray>().unwrap();
+        let got: Vec<Option<&str>> = (0..out.len()).map(|i| (!out.is_null(i)).then(|| out.value(i))).collect();
+        assert_eq!(got, vec![Some("s1"), Some("s2"), Some("e1"), Some("s1"), None, Some("e1"), None]);
     }
 
     #[test]
