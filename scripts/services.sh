@@ -27,7 +27,8 @@ services_install() {
   if ! command -v tansu >/dev/null 2>&1; then
     echo "services: installing tansu (first build takes ~16 min on 2 cores)"
     # The default features have no storage engine: dynostore gives memory://, libsql gives sqlite://.
-    cargo install tansu --features dynostore,libsql
+    # Pinned: a new release may change its features or behaviour (see ../shared/ENVIRONMENT.md).
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
   fi
   if ! command -v clickhouse-server >/dev/null 2>&1; then
     echo "services: installing Debian's clickhouse-server"
@@ -45,7 +46,7 @@ services_install() {
   # S3 for the Parquet archive's S3 test: moto's S3 server (PyPI), speaking the S3 wire protocol.
   if ! command -v moto_server >/dev/null 2>&1; then
     echo "services: installing moto[server] (an S3-compatible server) from PyPI"
-    python3 -m pip install -q "moto[server]"
+    python3 -m pip install -q "moto[server]==5.2.1"
   fi
   # The gateway's fuzz test: schemathesis (PyPI) generates requests from docs/openapi.json.
   if ! command -v st >/dev/null 2>&1; then

@@ -41,7 +41,7 @@ pub async fn serve(config: Config, reports: PathBuf, listen: &str) -> anyhow::Re
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("dashboard listen {listen}"))?;
     println!("dashboard: listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+    axum::serve(listener, app).with_graceful_shutdown(crate::shutdown::requested()).await?;
     Ok(())
 }
 

@@ -21,6 +21,7 @@ pub mod metrics_http;
 pub mod report;
 pub mod receipts;
 pub mod samples;
+pub mod shutdown;
 pub mod sql;
 pub mod tenants;
 pub mod trace;

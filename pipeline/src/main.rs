@@ -629,10 +629,9 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     let stop_tx = std::sync::Arc::new(stop_tx);
     let on_interrupt = stop_tx.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("interrupt: finishing the current batch");
-            on_interrupt.send_replace(true);
-        }
+        notiflow::shutdown::requested().await;
+        tracing::info!("stop requested: finishing the current batch");
+        on_interrupt.send_replace(true);
     });
     let workers = config.pipeline.workers;
     // Idle means idle for the whole group: one member may wait while another still writes to its partitions.

@@ -85,7 +85,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         .with_state(receivers);
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[receipts] listen {}", settings.listen))?;
     println!("receipts: listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+    axum::serve(listener, app).with_graceful_shutdown(crate::shutdown::requested()).await?;
     Ok(())
 }
 

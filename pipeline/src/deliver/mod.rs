@@ -144,7 +144,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     let writer = tokio::spawn(write_outputs(done_rx, skip_rx, sink, topics, progress.clone(), totals.clone()));
 
     // Until interrupted, or idle with nothing unfinished.
-    let mut interrupted = Box::pin(tokio::signal::ctrl_c());
+    let mut interrupted = Box::pin(crate::shutdown::requested());
     loop {
         tokio::select! {
             _ = &mut interrupted => { tracing::info!("interrupt: finishing deliveries in progress"); break; }

@@ -103,9 +103,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let (listener, app) = bind(config).await?;
     println!("gateway: listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-        })
+        .with_graceful_shutdown(crate::shutdown::requested())
         .await?;
     Ok(())
 }

@@ -190,13 +190,13 @@ async fn drain(
     let mut buffers: Vec<Buffer> = DATASETS.iter().map(|_| Buffer::default()).collect();
     let mut totals = SinkTotals::default();
     let mut last_record = Instant::now();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let stop_requested = crate::shutdown::requested();
+    tokio::pin!(stop_requested);
     let mut interrupted = false;
     loop {
         let batch = tokio::select! {
             batch = source.next_batch(limits) => batch?,
-            _ = &mut ctrl_c, if !interrupted => { interrupted = true; Vec::new() }
+            _ = &mut stop_requested, if !interrupted => { interrupted = true; Vec::new() }
         };
         // Interrupted or idle: flush what is buffered and stop.
         let stop = interrupted || (batch.is_empty() && until_idle.is_some_and(|idle| last_record.elapsed() >= idle));

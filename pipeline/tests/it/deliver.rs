@@ -385,25 +385,26 @@ pool_size = 1
     assert_eq!(twilio.log().accepted.len(), FAST_SMS);
 }
 
-/// `kill -9` in the middle of delivering: the restarted job sends what was
-/// not finished and committed, so every message goes out at least once, and
-/// only deliveries in flight or finished since the last commit go out twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_minus_nine_mid_delivery_loses_nothing_and_resends_only_the_unfinished() {
-    const TOTAL: usize = 300;
-    let _turn = support::one_at_a_time().await;
-    let mut config = support::kafka_config(1);
-    // Static membership: the restarted job takes the killed one's place at once instead of waiting out its session.
-    config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), support::unique("deliver-instance"));
-    let mut kafka = config.kafka.clone().unwrap();
-    let topic = |name: &str| config.topics.resolve(name);
-    dispatch_lanes(&config).await;
-    let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
-    let dir = tempfile::tempdir().unwrap();
-    let group_id = support::unique("kill");
-    let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
-    toml.push_str(&format!(
-        r#"
+/// `notiflow deliver` over `total` SMS dispatch records to a Twilio stand-in
+/// (100/s, 8 workers), stopped mid-way and started again.
+struct Restarted {
+    twilio: notiflow_sms::fake::FakeProvider,
+    dir: tempfile::TempDir,
+    total: usize,
+}
+
+impl Restarted {
+    async fn new(total: usize) -> Restarted {
+        let mut config = support::kafka_config(1);
+        // Static membership: the restarted job takes the stopped one's place at once instead of waiting out its session.
+        config.kafka.as_mut().unwrap().properties.insert("group.instance.id".into(), support::unique("deliver-instance"));
+        let mut kafka = config.kafka.clone().unwrap();
+        dispatch_lanes(&config).await;
+        let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+        toml.push_str(&format!(
+            r#"
 [delivery]
 group_id = "{group}"
 workers_per_channel = 8
@@ -419,50 +420,92 @@ account_sid = "AC0123"
 auth_token = {{ env = "NOTIFLOW_IT_KILL_TWILIO" }}
 from = "+15005550006"
 "#,
-        group = group_id,
-        endpoint = twilio.endpoint,
-    ));
-    std::fs::write(dir.path().join("notiflow.toml"), &toml).unwrap();
-    // One record per batch: tansu serves a fetch from inside a batch from the next batch on (see exactly_once.rs).
-    kafka.properties.extend([("batch.num.messages".into(), "1".into()), ("linger.ms".into(), "0".into()), ("message.timeout.ms".into(), "300000".into())]);
-    let out = (0..TOTAL).map(|i| {
-        let record = dispatch(&format!("k{i}"), "sms", &format!("+86137{i:08}"), "normal");
-        OutRecord { topic: Arc::from(topic("notify.dispatch.normal")), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
-    });
-    KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
+            group = support::unique("kill"),
+            endpoint = twilio.endpoint,
+        ));
+        std::fs::write(dir.path().join("notiflow.toml"), &toml).unwrap();
+        // One record per batch: tansu serves a fetch from inside a batch from the next batch on (see exactly_once.rs).
+        kafka.properties.extend([("batch.num.messages".into(), "1".into()), ("linger.ms".into(), "0".into()), ("message.timeout.ms".into(), "300000".into())]);
+        let lane: Arc<str> = Arc::from(config.topics.resolve("notify.dispatch.normal").as_str());
+        let out = (0..total).map(|i| {
+            let record = dispatch(&format!("k{i}"), "sms", &format!("+86137{i:08}"), "normal");
+            OutRecord { topic: lane.clone(), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
+        });
+        KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
+        Restarted { twilio, dir, total }
+    }
 
-    let run = |idle: Option<&str>| {
+    fn spawn(&self, idle: Option<&str>) -> std::process::Child {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_notiflow"));
-        command.args(["deliver", "--config", dir.path().join("notiflow.toml").to_str().unwrap()]).env("NOTIFLOW_IT_KILL_TWILIO", "tw-token");
+        command.args(["deliver", "--config", self.dir.path().join("notiflow.toml").to_str().unwrap()]).env("NOTIFLOW_IT_KILL_TWILIO", "tw-token");
         if let Some(idle) = idle {
             command.args(["--exit-when-idle-ms", idle]);
         }
         command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
-    };
-    let mut first = run(None);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while twilio.log().accepted.len() < TOTAL / 3 {
-        assert!(std::time::Instant::now() < deadline, "no progress before the kill");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+
+    /// Starts the job and returns it once a third of the messages are sent.
+    async fn started_and_a_third_sent(&self) -> std::process::Child {
+        let first = self.spawn(None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.twilio.log().accepted.len() < self.total / 3 {
+            assert!(std::time::Instant::now() < deadline, "no progress before the stop");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        first
+    }
+
+    /// Runs the job again until idle; every message must have gone out. Returns how many went out twice.
+    fn restarted_resends(&self) -> usize {
+        // A static member rejoins in about 6 s on tansu; the idle limit must outlast that.
+        let second = self.spawn(Some("15000")).wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&second.stdout);
+        assert!(second.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&second.stderr));
+        let bodies: Vec<String> = self.twilio.log().accepted.iter().map(|r| r.body.clone()).collect();
+        let unique: BTreeSet<&String> = bodies.iter().collect();
+        assert_eq!(unique.len(), self.total, "every message sent at least once; second run: {stdout}\n{}", String::from_utf8_lossy(&second.stderr));
+        eprintln!("second run: {stdout}");
+        bodies.len() - self.total
+    }
+}
+
+/// `kill -9` in the middle of delivering: the restarted job sends what was
+/// not finished and committed, so every message goes out at least once, and
+/// only deliveries in flight or finished since the last commit go out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_minus_nine_mid_delivery_loses_nothing_and_resends_only_the_unfinished() {
+    let _turn = support::one_at_a_time().await;
+    let case = Restarted::new(300).await;
+    let mut first = case.started_and_a_third_sent().await;
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
-    let at_kill = twilio.log().accepted.len();
-    assert!(at_kill < TOTAL, "killed too late to test anything");
-    let committed = notiflow_kafka::committed_offsets(&kafka, &format!("{group_id}.normal"), &topic("notify.dispatch.normal")).unwrap();
-    eprintln!("at kill: {at_kill} sent, committed {committed:?}");
-
-    // A static member rejoins in about 6 s on tansu; the idle limit must outlast that.
-    let second = run(Some("15000")).wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&second.stdout);
-    assert!(second.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&second.stderr));
-    let bodies: Vec<String> = twilio.log().accepted.iter().map(|r| r.body.clone()).collect();
-    let unique: BTreeSet<&String> = bodies.iter().collect();
-    assert_eq!(unique.len(), TOTAL, "every message sent at least once; second run: {stdout}\n{}", String::from_utf8_lossy(&second.stderr));
-    let resent = bodies.len() - TOTAL;
-    eprintln!("kill -9 after {at_kill} sends: {resent} sent twice; second run: {stdout}");
+    let at_kill = case.twilio.log().accepted.len();
+    assert!(at_kill < case.total, "killed too late to test anything");
+    let resent = case.restarted_resends();
+    eprintln!("kill -9 after {at_kill} sends: {resent} sent twice");
     // At-least-once: what was in flight (8 workers) or finished after the last commit (200 ms at 100/s) may repeat.
     assert!(resent <= 8 + 40, "{resent} resent: more than in flight plus one commit interval");
+}
+
+/// SIGTERM (what `docker stop` and every rolling deploy send) in the middle of
+/// delivering: the job finishes what it holds, commits it and exits 0, so the
+/// restarted job sends nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_delivery_stops_cleanly_and_nothing_is_sent_twice() {
+    let _turn = support::one_at_a_time().await;
+    let case = Restarted::new(300).await;
+    let first = case.started_and_a_third_sent().await;
+    let term = std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let at_term = case.twilio.log().accepted.len();
+    let stopped = first.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&stopped.stdout);
+    assert!(stopped.status.success(), "a clean stop exits 0: {said}\n{}", String::from_utf8_lossy(&stopped.stderr));
+    assert!(said.contains("delivery: "), "it printed its totals: {said}");
+    assert!(at_term < case.total, "stopped too late to test anything");
+    let resent = case.restarted_resends();
+    eprintln!("SIGTERM after {at_term} sends; first run: {said}; {resent} sent twice");
+    assert_eq!(resent, 0, "a clean stop leaves nothing to send again");
 }
 
 /// `notiflow deliver` on SMS dispatch records of several tenants, with a tenant registry.
