@@ -84,6 +84,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[inbox] listen {}", settings.listen))?;
     println!("inbox: listening on http://{}", listener.local_addr()?);
+    crate::metrics_http::mark_ready();
     axum::serve(listener, notiflow_inbox::router(inbox)).with_graceful_shutdown(crate::shutdown::requested()).await?;
     Ok(())
 }

@@ -387,6 +387,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Deliver { config, exit_when_idle_ms } => {
             let config = Config::load(&config)?;
+            notiflow::metrics_http::serve_for(&config, "deliver").await?;
             let t = notiflow::deliver::run(&config, exit_when_idle_ms.map(Duration::from_millis)).await?;
             println!(
                 "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls, {} parked",
@@ -395,7 +396,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink { config, only, exit_when_idle_ms } => {
-            let totals = notiflow::warehouse::run(&Config::load(&config)?, only.as_deref(), exit_when_idle_ms.map(Duration::from_millis)).await?;
+            let config = Config::load(&config)?;
+            notiflow::metrics_http::serve_for(&config, "sink").await?;
+            let totals = notiflow::warehouse::run(&config, only.as_deref(), exit_when_idle_ms.map(Duration::from_millis)).await?;
             for (destination, t) in totals {
                 println!("sink {destination}: {} rows written, {} records not decodable (skipped)", t.rows, t.undecodable);
             }
@@ -422,11 +425,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Receipts { action: ReceiptsAction::Serve { config } } => {
-            notiflow::receipts::serve(&Config::load(&config)?).await?;
+            let config = Config::load(&config)?;
+            notiflow::metrics_http::serve_for(&config, "receipts serve").await?;
+            notiflow::receipts::serve(&config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { action: InboxAction::Serve { config } } => {
-            notiflow::inbox::serve(&Config::load(&config)?).await?;
+            let config = Config::load(&config)?;
+            notiflow::metrics_http::serve_for(&config, "inbox serve").await?;
+            notiflow::inbox::serve(&config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { action: InboxAction::Token { tenant, user, config } } => {
@@ -481,7 +488,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Profile { action } => catalog(Catalog::Profiles, action).await,
         Command::Tenant { action } => tenant(action).await,
         Command::Gateway { action: GatewayAction::Serve { config } } => {
-            notiflow::gateway::serve(&Config::load(&config)?).await?;
+            let config = Config::load(&config)?;
+            notiflow::metrics_http::serve_for(&config, "gateway serve").await?;
+            notiflow::gateway::serve(&config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Gateway { action: GatewayAction::Openapi } => {
@@ -620,11 +629,7 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&probe, config)).await?;
     let (topics, group) = (probe.stream_topics(), notiflow::group_id(&probe, config));
     drop(probe);
-    let handle = notiflow::metrics_http::recorder();
-    if !config.metrics.listen.is_empty() {
-        let addr = notiflow::metrics_http::serve(&config.metrics.listen, handle).await?;
-        tracing::info!(%addr, "metrics at /metrics");
-    }
+    notiflow::metrics_http::serve_for(config, "run").await?;
     let (stop_tx, shutdown) = watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);
     let on_interrupt = stop_tx.clone();
@@ -687,6 +692,7 @@ async fn run_member(
     let start = run.pipeline.sources.first().map(|s| s.kafka.start_offset.as_str()).unwrap_or("earliest");
     let mut source = KafkaSource::new(kafka, &group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), start)?.follow(kafka, &lookups)?;
     let sink = KafkaSink::new(kafka)?;
+    notiflow::metrics_http::mark_ready();
     let (records_in, batches) = run_job(&mut run, &mut source, &sink, notiflow::batch_limits(config), stop, shutdown).await?;
     let report = MemberReport {
         gap_records: run.gap_records,

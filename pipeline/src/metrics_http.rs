@@ -1,6 +1,10 @@
-//! Prometheus metrics: a process-wide recorder and `GET /metrics`.
+//! Prometheus metrics and health: a process-wide recorder, and `GET /metrics`,
+//! `GET /healthz` (the process answers) and `GET /readyz` (the command has
+//! started: connected, subscribed or listening) on `[metrics] listen`, served
+//! by every long-running command.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::routing::get;
@@ -32,13 +36,62 @@ fn describe() {
     metrics::describe_counter!("notiflow_offset_gap_records_total", "Source offsets the broker skipped (records never delivered).");
     metrics::describe_counter!("notiflow_udf_errors_total", "Rows a UDF failed on (returned as null), per UDF.");
     metrics::describe_counter!("notiflow_checkpoints_total", "Checkpoints written.");
+    metrics::describe_gauge!("notiflow_held_records", "Records held for later (quiet hours, send_at), per flow.");
+    metrics::describe_histogram!("notiflow_handoff_seconds", "deliver: dispatch record read -> handed to a provider worker, per channel and lane.");
+    metrics::describe_gauge!("notiflow_provider_circuit", "deliver: a provider's circuit breaker per channel and provider (0 closed, 1 open, 2 probing).");
+    metrics::describe_counter!("notiflow_gateway_responses_total", "gateway: error responses, per error code.");
+    metrics::describe_counter!("notiflow_gateway_accepted_total", "gateway: requests written to notify.requests.");
+    metrics::describe_counter!("notiflow_receipts_pulled_total", "receipts: delivery receipts pulled from providers.");
+    metrics::describe_counter!("notiflow_receipts_pull_errors_total", "receipts: failed receipt pulls.");
+    metrics::describe_counter!("notiflow_receipts_refused_total", "receipts: callbacks refused, per reason.");
+    metrics::describe_counter!("notiflow_clickhouse_rows_total", "sink: rows inserted into ClickHouse, per table.");
+    metrics::describe_counter!("notiflow_clickhouse_retries_total", "sink: ClickHouse inserts retried.");
+    metrics::describe_counter!("notiflow_sink_undecodable_total", "sink: records that could not be decoded (skipped).");
+    metrics::describe_counter!("notiflow_bad_data_dropped_total", "Lookup-table records dropped as unreadable, per table.");
+    metrics::describe_counter!("notiflow_clicks_unrecorded_total", "Tracked clicks redirected but not recorded.");
 }
 
-/// Serves `/metrics` until the process ends. Returns the bound address.
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// The command has started (`/readyz` answers 200 from now on).
+pub fn mark_ready() {
+    READY.store(true, Ordering::Relaxed);
+}
+
+/// Installs the recorder and, unless `[metrics] listen` is empty, serves
+/// `/metrics`, `/healthz` and `/readyz` there for a long-running `command`.
+pub async fn serve_for(config: &crate::config::Config, command: &str) -> anyhow::Result<Option<SocketAddr>> {
+    let handle = recorder();
+    if config.metrics.listen.is_empty() {
+        return Ok(None);
+    }
+    let addr = serve(&config.metrics.listen, handle).await.map_err(|err| {
+        anyhow::anyhow!(
+            "{command}: [metrics] listen {}: {err} (each long-running notiflow command on a host needs its own address; empty disables it)",
+            config.metrics.listen
+        )
+    })?;
+    tracing::info!(%addr, command, "metrics at /metrics, health at /healthz and /readyz");
+    Ok(Some(addr))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends. Returns the bound address.
 pub async fn serve(listen: &str, handle: PrometheusHandle) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| std::future::ready("ok\n")))
+        .route(
+            "/readyz",
+            get(|| async {
+                if READY.load(Ordering::Relaxed) {
+                    (axum::http::StatusCode::OK, "ready\n")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                }
+            }),
+        );
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::error!(%err, "metrics endpoint stopped");

@@ -85,6 +85,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         .with_state(receivers);
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[receipts] listen {}", settings.listen))?;
     println!("receipts: listening on http://{}", listener.local_addr()?);
+    crate::metrics_http::mark_ready();
     axum::serve(listener, app).with_graceful_shutdown(crate::shutdown::requested()).await?;
     Ok(())
 }

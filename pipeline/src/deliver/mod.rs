@@ -141,6 +141,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
         readers.push(tokio::spawn(reader.run(source, stop.clone(), Duration::from_millis(delivery.commit_interval_ms))));
     }
     drop(skip_tx);
+    crate::metrics_http::mark_ready();
     let writer = tokio::spawn(write_outputs(done_rx, skip_rx, sink, topics, progress.clone(), totals.clone()));
 
     // Until interrupted, or idle with nothing unfinished.

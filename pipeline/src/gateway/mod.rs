@@ -102,6 +102,7 @@ const HOUR_MS: i64 = 3_600_000;
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let (listener, app) = bind(config).await?;
     println!("gateway: listening on http://{}", listener.local_addr()?);
+    crate::metrics_http::mark_ready();
     axum::serve(listener, app)
         .with_graceful_shutdown(crate::shutdown::requested())
         .await?;

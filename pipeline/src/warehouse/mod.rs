@@ -147,6 +147,7 @@ pub async fn run(config: &Config, only: Option<&str>, until_idle: Option<Duratio
         async move {
             let name = writer.name();
             let source = KafkaSource::assigned(kafka, &starts)?;
+            crate::metrics_http::mark_ready();
             let totals = drain(source, writer, &topics, policy, limits, until_idle).await.with_context(|| format!("sink {name}"))?;
             anyhow::Ok((name, totals))
         }

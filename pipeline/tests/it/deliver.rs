@@ -391,6 +391,8 @@ struct Restarted {
     twilio: notiflow_sms::fake::FakeProvider,
     dir: tempfile::TempDir,
     total: usize,
+    /// Where the job serves /metrics, /healthz and /readyz.
+    metrics: String,
 }
 
 impl Restarted {
@@ -402,7 +404,10 @@ impl Restarted {
         dispatch_lanes(&config).await;
         let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
         let dir = tempfile::tempdir().unwrap();
-        let mut toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+        let metrics = format!("127.0.0.1:{}", support::free_port());
+        let toml = std::fs::read_to_string(support::write_toml(&config, dir.path())).unwrap();
+        let mut toml = toml.replace("[metrics]\nlisten = \"\"", &format!("[metrics]\nlisten = \"{metrics}\""));
+        assert!(toml.contains(&metrics));
         toml.push_str(&format!(
             r#"
 [delivery]
@@ -432,7 +437,7 @@ from = "+15005550006"
             OutRecord { topic: lane.clone(), key: None, payload: record.to_string().into_bytes(), headers: vec![] }
         });
         KafkaSink::new(&kafka).unwrap().send_all(out.collect()).await.unwrap();
-        Restarted { twilio, dir, total }
+        Restarted { twilio, dir, total, metrics }
     }
 
     fn spawn(&self, idle: Option<&str>) -> std::process::Child {
@@ -495,6 +500,13 @@ async fn sigterm_mid_delivery_stops_cleanly_and_nothing_is_sent_twice() {
     let _turn = support::one_at_a_time().await;
     let case = Restarted::new(300).await;
     let first = case.started_and_a_third_sent().await;
+    // While it works: alive, ready, and its metrics on /metrics.
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{}{path}", case.metrics)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), reqwest::StatusCode::OK);
+    assert_eq!(get("/readyz").await.unwrap().status(), reqwest::StatusCode::OK);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("notiflow_handoff_seconds_bucket{") && metrics.contains("# HELP notiflow_handoff_seconds"), "{metrics}");
     let term = std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
     assert!(term.success());
     let at_term = case.twilio.log().accepted.len();
