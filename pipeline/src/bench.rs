@@ -53,6 +53,11 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
+    /// A throughput case (no latency samples), with this process's peak RSS.
+    fn throughput(name: String, records: usize, seconds: f64, note: String) -> Self {
+        CaseResult { name, records, seconds, p50_ms: None, p99_ms: None, max_ms: None, samples: 0, peak_rss_mb: peak_rss_mb(), note }
+    }
+
     pub fn rate(&self) -> f64 {
         self.records as f64 / self.seconds.max(1e-9)
     }
@@ -603,23 +608,18 @@ async fn raw_loop_case(kafka: &KafkaConfig, options: &BenchOptions, name: &str, 
     reset_peak_rss();
     let raw = tokio::task::spawn_blocking(move || notiflow_kafka::raw_passthrough(&config, &settings, || {})).await??;
     anyhow::ensure!(raw.records == options.records as u64, "the raw loop copied {} of {} records", raw.records, options.records);
-    Ok(CaseResult {
-        name: name.into(),
-        records: options.records,
-        seconds: raw.elapsed.as_secs_f64(),
-        p50_ms: None,
-        p99_ms: None,
-        max_ms: None,
-        samples: 0,
-        peak_rss_mb: peak_rss_mb(),
-        note: format!(
+    Ok(CaseResult::throughput(
+        name.into(),
+        options.records,
+        raw.elapsed.as_secs_f64(),
+        format!(
             "{} request records (the pipeline's input, {mean_bytes} bytes on average) copied topic -> topic; fetch.wait.max.ms {}, linger.ms {}, {}; first record read -> last acknowledged",
             options.records,
             kafka.fetch_wait_max_ms,
             kafka.linger_ms,
             if idempotent { "idempotent producer (acks=all), as notiflow's sink" } else { "librdkafka's default producer (not idempotent)" }
         ),
-    })
+    ))
 }
 
 /// What latency two raw rdkafka hops (a -> b -> c, as a request's way to a
@@ -748,20 +748,15 @@ async fn kafka_case(kafka: &KafkaConfig, name: &str, options: &BenchOptions, sql
     };
     // Later stages read what earlier ones wrote: more records than requests.
     anyhow::ensure!(measured.records_in as usize >= options.records, "{name}: consumed {} of {} requests", measured.records_in, options.records);
-    Ok(CaseResult {
-        name: name.into(),
-        records: options.records,
-        seconds: measured.busy_seconds(),
-        p50_ms: None,
-        p99_ms: None,
-        max_ms: None,
-        samples: 0,
-        peak_rss_mb: peak_rss_mb(),
-        note: format!(
+    Ok(CaseResult::throughput(
+        name.into(),
+        options.records,
+        measured.busy_seconds(),
+        format!(
             "{} requests ({} records incl. stage hops) written as one backlog once {workers} member(s) of one consumer group had their partitions; first record processed -> last outputs acknowledged (the group join is not counted, as for the raw loop)",
             options.records, measured.records_in
         ),
-    })
+    ))
 }
 
 /// The request pipeline set up on a fresh in-process log (topics, catalog),
@@ -854,20 +849,15 @@ async fn in_process_pipeline(options: &BenchOptions, workers: usize) -> anyhow::
     })?;
     stopping.await??;
     anyhow::ensure!(measured.records_in as usize >= options.records, "consumed {} of {} requests", measured.records_in, options.records);
-    Ok(CaseResult {
-        name: with_workers("whole request pipeline, in-process source and sink (compute only)", workers),
-        records: options.records,
-        seconds: measured.busy_seconds(),
-        p50_ms: None,
-        p99_ms: None,
-        max_ms: None,
-        samples: 0,
-        peak_rss_mb: peak_rss_mb(),
-        note: format!(
+    Ok(CaseResult::throughput(
+        with_workers("whole request pipeline, in-process source and sink (compute only)", workers),
+        options.records,
+        measured.busy_seconds(),
+        format!(
             "{} requests ({} records incl. stage hops); all 4 stages, contract check, example catalog; {workers} member(s), a thread each; first record processed -> last outputs written",
             options.records, measured.records_in
         ),
-    })
+    ))
 }
 
 /// The request pipeline with an in-process source and sink while requests

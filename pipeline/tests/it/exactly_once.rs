@@ -105,6 +105,20 @@ impl Setup {
         eprintln!("produced unbatched in {:?}", started.elapsed());
     }
 
+    /// Kills instance "a" with -9 (before it copied everything), restarts it
+    /// until idle and returns what the restart printed (it resumed from checkpoints).
+    async fn killed_and_restarted(&self, mut child: std::process::Child) -> String {
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let at_kill = end_total(&KafkaReader::new(&self.kafka), &self.topic("copied")).await;
+        assert!(at_kill < (self.pairs * COPIES) as i64, "killed too late to test anything: {at_kill}");
+
+        let said = finished(self.spawn("a", "20000"), self._dir.path(), "a");
+        eprintln!("killed after {at_kill} copies; restart said:\n{said}\n{}", self.log("a"));
+        assert!(said.contains("restored state of"), "the restart resumed from the checkpoints");
+        said
+    }
+
     fn topic(&self, t: &str) -> String {
         format!("{}.{t}", self.prefix)
     }
@@ -206,14 +220,7 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_duplicates_nothing() {
     // Kill -9 once part of the input has been copied, mid-stream.
     let mut child = setup.spawn("a", "60000");
     setup.wait_for_copies("a", &mut child, PAIRS * COPIES / 3).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let at_kill = end_total(&KafkaReader::new(&setup.kafka), &setup.topic("copied")).await;
-    assert!(at_kill < (PAIRS * COPIES) as i64, "killed too late to test anything: {at_kill}");
-
-    let said = finished(setup.spawn("a", "20000"), setup._dir.path(), "a");
-    eprintln!("killed after {at_kill} copies; restart said:\n{said}\n{}", setup.log("a"));
-    assert!(said.contains("restored state of"), "the restart resumed from the checkpoints");
+    setup.killed_and_restarted(child).await;
     setup.check_outputs().await;
 }
 
@@ -235,14 +242,7 @@ async fn two_workers_in_one_process_share_partitions_and_survive_kill_minus_nine
         assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "no progress before the kill:\n{}", setup.log("a"));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let at_kill = end_total(&KafkaReader::new(&setup.kafka), &setup.topic("copied")).await;
-    assert!(at_kill < (PAIRS * COPIES) as i64, "killed too late to test anything: {at_kill}");
-
-    let said = finished(setup.spawn("a", "20000"), setup._dir.path(), "a");
-    eprintln!("killed after {at_kill} copies; restart said:\n{said}\n{}", setup.log("a"));
-    assert!(said.contains("restored state of"), "the restart resumed from the checkpoints");
+    let said = setup.killed_and_restarted(child).await;
     let each: Vec<u64> = said
         .lines()
         .find_map(|l| l.strip_prefix("members: 2, records in each: "))
