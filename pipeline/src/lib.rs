@@ -22,6 +22,7 @@ pub mod report;
 pub mod receipts;
 pub mod samples;
 pub mod shutdown;
+pub mod stand_ins;
 pub mod sql;
 pub mod tenants;
 pub mod trace;

@@ -193,6 +193,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve local stand-ins for the providers under [delivery] (twilio, smtp), each on the
+    /// port of its provider's endpoint and checking its credentials, until interrupted.
+    StandIns {
+        #[arg(long, short, default_value = "notiflow.toml", env = "NOTIFLOW_CONFIG")]
+        config: PathBuf,
+        /// The address the stand-ins listen on (their ports come from the endpoints).
+        #[arg(long, default_value = "0.0.0.0")]
+        host: String,
+    },
+    /// Exit 0 when URL answers 2xx within the timeout (container health checks: the image has no curl).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:9464/readyz")]
+        url: String,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Check `key|json` lines (as produced with `kcat -K'|'`) against the contract.
     Check {
         /// File of `key|json` lines; `-` reads standard input.
@@ -403,6 +419,26 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("sink {destination}: {} rows written, {} records not decodable (skipped)", t.rows, t.undecodable);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::StandIns { config, host } => {
+            let config = Config::load(&config)?;
+            notiflow::metrics_http::serve_for(&config, "stand-ins").await?;
+            notiflow::stand_ins::serve(&config, &host).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe { url, timeout_ms } => {
+            let client = reqwest::Client::builder().timeout(Duration::from_millis(timeout_ms)).build()?;
+            match client.get(&url).send().await {
+                Ok(answer) if answer.status().is_success() => Ok(ExitCode::SUCCESS),
+                Ok(answer) => {
+                    eprintln!("{url}: {}", answer.status());
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => {
+                    eprintln!("{url}: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Dashboard { config, listen, reports, archive } => {
             let config = reports_config(config.as_deref(), archive)?;

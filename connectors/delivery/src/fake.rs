@@ -94,6 +94,11 @@ impl FakeProvider {
 
     /// Serves `routes` on a free port; they check requests against `user` / `secret`.
     pub async fn start(user: &str, secret: &str, routes: Router<Arc<FakeState>>) -> FakeProvider {
+        Self::start_on("127.0.0.1:0", user, secret, routes).await.expect("bind 127.0.0.1:0")
+    }
+
+    /// As `start`, listening on `bind` (`notiflow stand-ins` serves a configured provider's port).
+    pub async fn start_on(bind: &str, user: &str, secret: &str, routes: Router<Arc<FakeState>>) -> std::io::Result<FakeProvider> {
         let shared = Arc::new(FakeState {
             mode: Mutex::new(Mode::Accept),
             log: Mutex::new(Log::default()),
@@ -104,11 +109,11 @@ impl FakeProvider {
             reports: Mutex::new(std::collections::VecDeque::new()),
             report_url: Mutex::new(None),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
         let app = routes.with_state(shared.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-        FakeProvider { endpoint, shared }
+        Ok(FakeProvider { endpoint, shared })
     }
 }
 

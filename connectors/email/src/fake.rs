@@ -69,8 +69,13 @@ pub struct FakeSmtp {
 impl FakeSmtp {
     /// A relay on 127.0.0.1 taking AUTH as `user` / `password`.
     pub async fn start(user: &str, password: &str) -> FakeSmtp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
+        Self::start_on("127.0.0.1:0", user, password).await.expect("bind 127.0.0.1:0")
+    }
+
+    /// A relay listening on `bind` (`notiflow stand-ins` serves a configured relay's port).
+    pub async fn start_on(bind: &str, user: &str, password: &str) -> std::io::Result<FakeSmtp> {
+        let listener = TcpListener::bind(bind).await?;
+        let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             user: user.into(),
             password: password.into(),
@@ -84,7 +89,7 @@ impl FakeSmtp {
                 tokio::spawn(session(stream, serving.clone()));
             }
         });
-        FakeSmtp { port, shared }
+        Ok(FakeSmtp { port, shared })
     }
 
     pub fn set_mode(&self, mode: Mode) {

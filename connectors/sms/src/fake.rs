@@ -15,7 +15,12 @@ use notiflow_delivery::fake::{FakeState, form};
 
 /// Fake Twilio for account `sid` with auth token `token`.
 pub async fn twilio(sid: &str, token: &str) -> FakeProvider {
-    FakeProvider::start(sid, token, Router::new().route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio_messages))).await
+    twilio_on("127.0.0.1:0", sid, token).await.expect("bind 127.0.0.1:0")
+}
+
+/// A fake Twilio listening on `bind`.
+pub async fn twilio_on(bind: &str, sid: &str, token: &str) -> std::io::Result<FakeProvider> {
+    FakeProvider::start_on(bind, sid, token, Router::new().route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio_messages))).await
 }
 
 /// Fake Tencent Cloud SMS for SecretId `secret_id` / `secret_key`.
