@@ -15,6 +15,7 @@ mod kafka_pipeline;
 mod receipts;
 mod semantics;
 mod sql_engine;
+mod stack;
 mod support;
 mod udfs;
 mod warehouse;
