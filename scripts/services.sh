@@ -2,11 +2,13 @@
 # Installs (when missing) and starts the real services the tests use, on free
 # 127.0.0.1 ports with state in a temp dir:
 #   - tansu, a Kafka-compatible broker (crates.io; memory storage)
-#   - Debian's clickhouse-server (18.16) with a config and users file of our own
+#   - Debian's clickhouse-server (18.16) with a config and users file of our own,
+#     also serving HTTPS with a certificate of a test CA made here (scripts/test_ca.sh)
 #   - moto's S3 server (PyPI)
 # and installs the test tools Debian's chromium and schemathesis (PyPI).
 # Source it, then call `services_start`; it exports NOTIFLOW_TEST_KAFKA,
 # NOTIFLOW_TEST_CLICKHOUSE_URL, NOTIFLOW_TEST_CLICKHOUSE_USERS_D,
+# NOTIFLOW_TEST_CLICKHOUSE_HTTPS_URL, NOTIFLOW_TEST_CLICKHOUSE_CA,
 # NOTIFLOW_TEST_S3_ENDPOINT, NOTIFLOW_TEST_CHROMIUM and
 # NOTIFLOW_TEST_SCHEMATHESIS, and registers `services_stop` on exit.
 set -euo pipefail
@@ -35,6 +37,13 @@ services_install() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+  fi
+  # The Kafka TLS test puts a TLS terminator in front of tansu.
+  if ! command -v socat >/dev/null 2>&1; then
+    echo "services: installing Debian's socat"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq socat >/dev/null
   fi
   # The dashboard's browser test renders the page in headless Chromium.
   if ! command -v chromium >/dev/null 2>&1; then
@@ -70,9 +79,10 @@ services_start() {
   services_wait_tcp 127.0.0.1 "$kafka_port" 60 tansu || { tail -20 "$SERVICES_DIR/tansu.log" >&2; return 1; }
   export NOTIFLOW_TEST_KAFKA="127.0.0.1:$kafka_port"
 
-  local http_port tcp_port; http_port=$(services_free_port); tcp_port=$(services_free_port)
+  local http_port tcp_port https_port; http_port=$(services_free_port); tcp_port=$(services_free_port); https_port=$(services_free_port)
   local ch="$SERVICES_DIR/clickhouse"
   mkdir -p "$ch/data" "$ch/tmp" "$ch/log" "$ch/user_files" "$ch/format_schemas" "$ch/users.d"
+  bash "$(dirname "${BASH_SOURCE[0]}")/test_ca.sh" "$ch/tls"
   # Our own copy of the users file: tests add users (tenant analysts with row filters) in users.d.
   cp /etc/clickhouse-server/users.xml "$ch/users.xml"
   cat >"$ch/config.xml" <<XML
@@ -80,6 +90,14 @@ services_start() {
   <logger><level>warning</level><log>$ch/log/server.log</log><errorlog>$ch/log/error.log</errorlog></logger>
   <http_port>$http_port</http_port>
   <tcp_port>$tcp_port</tcp_port>
+  <https_port>$https_port</https_port>
+  <openSSL><server>
+    <certificateFile>$ch/tls/server.crt</certificateFile>
+    <privateKeyFile>$ch/tls/server.key</privateKeyFile>
+    <verificationMode>none</verificationMode>
+    <loadDefaultCAFile>false</loadDefaultCAFile>
+    <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+  </server></openSSL>
   <listen_host>127.0.0.1</listen_host>
   <path>$ch/data/</path>
   <tmp_path>$ch/tmp/</tmp_path>
@@ -104,6 +122,8 @@ XML
   done
   export NOTIFLOW_TEST_CLICKHOUSE_URL="http://127.0.0.1:$http_port"
   export NOTIFLOW_TEST_CLICKHOUSE_USERS_D="$ch/users.d"
+  export NOTIFLOW_TEST_CLICKHOUSE_HTTPS_URL="https://127.0.0.1:$https_port"
+  export NOTIFLOW_TEST_CLICKHOUSE_CA="$ch/tls/ca.crt"
 
   local s3_port; s3_port=$(services_free_port)
   (cd "$SERVICES_DIR" && exec moto_server -H 127.0.0.1 -p "$s3_port" >"$SERVICES_DIR/moto.log" 2>&1) &

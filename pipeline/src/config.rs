@@ -253,6 +253,12 @@ impl Config {
         if self.pipeline.workers == 0 {
             return Err(at("workers", "workers must be >= 1".into()));
         }
+        if let Some(security) = self.kafka.as_ref().and_then(|k| k.security.as_ref()) {
+            security.check().map_err(|message| at("[kafka.security]", message))?;
+        }
+        if let Some(clickhouse) = &self.clickhouse {
+            clickhouse.check().map_err(|message| at("[clickhouse]", message))?;
+        }
         let mut seen = BTreeSet::new();
         for tenant in &self.tenants {
             if !seen.insert(tenant.id.as_str()) {

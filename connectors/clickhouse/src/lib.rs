@@ -4,6 +4,9 @@
 //! dropping day partitions.
 
 pub mod sink;
+mod tls;
+
+use std::path::PathBuf;
 
 use clickhouse::Client;
 use serde::Deserialize;
@@ -14,8 +17,13 @@ pub use sink::{PreparedRow, TableSink};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// Base URL of the HTTP interface, e.g. `http://127.0.0.1:8123`.
+    /// Base URL of the HTTP interface, e.g. `http://127.0.0.1:8123`, or
+    /// `https://host:8443` for TLS (the server's `https_port`).
     pub url: String,
+    /// PEM file of the CAs that sign the server's certificate (https URLs);
+    /// absent: the system's CAs.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Database holding notiflow's tables.
     #[serde(default = "default_database")]
     pub database: String,
@@ -65,6 +73,8 @@ fn default_user() -> String {
 pub enum ClickHouseError {
     #[error("environment variable {0} (password_env) is not set")]
     MissingPassword(String),
+    #[error("TLS to ClickHouse: {0}")]
+    Tls(String),
     #[error("{file}: statement {index} failed: {source}")]
     Ddl { file: String, index: usize, source: clickhouse::error::Error },
     #[error("{what}: {source}")]
@@ -77,6 +87,7 @@ impl ClickHouseConfig {
     pub fn new(url: impl Into<String>) -> Self {
         ClickHouseConfig {
             url: url.into(),
+            ca_file: None,
             database: default_database(),
             user: default_user(),
             password_env: None,
@@ -91,7 +102,8 @@ impl ClickHouseConfig {
     /// (`RowBinaryWithNamesAndTypes` does not exist before ClickHouse 24) and
     /// without lz4 (keeps the dependency tree small; inserts are batched).
     pub fn client(&self) -> Result<Client, ClickHouseError> {
-        let mut client = Client::default()
+        let base = if self.url.starts_with("https://") { tls::client(self.ca_file.as_deref()).map_err(ClickHouseError::Tls)? } else { Client::default() };
+        let mut client = base
             .with_url(&self.url)
             .with_database(&self.database)
             .with_user(&self.user)
@@ -101,6 +113,21 @@ impl ClickHouseConfig {
             client = client.with_password(password);
         }
         Ok(client)
+    }
+}
+
+impl ClickHouseConfig {
+    /// Settings that cannot work, found at start-up.
+    pub fn check(&self) -> Result<(), String> {
+        let https = self.url.starts_with("https://");
+        if !https && !self.url.starts_with("http://") {
+            return Err(format!("url {:?}: ClickHouse's HTTP interface is http:// or https://", self.url));
+        }
+        match &self.ca_file {
+            Some(path) if !https => Err(format!("ca_file {} is for https URLs; url is {}", path.display(), self.url)),
+            Some(path) if !path.is_file() => Err(format!("ca_file: {} is not a readable file", path.display())),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ mod sink;
 
 pub use admin::KafkaAdmin;
 pub use baseline::{RawLoop, RawPassthrough, raw_passthrough};
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, KafkaSecurity, SaslMechanism, SecurityProtocol};
 pub use sink::KafkaSink;
 pub use source::{KafkaReader, KafkaSource, committed_offsets, read_topic_to_end};
 

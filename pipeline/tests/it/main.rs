@@ -17,5 +17,6 @@ mod semantics;
 mod sql_engine;
 mod stack;
 mod support;
+mod tls;
 mod udfs;
 mod warehouse;

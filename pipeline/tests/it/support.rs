@@ -63,8 +63,17 @@ pub fn write_toml_with(config: &Config, dir: &std::path::Path, pipeline_extra: &
     let tenants: String = config.tenants.iter().map(|t| format!("[[tenants]]\nid = \"{}\"\n", t.id)).collect();
     let rename: String = t.rename.iter().map(|(from, to)| format!("\"{from}\" = \"{to}\"\n")).collect();
     let properties: String = kafka.properties.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
+    // The TLS tests' setting: protocol ssl and a CA file.
+    let security = match &kafka.security {
+        Some(s) => {
+            assert_eq!(s.protocol, notiflow_kafka::SecurityProtocol::Ssl, "write_toml writes TLS settings only");
+            let ca = s.ca_file.as_ref().map(|p| format!("ca_file = \"{}\"\n", p.display())).unwrap_or_default();
+            format!("[kafka.security]\nprotocol = \"ssl\"\n{ca}\n")
+        }
+        None => String::new(),
+    };
     let text = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n\n[kafka.properties]\n{properties}\n[topics]\npartitions = {}\n\n[topics.rename]\n{rename}\n\
+        "[kafka]\nbootstrap_servers = \"{}\"\n\n{security}[kafka.properties]\n{properties}\n[topics]\npartitions = {}\n\n[topics.rename]\n{rename}\n\
          [pipeline]\ngroup_id = \"{}\"\n{pipeline_extra}\n\n[metrics]\nlisten = \"\"\n\n{tenants}",
         kafka.bootstrap_servers, t.partitions, config.pipeline.group_id
     );
