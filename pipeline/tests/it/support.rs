@@ -63,12 +63,29 @@ pub fn write_toml_with(config: &Config, dir: &std::path::Path, pipeline_extra: &
     let tenants: String = config.tenants.iter().map(|t| format!("[[tenants]]\nid = \"{}\"\n", t.id)).collect();
     let rename: String = t.rename.iter().map(|(from, to)| format!("\"{from}\" = \"{to}\"\n")).collect();
     let properties: String = kafka.properties.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect();
-    // The TLS tests' setting: protocol ssl and a CA file.
+    // The TLS tests' settings.
     let security = match &kafka.security {
         Some(s) => {
-            assert_eq!(s.protocol, notiflow_kafka::SecurityProtocol::Ssl, "write_toml writes TLS settings only");
-            let ca = s.ca_file.as_ref().map(|p| format!("ca_file = \"{}\"\n", p.display())).unwrap_or_default();
-            format!("[kafka.security]\nprotocol = \"ssl\"\n{ca}\n")
+            let protocol = match s.protocol {
+                notiflow_kafka::SecurityProtocol::Ssl => "ssl",
+                notiflow_kafka::SecurityProtocol::SaslSsl => "sasl_ssl",
+                notiflow_kafka::SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            };
+            let mut lines = format!("[kafka.security]\nprotocol = \"{protocol}\"\n");
+            if let Some(ca) = &s.ca_file {
+                lines.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+            }
+            if let Some(mechanism) = s.sasl_mechanism {
+                assert_eq!(mechanism, notiflow_kafka::SaslMechanism::ScramSha512, "write_toml writes SCRAM-SHA-512 only");
+                lines.push_str("sasl_mechanism = \"SCRAM-SHA-512\"\n");
+            }
+            if let Some(user) = &s.sasl_username {
+                lines.push_str(&format!("sasl_username = \"{user}\"\n"));
+            }
+            if let Some(var) = &s.sasl_password_env {
+                lines.push_str(&format!("sasl_password_env = \"{var}\"\n"));
+            }
+            lines + "\n"
         }
         None => String::new(),
     };

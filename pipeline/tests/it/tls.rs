@@ -41,6 +41,45 @@ fn wait_tcp(port: u16) {
     }
 }
 
+/// tansu reachable only through TLS (socat in front; the broker advertises the terminator's
+/// port), optionally requiring SCRAM users.
+struct TlsBroker {
+    port: u16,
+    _broker: Killed,
+    _terminator: Killed,
+}
+
+fn tansu(dir: &Path, args: &[String]) -> Killed {
+    let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+    Killed(Command::new("tansu").args(args).current_dir(dir).stdout(Stdio::null()).stderr(log).spawn().expect("tansu on PATH (scripts/services.sh installs it)"))
+}
+
+impl TlsBroker {
+    /// `users`: SCRAM users to create first (then the broker requires authentication; sqlite storage keeps them).
+    fn start(dir: &Path, certificate: &Path, users: &[(&str, &str)]) -> TlsBroker {
+        let (plain, tls) = (free_port(), free_port());
+        let listen = |advertised: u16| ["--listener-url".to_string(), format!("tcp://127.0.0.1:{plain}"), "--advertised-listener-url".into(), format!("tcp://127.0.0.1:{advertised}")];
+        let mut storage = vec!["--storage-engine".to_string(), "memory://tansu/".into()];
+        if !users.is_empty() {
+            storage[1] = "sqlite://tansu.db".into(); // relative: tansu 0.6 doubles absolute paths
+            let setup = tansu(dir, &[&["broker".to_string()][..], &listen(plain), &storage].concat());
+            wait_tcp(plain);
+            for (user, password) in users {
+                let created = Command::new("tansu").args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{plain}"), user, password]).output().unwrap();
+                assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+            }
+            drop(setup);
+            storage.push("--authentication".into());
+        }
+        let broker = tansu(dir, &[&["broker".to_string()][..], &listen(tls), &storage].concat());
+        let listen_tls = format!("OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,fork,cert={0}/server.crt,key={0}/server.key,verify=0", certificate.display());
+        let terminator = Killed(Command::new("socat").args([&listen_tls, &format!("TCP:127.0.0.1:{plain}")]).stderr(Stdio::null()).spawn().expect("socat (scripts/services.sh installs it)"));
+        wait_tcp(plain);
+        wait_tcp(tls);
+        TlsBroker { port: tls, _broker: broker, _terminator: terminator }
+    }
+}
+
 fn tls_kafka(port: u16, ca: &Path) -> KafkaConfig {
     let mut kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
     kafka.security = Some(KafkaSecurity {
@@ -62,22 +101,8 @@ async fn the_pipeline_runs_over_tls_to_kafka_and_an_untrusted_certificate_is_ref
     let _turn = support::one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let (ours, other) = (make_ca(&dir.path().join("ours")), make_ca(&dir.path().join("other")));
-    // A broker of its own, reachable only through TLS: it advertises the terminator's port.
-    let (plain, tls) = (free_port(), free_port());
-    let _broker = Killed(
-        Command::new("tansu")
-            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{plain}"), "--advertised-listener-url", &format!("tcp://127.0.0.1:{tls}")])
-            .args(["--storage-engine", "memory://tansu/"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu on PATH (scripts/services.sh installs it)"),
-    );
-    let terminator = format!("OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,fork,cert={0}/server.crt,key={0}/server.key,verify=0", ours.display());
-    let _terminator = Killed(Command::new("socat").args([&terminator, &format!("TCP:127.0.0.1:{plain}")]).stderr(Stdio::null()).spawn().expect("socat (scripts/services.sh installs it)"));
-    wait_tcp(plain);
-    wait_tcp(tls);
+    let broker = TlsBroker::start(dir.path(), &ours, &[]);
+    let tls = broker.port;
 
     let mut config = support::kafka_config(2);
     config.kafka = Some(tls_kafka(tls, &ours));
@@ -113,6 +138,39 @@ async fn the_pipeline_runs_over_tls_to_kafka_and_an_untrusted_certificate_is_ref
     assert!(!refused.status.success(), "a broker certificate from another CA was accepted");
     assert!(stderr.contains("cannot reach the brokers") && stderr.contains("certificate verify failed"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30), "said why in {:?}, not after an admin timeout", started.elapsed());
+}
+
+/// SASL_SSL with SCRAM-SHA-512 (users made on the broker): records go through with the right
+/// password; a wrong one is refused at start, saying SASL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_over_tls_authenticates_and_a_wrong_password_is_refused() {
+    let _turn = support::one_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(&dir.path().join("ca"));
+    let broker = TlsBroker::start(dir.path(), &ca, &[("notiflow", "scram-pw-0123")]);
+    let mut config = support::kafka_config(1);
+    let mut kafka = tls_kafka(broker.port, &ca);
+    let security = kafka.security.as_mut().unwrap();
+    security.protocol = SecurityProtocol::SaslSsl;
+    security.sasl_mechanism = Some(notiflow_kafka::SaslMechanism::ScramSha512);
+    security.sasl_username = Some("notiflow".into());
+    security.sasl_password_env = Some("NOTIFLOW_IT_KAFKA_PASSWORD".into());
+    config.kafka = Some(kafka);
+    let path = support::write_toml(&config, dir.path());
+
+    let right = Notiflow::new(&path, &[("NOTIFLOW_IT_KAFKA_PASSWORD", "scram-pw-0123")]);
+    let topics = right.command(&["topics"]).arg(support::sql_dir()).output().unwrap();
+    assert!(topics.status.success(), "{}", String::from_utf8_lossy(&topics.stderr));
+    let put = right.command(&["template", "put"]).arg(support::sql_dir().join("../examples/templates.jsonl")).output().unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let list = right.command(&["template", "list"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains("login_otp"), "read back over SASL_SSL: {}", String::from_utf8_lossy(&list.stdout));
+
+    let wrong = Notiflow::new(&path, &[("NOTIFLOW_IT_KAFKA_PASSWORD", "not-the-password")]).command(&["topics"]).arg(support::sql_dir()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && stderr.contains("SASL authentication error"), "{stderr}");
+    let unset = Notiflow::new(&path, &[]).command(&["topics"]).arg(support::sql_dir()).output().unwrap();
+    assert!(String::from_utf8_lossy(&unset.stderr).contains("NOTIFLOW_IT_KAFKA_PASSWORD is not set"), "{}", String::from_utf8_lossy(&unset.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
