@@ -74,7 +74,7 @@ impl ApnsChannel {
         let fail = |what: String| format!("apns provider {name}: {what}");
         let key = config.signing_key.resolve().map_err(|e| fail(format!("signing_key: {e}")))?;
         let signer = Signer::es256(key.expose()).map_err(fail)?;
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_millis(config.timeout_ms)).no_proxy().user_agent("notiflow-push");
+        let mut builder = notiflow_delivery::http::builder(Duration::from_millis(config.timeout_ms), "notiflow-push").map_err(fail)?;
         // APNs speaks HTTP/2 only: negotiated by ALPN over TLS, assumed outright on a plain local endpoint.
         if config.endpoint.starts_with("http://") {
             builder = builder.http2_prior_knowledge();

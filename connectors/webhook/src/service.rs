@@ -20,7 +20,8 @@ impl WebhookChannel {
         let guard = TargetGuard::new(&config.allow)?;
         let client = reqwest::Client::builder()
             .dns_resolver(guard.clone().resolver())
-            // A redirect or a proxy would take the request past the guard.
+            // A redirect or a proxy would take the request past the guard (the proxy resolves the
+            // target, not us): webhooks ignore `[delivery] proxy`.
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(config.timeout)

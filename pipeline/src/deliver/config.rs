@@ -45,6 +45,10 @@ pub struct DeliveryConfig {
     pub max_delay_ms: u64,
     /// How often finished offsets are committed.
     pub commit_interval_ms: u64,
+    /// How provider APIs are reached: absent, straight out (proxy variables in the environment are
+    /// ignored); `"env"`: HTTPS_PROXY / NO_PROXY from the environment; or a proxy URL (NO_PROXY
+    /// still honoured). Webhooks never use a proxy (it would resolve targets past the SSRF guard).
+    pub proxy: Option<String>,
     pub providers: Vec<ProviderConfig>,
 }
 
@@ -58,6 +62,7 @@ impl Default for DeliveryConfig {
             min_delay_ms: 200,
             max_delay_ms: 30_000,
             commit_interval_ms: 1000,
+            proxy: None,
             providers: Vec::new(),
         }
     }
@@ -203,6 +208,8 @@ impl DeliveryConfig {
     /// Every provider built (secrets read now, so a missing one fails at
     /// start-up naming the provider), grouped by channel.
     pub fn provider_groups(&self) -> Result<Vec<Arc<ProviderGroup>>, String> {
+        let proxy = self.proxy.as_deref().map(notiflow_delivery::http::Proxy::parse).transpose()?.unwrap_or_default();
+        notiflow_delivery::http::use_proxy(proxy);
         let mut by_channel: BTreeMap<String, Vec<(Arc<dyn Channel>, ProviderLimits)>> = BTreeMap::new();
         for provider in &self.providers {
             let channel = provider.build()?;
