@@ -36,6 +36,8 @@ fn describe() {
     metrics::describe_counter!("notiflow_offset_gap_records_total", "Source offsets the broker skipped (records never delivered).");
     metrics::describe_counter!("notiflow_udf_errors_total", "Rows a UDF failed on (returned as null), per UDF.");
     metrics::describe_counter!("notiflow_checkpoints_total", "Checkpoints written.");
+    metrics::describe_gauge!("notiflow_last_checkpoint_timestamp_seconds", "When the last checkpoint was written (Unix seconds; age = time() - this).");
+    metrics::describe_counter!("notiflow_sends_total", "deliver: send attempts per channel, provider and status (accepted, retrying, failed).");
     metrics::describe_gauge!("notiflow_held_records", "Records held for later (quiet hours, send_at), per flow.");
     metrics::describe_histogram!("notiflow_handoff_seconds", "deliver: dispatch record read -> handed to a provider worker, per channel and lane.");
     metrics::describe_gauge!("notiflow_provider_circuit", "deliver: a provider's circuit breaker per channel and provider (0 closed, 1 open, 2 probing).");
@@ -98,4 +100,29 @@ pub async fn serve(listen: &str, handle: PrometheusHandle) -> anyhow::Result<Soc
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Metric names in a text: `notiflow_` followed by name characters.
+    fn names(text: &str) -> std::collections::BTreeSet<String> {
+        text.match_indices("notiflow_")
+            .map(|(i, _)| text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>())
+            .filter(|n| n.len() > "notiflow_".len())
+            .collect()
+    }
+
+    #[test]
+    fn the_operations_dashboard_queries_only_metrics_notiflow_records() {
+        let source = include_str!("metrics_http.rs");
+        let described: std::collections::BTreeSet<String> =
+            source.split("describe_").skip(1).filter_map(|s| s.split('"').nth(1)).map(str::to_string).collect();
+        let dashboard = include_str!("../../dashboards/grafana/provisioning/dashboards/operations.json");
+        let used = names(dashboard);
+        assert!(used.len() >= 10, "{used:?}");
+        for name in used {
+            let base = ["_bucket", "_sum", "_count"].iter().fold(name.clone(), |n, suffix| n.strip_suffix(suffix).map(str::to_string).unwrap_or(n));
+            assert!(described.contains(&base), "operations.json queries {name}, which no command records");
+        }
+    }
 }

@@ -338,6 +338,8 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
             let delivery = &done.job.delivery;
             let key = delivery.delivery_id.as_deref().unwrap_or(&delivery.message_id).as_bytes().to_vec();
             for result in &done.results {
+                metrics::counter!("notiflow_sends_total", "channel" => result.channel.clone(), "provider" => result.provider.clone(), "status" => result.status)
+                    .increment(1);
                 let payload = serde_json::to_vec(result).expect("send results serialize");
                 // An accepted attempt is keyed like its receipts (provider message id), so stage 50
                 // finds both in the same partition.

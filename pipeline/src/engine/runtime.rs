@@ -343,6 +343,8 @@ impl PipelineRun {
         }
         self.last_checkpoint = Instant::now();
         metrics::counter!("notiflow_checkpoints_total").increment(1);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        metrics::gauge!("notiflow_last_checkpoint_timestamp_seconds").set(now.as_secs_f64());
         Ok(records)
     }
 

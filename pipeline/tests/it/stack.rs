@@ -354,6 +354,20 @@ async fn compose_services_on_the_image_layout_deliver_join_receipts_and_report()
     assert_eq!(row[..5], ["sms", "sms-twilio", &REQUESTS.to_string(), &(REQUESTS - UNREACHABLE).to_string(), &UNREACHABLE.to_string()], "{table}");
     println!("{table}");
 
+    // Each service's /metrics (Prometheus scrapes it; the operations dashboard reads it) has what it recorded.
+    let expected: [(&str, &[&str]); 3] = [
+        ("notiflow", &["notiflow_records_in_total", "notiflow_records_out_total", "notiflow_checkpoints_total", "notiflow_last_checkpoint_timestamp_seconds", "notiflow_consumer_lag", "notiflow_batch_seconds"]),
+        ("deliver", &["notiflow_sends_total{channel=\"sms\",provider=\"sms-twilio\",status=\"accepted\"}", "notiflow_handoff_seconds", "notiflow_provider_circuit"]),
+        ("sink", &["notiflow_clickhouse_rows_total"]),
+    ];
+    for (service, names) in expected {
+        let url = prepared[service].healthcheck.iter().find(|a| a.ends_with("/readyz")).unwrap().replace("/readyz", "/metrics");
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        for name in names {
+            assert!(text.contains(name), "{service}: {url} lacks {name}\n{text}");
+        }
+    }
+
     // docker stop: SIGTERM to each, exit 0.
     for server in running {
         server.stop();
