@@ -5,7 +5,7 @@
 #   - Debian's clickhouse-server (18.16) with a config and users file of our own,
 #     also serving HTTPS with a certificate of a test CA made here (scripts/test_ca.sh)
 #   - moto's S3 server (PyPI)
-# and installs the test tools Debian's chromium and schemathesis (PyPI).
+# and installs the test tools Debian's chromium and socat, chdb and schemathesis (PyPI).
 # Source it, then call `services_start`; it exports NOTIFLOW_TEST_KAFKA,
 # NOTIFLOW_TEST_CLICKHOUSE_URL, NOTIFLOW_TEST_CLICKHOUSE_USERS_D,
 # NOTIFLOW_TEST_CLICKHOUSE_HTTPS_URL, NOTIFLOW_TEST_CLICKHOUSE_CA,
@@ -56,6 +56,11 @@ services_install() {
   if ! command -v moto_server >/dev/null 2>&1; then
     echo "services: installing moto[server] (an S3-compatible server) from PyPI"
     python3 -m pip install -q "moto[server]==5.2.1"
+  fi
+  # The DDL and reports on a current ClickHouse: chDB (PyPI) embeds one, no server needed.
+  if ! python3 -c 'import chdb' 2>/dev/null; then
+    echo "services: installing chdb (an embedded current ClickHouse) from PyPI"
+    python3 -m pip install -q "chdb==4.4.0"
   fi
   # The gateway's fuzz test: schemathesis (PyPI) generates requests from docs/openapi.json.
   if ! command -v st >/dev/null 2>&1; then

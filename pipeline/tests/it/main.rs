@@ -5,6 +5,7 @@
 mod archive_s3;
 mod clickhouse_smoke;
 mod compose;
+mod current_clickhouse;
 mod dashboard;
 mod deliver;
 mod demo;
