@@ -23,6 +23,9 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// How long a long-running command may take to stop after SIGTERM/SIGINT.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
     /// Where local Parquet archives go (the embedded default's reports read them).
     #[serde(default)]
     pub archive: ArchiveConfig,
@@ -115,6 +118,22 @@ impl Default for PipelineConfig {
             state_topic: String::new(),
             workers: 1,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After a stop request, the command finishes its work in hand, makes it durable and exits 0;
+    /// past this many ms it exits at once with code 1 instead, leaving what is unfinished
+    /// uncommitted (redone after the restart, as after a crash). Keep it below the orchestrator's
+    /// grace period (docker compose: stop_grace_period 30 s) so the exit is ours, not a SIGKILL.
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { deadline_ms: 25_000 }
     }
 }
 
@@ -275,6 +294,7 @@ impl Config {
             topics: TopicsConfig::default(),
             pipeline: PipelineConfig::default(),
             metrics: MetricsConfig { listen: String::new() },
+            shutdown: ShutdownConfig::default(),
             archive: ArchiveConfig::default(),
             clickhouse: None,
             udfs: UdfsConfig::default(),

@@ -364,6 +364,13 @@ fn init_logging() {
     }
 }
 
+/// What every long-running command does first: /metrics, /healthz and /readyz, and a bounded stop.
+async fn long_running(config: &Config, command: &str) -> anyhow::Result<()> {
+    notiflow::metrics_http::serve_for(config, command).await?;
+    notiflow::shutdown::bound(Duration::from_millis(config.shutdown.deadline_ms));
+    Ok(())
+}
+
 fn config_or_embedded(path: Option<&Path>) -> anyhow::Result<Config> {
     Ok(match path {
         Some(path) => Config::load(path)?,
@@ -403,7 +410,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Deliver { config, exit_when_idle_ms } => {
             let config = Config::load(&config)?;
-            notiflow::metrics_http::serve_for(&config, "deliver").await?;
+            long_running(&config, "deliver").await?;
             let t = notiflow::deliver::run(&config, exit_when_idle_ms.map(Duration::from_millis)).await?;
             println!(
                 "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls, {} parked",
@@ -413,7 +420,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Sink { config, only, exit_when_idle_ms } => {
             let config = Config::load(&config)?;
-            notiflow::metrics_http::serve_for(&config, "sink").await?;
+            long_running(&config, "sink").await?;
             let totals = notiflow::warehouse::run(&config, only.as_deref(), exit_when_idle_ms.map(Duration::from_millis)).await?;
             for (destination, t) in totals {
                 println!("sink {destination}: {} rows written, {} records not decodable (skipped)", t.rows, t.undecodable);
@@ -422,7 +429,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::StandIns { config, host } => {
             let config = Config::load(&config)?;
-            notiflow::metrics_http::serve_for(&config, "stand-ins").await?;
+            long_running(&config, "stand-ins").await?;
             notiflow::stand_ins::serve(&config, &host).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -462,13 +469,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Receipts { action: ReceiptsAction::Serve { config } } => {
             let config = Config::load(&config)?;
-            notiflow::metrics_http::serve_for(&config, "receipts serve").await?;
+            long_running(&config, "receipts serve").await?;
             notiflow::receipts::serve(&config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { action: InboxAction::Serve { config } } => {
             let config = Config::load(&config)?;
-            notiflow::metrics_http::serve_for(&config, "inbox serve").await?;
+            long_running(&config, "inbox serve").await?;
             notiflow::inbox::serve(&config).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -525,7 +532,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Tenant { action } => tenant(action).await,
         Command::Gateway { action: GatewayAction::Serve { config } } => {
             let config = Config::load(&config)?;
-            notiflow::metrics_http::serve_for(&config, "gateway serve").await?;
+            long_running(&config, "gateway serve").await?;
             notiflow::gateway::serve(&config).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -665,7 +672,7 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&probe, config)).await?;
     let (topics, group) = (probe.stream_topics(), notiflow::group_id(&probe, config));
     drop(probe);
-    notiflow::metrics_http::serve_for(config, "run").await?;
+    long_running(config, "run").await?;
     let (stop_tx, shutdown) = watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);
     let on_interrupt = stop_tx.clone();

@@ -25,3 +25,17 @@ pub async fn requested() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Bounds how long stopping may take: once a stop is requested, the process
+/// exits with code 1 after `deadline` if it has not exited by then. Safe
+/// because nothing is committed before its outputs are durable: what is cut
+/// short is redone after the restart.
+pub fn bound(deadline: std::time::Duration) {
+    tokio::spawn(async move {
+        requested().await;
+        tokio::time::sleep(deadline).await;
+        tracing::error!(deadline_ms = deadline.as_millis() as u64, "stop deadline ([shutdown] deadline_ms) passed: exiting with work unfinished; it is redone after the restart");
+        eprintln!("notiflow: stop deadline of {} ms passed; exiting with work unfinished (redone after the restart)", deadline.as_millis());
+        std::process::exit(1);
+    });
+}

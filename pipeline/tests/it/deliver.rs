@@ -520,6 +520,33 @@ async fn sigterm_mid_delivery_stops_cleanly_and_nothing_is_sent_twice() {
     assert_eq!(resent, 0, "a clean stop leaves nothing to send again");
 }
 
+/// A stop that cannot finish in time (the provider hangs): past `[shutdown] deadline_ms` the job
+/// exits 1 at once instead of waiting to be killed, and the restart sends everything it cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_past_its_deadline_exits_at_the_deadline_and_the_restart_sends_the_rest() {
+    let _turn = support::one_at_a_time().await;
+    let case = Restarted::new(90).await;
+    let path = case.dir.path().join("notiflow.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("[delivery]\n", "[shutdown]\ndeadline_ms = 800\n\n[delivery]\n")).unwrap();
+    let first = case.started_and_a_third_sent().await;
+    case.twilio.set_mode(notiflow_sms::fake::Mode::Slow(Duration::from_secs(20)));
+    tokio::time::sleep(Duration::from_millis(300)).await; // the workers are now inside slow sends
+    let term = std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let asked = std::time::Instant::now();
+    let stopped = first.wait_with_output().unwrap();
+    let took = asked.elapsed();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stop deadline of 800 ms passed"), "{stderr}");
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(5), "exited {took:?} after SIGTERM");
+    case.twilio.set_mode(notiflow_sms::fake::Mode::Accept);
+    let resent = case.restarted_resends();
+    // The slow sends the fake still accepted after the exit are sent again: at most one per worker.
+    assert!(resent <= 8, "{resent} sent twice");
+}
+
 /// `notiflow deliver` on SMS dispatch records of several tenants, with a tenant registry.
 struct TenantCase {
     config: notiflow::config::Config,
