@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 target="${NOTIFLOW_UDF_TARGET:-$PWD/target}"
-CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet
+# Progress goes to stderr (the first build takes minutes); stdout is only the folder.
+CARGO_TARGET_DIR="$target" cargo build --release --locked
 echo "$target/release"
