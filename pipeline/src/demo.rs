@@ -1,16 +1,23 @@
 //! The embedded default: the main job with no servers. Topics are served by
-//! the in-process log instead of Kafka, lifecycle events are archived to local
-//! Parquet instead of ClickHouse, and the summary is SQL over that archive.
+//! the in-process log instead of Kafka; deliveries go to local stand-ins of
+//! the providers (a Twilio that reports each message's fate to the receipts
+//! endpoint, an SMTP relay) and to the in-app inbox, through the same delivery
+//! engine as `notiflow deliver`; receipts are joined to their sends by the
+//! pipeline's stage 50; events and deliveries are archived to local Parquet
+//! instead of ClickHouse, and the summary and the reports are SQL over that archive.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notiflow_connector::memory::MemoryBroker;
-use notiflow_connector::{OutRecord, TopicAdmin};
+use notiflow_connector::{OutRecord, Record, TopicAdmin};
 use notiflow_parquet::{ArchiveLocation, DatasetArchive};
 
-use crate::warehouse::EVENTS;
+use crate::deliver::config::DeliveryConfig;
+use crate::deliver::{DeliverTotals, tenant_rules::TenantRules};
+use crate::inbox::InboxConfig;
+use crate::warehouse::{DELIVERIES, Dataset, EVENTS};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -21,6 +28,8 @@ use crate::samples::sample_requests;
 pub struct DemoOptions {
     /// The SQL pipeline to run.
     pub sql_dir: PathBuf,
+    /// The report SQL files (dashboards/reports), run over the archive at the end.
+    pub reports_dir: PathBuf,
     /// Generated requests (plus the published examples).
     pub requests: usize,
     /// One in this many generated records is malformed.
@@ -32,7 +41,62 @@ pub struct DemoOptions {
 pub struct DemoOutcome {
     pub totals: RunTotals,
     pub archived_events: usize,
+    pub delivery: DeliverTotals,
+    /// Delivery reports the stand-ins and the inbox sent back.
+    pub receipts: usize,
+    /// Rows of notify.deliveries (sends joined to their receipts) archived.
+    pub archived_deliveries: usize,
     pub summary: String,
+}
+
+/// Local stand-ins of the providers the demo delivers through, and the `[delivery]` that names them.
+struct StandIns {
+    twilio: notiflow_sms::fake::FakeProvider,
+    _relay: notiflow_email::fake::FakeSmtp,
+    delivery: DeliveryConfig,
+    inbox: InboxConfig,
+}
+
+impl StandIns {
+    /// Secrets go to files under `dir` (as an operator's would), made fresh each run.
+    async fn start(dir: &Path, receipts: std::net::SocketAddr) -> anyhow::Result<StandIns> {
+        let secrets = dir.join("secrets");
+        std::fs::create_dir_all(&secrets)?;
+        let (provider_secret, inbox_secret) = (secrets.join("provider"), secrets.join("inbox"));
+        let secret = crate::tenants::random_hex(16)?;
+        std::fs::write(&provider_secret, &secret)?;
+        std::fs::write(&inbox_secret, crate::tenants::random_hex(16)?)?;
+        let twilio = notiflow_sms::fake::twilio("ACdemo", &secret).await;
+        let relay = notiflow_email::fake::FakeSmtp::start("demo", &secret).await;
+        let delivery = format!(
+            r#"
+group_id = "notiflow-demo-delivery"
+commit_interval_ms = 100
+[[providers]]
+name = "sms-twilio"
+[providers.twilio]
+endpoint = "{twilio}"
+account_sid = "ACdemo"
+auth_token = {{ file = "{secret_file}" }}
+from = "+15005550006"
+status_callback = "http://{receipts}/v1/receipts/twilio/sms-twilio"
+[[providers]]
+name = "email-relay"
+[providers.smtp]
+host = "127.0.0.1"
+port = {smtp}
+security = "none"
+username = "demo"
+password = {{ file = "{secret_file}" }}
+from = "notiflow demo <demo@notiflow.example>"
+"#,
+            twilio = twilio.endpoint,
+            smtp = relay.port,
+            secret_file = provider_secret.display(),
+        );
+        let inbox = format!("token_secret = {{ file = \"{}\" }}\n", inbox_secret.display());
+        Ok(StandIns { twilio, _relay: relay, delivery: toml::from_str(&delivery)?, inbox: toml::from_str(&inbox)? })
+    }
 }
 
 /// The example templates and profiles (examples/), plus a profile for every
@@ -84,35 +148,49 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
     let topics = pipeline.source_topics();
     let mut source = broker.consumer(&crate::group_id(&pipeline, &config), &topics.iter().map(String::as_str).collect::<Vec<_>>());
     let (_keep_open, shutdown) = watch::channel(false);
-    let (records_in, batches) = run_job(
-        &mut pipeline,
-        &mut source,
-        &broker.producer(),
-        crate::batch_limits(&config),
-        StopWhen::IdleFor(Duration::from_millis(100)),
-        shutdown,
-    )
-    .await?;
+    let limits = crate::batch_limits(&config);
+    eprintln!("demo: {produced} requests through the SQL stages");
+    let (records_in, batches) =
+        run_job(&mut pipeline, &mut source, &broker.producer(), limits, StopWhen::IdleFor(Duration::from_millis(100)), shutdown.clone()).await?;
     // Later stages read what earlier ones wrote (notify.messages, notify.deferred): more records than produced.
     anyhow::ensure!(records_in >= produced as u64, "consumed {records_in} records, fewer than the {produced} produced");
-    let totals = RunTotals { records_in, batches, ..pipeline.totals.clone() };
 
-    // Archive the lifecycle events (what `notiflow sink` does on a cluster).
-    for dir in [EVENTS.name, "_manifests", "_staging"].map(|d| config.archive.dir.join(d)) {
+    // Delivery (what `notiflow deliver` and `notiflow receipts serve` do on a cluster).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let stand_ins = StandIns::start(&options.data_dir, listener.local_addr()?).await?;
+    config.delivery = stand_ins.delivery.clone();
+    config.inbox = Some(stand_ins.inbox.clone());
+    let (stop_receipts, receipts_stopped) = tokio::sync::oneshot::channel::<()>();
+    let receipts_server = tokio::spawn({
+        let (config, sink) = (config.clone(), broker.producer());
+        async move { crate::receipts::serve_on(&config, sink, listener, async move { let _ = receipts_stopped.await; }).await }
+    });
+    let dispatched: usize = ["high", "normal", "low"].iter().map(|lane| broker.read_all(&config.topics.resolve(&format!("notify.dispatch.{lane}"))).len()).sum();
+    eprintln!("demo: delivering {dispatched} dispatch records to the providers' stand-ins and the inbox");
+    let delivery = crate::deliver::run_on(&config, &broker, TenantRules::none(), Some(Duration::from_millis(500)), std::future::pending()).await?;
+    // Twilio reports each message's fate by callback, a moment after accepting it.
+    let receipts_topic = config.topics.resolve(crate::receipts::RECEIPTS_TOPIC);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while broker.read_all(&receipts_topic).len() < stand_ins.twilio.log().accepted.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_receipts.send(());
+    receipts_server.await??;
+    let receipts = broker.read_all(&receipts_topic).len();
+    eprintln!("demo: {receipts} delivery reports back; joining them to their sends");
+    let (joined_in, joined_batches) =
+        run_job(&mut pipeline, &mut source, &broker.producer(), limits, StopWhen::IdleFor(Duration::from_millis(100)), shutdown).await?;
+    let totals = RunTotals { records_in: records_in + joined_in, batches: batches + joined_batches, ..pipeline.totals.clone() };
+
+    // Archive events and deliveries (what `notiflow sink` does on a cluster).
+    let location = ArchiveLocation::local(&config.archive.dir)?;
+    for dir in [EVENTS.name, DELIVERIES.name, "_manifests", "_staging"].map(|d| config.archive.dir.join(d)) {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
     }
-    let events = broker.read_all(&config.topics.resolve(&config.topics.events));
-    let rows = events.iter().map(|r| EVENTS.decode(r).map_err(|why| anyhow::anyhow!("event at offset {}: {why}", r.offset))).collect::<anyhow::Result<Vec<_>>>()?;
-    let location = ArchiveLocation::local(&config.archive.dir)?;
-    let mut archive = DatasetArchive::open(&location, EVENTS.name, 3).await?;
-    let upto = rows.iter().fold(std::collections::BTreeMap::new(), |mut m, r| {
-        m.insert(r.partition, r.offset + 1);
-        m
-    });
-    archive.commit(&[(chrono::Utc::now(), vec![EVENTS.to_batch(&rows.iter().collect::<Vec<_>>())])], &upto).await?;
-    let payloads = rows;
+    let archived_events = archive(&location, &EVENTS, &broker.read_all(&config.topics.resolve(&config.topics.events))).await?;
+    let archived_deliveries = archive(&location, &DELIVERIES, &broker.read_all(&config.topics.resolve(DELIVERIES.topic))).await?;
 
     let ctx = report::archive_session(&location).await?;
     let mut summary = String::new();
@@ -133,5 +211,25 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoOutcome> {
     ] {
         summary.push_str(&format!("\n{title}\n{}\n", report::render(&report::query(&ctx, sql).await?)));
     }
-    Ok(DemoOutcome { totals, archived_events: payloads.len(), summary })
+    // The analysts' reports, as Grafana and `notiflow report` show them.
+    for report in report::list(&options.reports_dir)? {
+        let table = report::run_archive(&location, &report.sql).await?;
+        summary.push_str(&format!("\nReport {}: {}\n{}\n", report.name, report.title, table.render()));
+    }
+    Ok(DemoOutcome { totals, archived_events, delivery, receipts, archived_deliveries, summary })
+}
+
+/// Writes `records` of a dataset's topic to the archive as one commit; returns how many.
+async fn archive(location: &ArchiveLocation, dataset: &Dataset, records: &[Record]) -> anyhow::Result<usize> {
+    let rows = records.iter().map(|r| dataset.decode(r).map_err(|why| anyhow::anyhow!("{} at offset {}: {why}", dataset.name, r.offset))).collect::<anyhow::Result<Vec<_>>>()?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut archive = DatasetArchive::open(location, dataset.name, 3).await?;
+    let upto = rows.iter().fold(std::collections::BTreeMap::new(), |mut m, r| {
+        m.insert(r.partition, r.offset + 1);
+        m
+    });
+    archive.commit(&[(chrono::Utc::now(), vec![dataset.to_batch(&rows.iter().collect::<Vec<_>>())])], &upto).await?;
+    Ok(rows.len())
 }

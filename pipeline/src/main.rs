@@ -34,6 +34,9 @@ enum Command {
         /// The demo's folder; its archive is replaced on every run.
         #[arg(long, default_value = "notiflow-data/demo")]
         data_dir: PathBuf,
+        /// The report SQL files, run over the archive at the end.
+        #[arg(long, default_value = "dashboards/reports")]
+        reports: PathBuf,
     },
     /// Run the SQL pipeline in DIR against Kafka until interrupted.
     Run {
@@ -390,14 +393,20 @@ fn reports_config(path: Option<&Path>, archive: Option<PathBuf>) -> anyhow::Resu
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Demo { sql, requests, malformed_every, data_dir } => {
-            let options = notiflow::demo::DemoOptions { sql_dir: sql, requests, malformed_every, data_dir };
+        Command::Demo { sql, requests, malformed_every, data_dir, reports } => {
+            let options = notiflow::demo::DemoOptions { sql_dir: sql, reports_dir: reports, requests, malformed_every, data_dir };
             let outcome = notiflow::demo::run(&options).await?;
             println!(
                 "notiflow demo (embedded default: in-process topics, Parquet archive at {})",
                 options.data_dir.join("archive").display()
             );
             print_totals(&outcome.totals);
+            let t = &outcome.delivery;
+            println!(
+                "delivered to the stand-ins and the inbox: {} read, {} sent, {} failed, {} not sendable (dead-lettered)",
+                t.read, t.accepted, t.failed, t.not_sendable
+            );
+            println!("delivery reports received: {}; deliveries joined to their outcome and archived: {}", outcome.receipts, outcome.archived_deliveries);
             println!("lifecycle events archived: {}", outcome.archived_events);
             println!("{}", outcome.summary);
             Ok(ExitCode::SUCCESS)

@@ -31,7 +31,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use notiflow_connector::{OutRecord, Sink, TopicAdmin, TopicSpec};
+use futures::future::BoxFuture;
+use notiflow_connector::{ConnectorError, OutRecord, Positions, Sink, TopicAdmin, TopicSpec};
 use notiflow_delivery::{Channel, Receipt, Secret};
 use notiflow_kafka::{KafkaAdmin, KafkaSink};
 use notiflow_sms::{AliyunChannel, TencentChannel, TwilioChannel};
@@ -56,11 +57,14 @@ fn default_listen() -> String {
 
 pub const RECEIPTS_TOPIC: &str = "notify.receipts";
 
+/// Where receipts are written: any sink (Kafka; the embedded default's in-process log in `notiflow demo`).
+type Writer = Arc<dyn Fn(Vec<OutRecord>) -> BoxFuture<'static, Result<Positions, ConnectorError>> + Send + Sync>;
+
 struct Receivers {
     twilio: BTreeMap<String, TwilioChannel>,
     aliyun: BTreeMap<String, (AliyunChannel, Secret)>,
     tracker: Option<ClickTracker>,
-    sink: KafkaSink,
+    sink: Writer,
     topic: Arc<str>,
 }
 
@@ -68,12 +72,30 @@ struct Receivers {
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let settings = config.receipts.as_ref().context("notiflow receipts needs [receipts] in the config")?;
     let kafka = config.kafka.as_ref().context("notiflow receipts needs [kafka] in the config")?;
-    let topic = config.topics.resolve(RECEIPTS_TOPIC);
-    KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec::new(&topic, config.topics.partitions)]).await?;
+    KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec::new(config.topics.resolve(RECEIPTS_TOPIC), config.topics.partitions)]).await?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[receipts] listen {}", settings.listen))?;
+    println!("receipts: listening on http://{}", listener.local_addr()?);
+    crate::metrics_http::mark_ready();
+    serve_on(config, KafkaSink::new(kafka)?, listener, crate::shutdown::requested()).await
+}
+
+/// Serves the callback endpoints on `listener`, writing receipts to `sink`, until `stop` resolves.
+pub async fn serve_on<S: Sink + 'static>(
+    config: &Config,
+    sink: S,
+    listener: tokio::net::TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let twilio = config.delivery.twilio_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?;
     let aliyun = config.delivery.aliyun_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
-    let receivers = Arc::new(Receivers { twilio, aliyun, tracker, sink: KafkaSink::new(kafka)?, topic: Arc::from(topic) });
+    let sink = Arc::new(sink);
+    let writer: Writer = Arc::new(move |records| {
+        let sink = sink.clone();
+        Box::pin(async move { sink.send_all(records).await })
+    });
+    let topic = Arc::from(config.topics.resolve(RECEIPTS_TOPIC));
+    let receivers = Arc::new(Receivers { twilio, aliyun, tracker, sink: writer, topic });
     for channel in config.delivery.tencent_pollers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))? {
         tokio::spawn(poll_tencent(channel, receivers.clone()));
     }
@@ -83,10 +105,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         .route("/v1/receipts/aliyun/{provider}/{token}", post(aliyun_push))
         .route("/c/{token}", get(click))
         .with_state(receivers);
-    let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[receipts] listen {}", settings.listen))?;
-    println!("receipts: listening on http://{}", listener.local_addr()?);
-    crate::metrics_http::mark_ready();
-    axum::serve(listener, app).with_graceful_shutdown(crate::shutdown::requested()).await?;
+    axum::serve(listener, app).with_graceful_shutdown(stop).await?;
     Ok(())
 }
 
@@ -121,7 +140,7 @@ async fn aliyun_push(State(receivers): State<Arc<Receivers>>, Path((provider, to
         Err(why) => return refuse(StatusCode::BAD_REQUEST, "bad_report", why),
     };
     let records: Vec<OutRecord> = receipts.iter().map(|r| receipt_record(&receivers.topic, r)).collect();
-    match receivers.sink.send_all(records).await {
+    match (receivers.sink)(records).await {
         Ok(_) => axum::Json(json!({"code": 0, "msg": "成功"})).into_response(),
         Err(err) => refuse(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", err.to_string()),
     }
@@ -172,7 +191,7 @@ async fn poll_tencent(channel: TencentChannel, receivers: Arc<Receivers>) {
                 metrics::counter!("notiflow_receipts_pulled_total", "provider" => provider.clone()).increment(receipts.len() as u64);
                 let records: Vec<OutRecord> = receipts.iter().map(|r| receipt_record(&receivers.topic, r)).collect();
                 let mut wait = Duration::from_millis(100);
-                while let Err(err) = receivers.sink.send_all(records.clone()).await {
+                while let Err(err) = (receivers.sink)(records.clone()).await {
                     tracing::warn!(%provider, %err, "writing pulled receipts; retrying (they are only in memory)");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
@@ -202,7 +221,7 @@ fn receipt_record(topic: &Arc<str>, receipt: &Receipt) -> OutRecord {
 
 /// Durable before the provider hears 2xx.
 async fn write(receivers: &Receivers, receipt: Receipt) -> Response {
-    match receivers.sink.send_all(vec![receipt_record(&receivers.topic, &receipt)]).await {
+    match (receivers.sink)(vec![receipt_record(&receivers.topic, &receipt)]).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(err) => refuse(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", err.to_string()),
     }

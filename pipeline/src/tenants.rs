@@ -200,6 +200,11 @@ struct RegistryState {
 
 impl Registry {
     /// The registry on `topic`, replayed (ready when this returns) and followed while the process runs.
+    /// A registry with no tenants that never changes.
+    pub fn empty() -> Registry {
+        Registry { inner: Arc::default() }
+    }
+
     pub async fn follow(kafka: &notiflow_kafka::KafkaConfig, topic: &str) -> anyhow::Result<Registry> {
         let registry = Registry::default();
         let apply = {

@@ -17,7 +17,7 @@
 pub mod bench;
 pub mod config;
 mod progress;
-mod tenant_rules;
+pub mod tenant_rules;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,7 +30,8 @@ use notiflow_delivery::{Delivery, Done, Final, Job, Lane, ProviderGroup, Refused
 use notiflow_inbox::{InboxChannel, SinkJournal};
 
 use crate::tracking::ClickTracker;
-use notiflow_kafka::{KafkaAdmin, KafkaSink, KafkaSource};
+use notiflow_connector::memory::{MemoryBroker, MemorySink, MemorySource};
+use notiflow_kafka::{KafkaAdmin, KafkaConfig, KafkaSink, KafkaSource};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -80,15 +81,75 @@ struct Topics {
 /// The lane a parked record came from (a header, so the record stays byte for byte).
 const LANE_HEADER: &str = "notiflow.lane";
 
+/// Where deliver reads and writes: Kafka (`notiflow deliver`) or the embedded default's
+/// in-process log (`notiflow demo`).
+pub trait Bus: Send + Sync {
+    type Source: Source + 'static;
+    type Sink: Sink + 'static;
+    /// A consumer of `topic` in `group`, from the earliest offset when the group has none.
+    fn source(&self, group: &str, topic: &str) -> anyhow::Result<Self::Source>;
+    fn sink(&self) -> anyhow::Result<Self::Sink>;
+    fn ensure_topics(&self, specs: &[TopicSpec]) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+struct KafkaBus<'a>(&'a KafkaConfig);
+
+impl Bus for KafkaBus<'_> {
+    type Source = KafkaSource;
+    type Sink = KafkaSink;
+    fn source(&self, group: &str, topic: &str) -> anyhow::Result<KafkaSource> {
+        Ok(KafkaSource::new(self.0, group, &[topic], "earliest")?)
+    }
+    fn sink(&self) -> anyhow::Result<KafkaSink> {
+        Ok(KafkaSink::new(self.0)?)
+    }
+    async fn ensure_topics(&self, specs: &[TopicSpec]) -> anyhow::Result<()> {
+        Ok(KafkaAdmin::new(self.0)?.ensure_topics(specs).await?)
+    }
+}
+
+impl Bus for MemoryBroker {
+    type Source = MemorySource;
+    type Sink = MemorySink;
+    fn source(&self, group: &str, topic: &str) -> anyhow::Result<MemorySource> {
+        Ok(self.consumer(group, &[topic]))
+    }
+    fn sink(&self) -> anyhow::Result<MemorySink> {
+        Ok(self.producer())
+    }
+    async fn ensure_topics(&self, specs: &[TopicSpec]) -> anyhow::Result<()> {
+        Ok(TopicAdmin::ensure_topics(self, specs).await?)
+    }
+}
+
+/// `notiflow deliver` on Kafka, with the tenant registry, until interrupted (or idle).
 pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::Result<DeliverTotals> {
     let kafka = config.kafka.as_ref().context("notiflow deliver needs [kafka] in the config")?;
+    let tenants_topic = config.topics.resolve(crate::tenants::TENANTS_TOPIC);
+    let sends_topic = config.topics.resolve("notify.sends");
+    // Today's sends are counted before delivering starts: their topic must exist first.
+    let specs = [TopicSpec { compacted: true, ..TopicSpec::new(&tenants_topic, 1) }, TopicSpec::new(&sends_topic, config.topics.partitions)];
+    KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
+    let tenants = tenant_rules::TenantRules::start(kafka, &tenants_topic, &sends_topic).await?;
+    run_on(config, &KafkaBus(kafka), tenants, exit_when_idle, crate::shutdown::requested()).await
+}
+
+/// Delivers what the dispatch topics on `bus` hold until `interrupt` resolves, or until idle
+/// for `exit_when_idle` with nothing unfinished.
+pub async fn run_on<B: Bus>(
+    config: &Config,
+    bus: &B,
+    tenants: tenant_rules::TenantRules,
+    exit_when_idle: Option<Duration>,
+    interrupt: impl Future<Output = ()>,
+) -> anyhow::Result<DeliverTotals> {
     let delivery = &config.delivery;
     let mut groups = delivery.provider_groups().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let resolve = |name: &str| -> Arc<str> { Arc::from(config.topics.resolve(name)) };
     let inbox = config.inbox.as_ref().map(|_| resolve(crate::inbox::INBOX_TOPIC));
     let mut topics =
         Topics { sends: resolve("notify.sends"), events: resolve(&config.topics.events), dlq: resolve("notify.dlq"), inbox: inbox.clone(), parked: BTreeMap::new() };
-    let sink = Arc::new(KafkaSink::new(kafka)?);
+    let sink = Arc::new(bus.sink()?);
     if let Some(inbox) = &inbox {
         let journal = Arc::new(SinkJournal::new(sink.clone(), inbox, None));
         groups.push(Arc::new(ProviderGroup::one(InboxChannel::new(journal))));
@@ -106,12 +167,10 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
         .chain(topics.parked.values().map(|t| t.to_string()))
         .map(|name| TopicSpec::new(name, config.topics.partitions))
         .collect();
-    KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
+    bus.ensure_topics(&specs).await?;
 
     let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?.map(Arc::new);
-    let tenants_topic = config.topics.resolve(crate::tenants::TENANTS_TOPIC);
-    KafkaAdmin::new(kafka)?.ensure_topics(&[TopicSpec { compacted: true, ..TopicSpec::new(&tenants_topic, 1) }]).await?;
-    let tenants = Arc::new(tenant_rules::TenantRules::start(kafka, &tenants_topic, &topics.sends).await?);
+    let tenants = Arc::new(tenants);
     let (done_tx, done_rx) = mpsc::channel::<Done<Token>>(4096);
     let scheduler = Arc::new(Scheduler::start(groups, delivery.retry_policy(), delivery.workers_per_channel, delivery.lane_capacity, done_tx));
     tenants.sync_accounts(&scheduler);
@@ -127,7 +186,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     let lane_readers = lane_topics.iter().map(|(lane, topic)| (ReaderKind::Lane(*lane), format!("{}.{}", delivery.group_id, lane.as_str()), topic.clone()));
     let parked_readers = topics.parked.iter().map(|(channel, topic)| (ReaderKind::Parked, format!("{}.parked.{channel}", delivery.group_id), topic.clone()));
     for (kind, group, topic) in lane_readers.chain(parked_readers).collect::<Vec<_>>() {
-        let source = KafkaSource::new(kafka, &group, &[&topic], "earliest")?;
+        let source = bus.source(&group, &topic)?;
         let reader = LaneReader {
             kind,
             scheduler: scheduler.clone(),
@@ -145,7 +204,7 @@ pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::R
     let writer = tokio::spawn(write_outputs(done_rx, skip_rx, sink, topics, progress.clone(), totals.clone()));
 
     // Until interrupted, or idle with nothing unfinished.
-    let mut interrupted = Box::pin(crate::shutdown::requested());
+    let mut interrupted = Box::pin(interrupt);
     loop {
         tokio::select! {
             _ = &mut interrupted => { tracing::info!("interrupt: finishing deliveries in progress"); break; }
@@ -202,7 +261,7 @@ struct LaneReader {
 
 impl LaneReader {
     /// Reads its lane until told to stop; returns the source for the final commit.
-    async fn run(self, mut source: KafkaSource, mut stop: watch::Receiver<bool>, commit_every: Duration) -> anyhow::Result<KafkaSource> {
+    async fn run<S: Source>(self, mut source: S, mut stop: watch::Receiver<bool>, commit_every: Duration) -> anyhow::Result<S> {
         let limits = BatchLimits { max_records: 1000, max_wait: Duration::from_millis(50) };
         let mut committed_at = Instant::now();
         while !*stop.borrow() {
@@ -284,10 +343,10 @@ impl LaneReader {
 
 /// Writes sends, events and dead letters in batches, then marks the
 /// deliveries finished (so their offsets may be committed).
-async fn write_outputs(
+async fn write_outputs<S: Sink>(
     mut done: mpsc::Receiver<Done<Token>>,
     mut skipped: mpsc::Receiver<Output>,
-    sink: Arc<KafkaSink>,
+    sink: Arc<S>,
     topics: Topics,
     progress: Arc<Mutex<Progress>>,
     totals: Arc<Mutex<DeliverTotals>>,

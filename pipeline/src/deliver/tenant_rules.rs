@@ -61,6 +61,11 @@ impl TenantRules {
         Ok(TenantRules { registry, accounts_synced: Mutex::new(None), used: Mutex::new(used) })
     }
 
+    /// No registry: no tenant has senders, accounts or quotas (the embedded demo).
+    pub fn none() -> TenantRules {
+        TenantRules { registry: Registry::empty(), accounts_synced: Mutex::new(None), used: Mutex::new(HashMap::new()) }
+    }
+
     /// The tenant's sender identity on the channel, if it registered one.
     pub fn sender(&self, tenant: &str, channel: &str) -> Option<String> {
         let tenant = self.registry.get(tenant)?;
