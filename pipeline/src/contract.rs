@@ -105,6 +105,9 @@ pub struct Contract {
     validator: jsonschema::Validator,
     /// `None`: the caller checked the tenant (the gateway, against the live registry).
     tenants: Option<HashSet<String>>,
+    /// Tenants of the registry (notify.tenants), followed live: a tenant registered while the
+    /// pipeline runs may send at once, without a restart.
+    registry: Option<crate::tenants::Registry>,
     max_bytes: usize,
 }
 
@@ -115,7 +118,19 @@ impl Contract {
             .should_validate_formats(true)
             .build(&schema)
             .expect("the embedded schema compiles");
-        Contract { validator, tenants: Some(tenants.into_iter().collect()), max_bytes }
+        Contract { validator, tenants: Some(tenants.into_iter().collect()), registry: None, max_bytes }
+    }
+
+    /// Tenants of `registry` may send too (besides those given to `new`), as it is at each check.
+    pub fn with_registry(self, registry: Option<crate::tenants::Registry>) -> Self {
+        Contract { registry, ..self }
+    }
+
+    fn may_send(&self, tenant: &str) -> bool {
+        match &self.tenants {
+            None => true,
+            Some(listed) => listed.contains(tenant) || self.registry.as_ref().is_some_and(|r| r.get(tenant).is_some()),
+        }
     }
 
     /// The contract without the tenant rule, for a caller that authenticated the tenant itself.
@@ -193,7 +208,7 @@ impl Contract {
         };
         // The schema guarantees these fields and their types from here on.
         let (tenant_id, request_id_str) = (tenant.clone().unwrap_or_default(), request_id.clone().unwrap_or_default());
-        if self.tenants.as_ref().is_some_and(|known| !known.contains(&tenant_id)) {
+        if !self.may_send(&tenant_id) {
             return Err(reject(Reason::UnknownTenant, format!("tenant {tenant_id:?} is not registered")));
         }
         let kind = if body.get("type").and_then(Value::as_str) == Some("recall") { Kind::Recall } else { Kind::Send };

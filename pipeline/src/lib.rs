@@ -41,6 +41,11 @@ use sql::{PipelineSql, SqlError};
 
 /// Parses and plans the SQL pipeline in `dir` (no I/O beyond reading files).
 pub async fn load_pipeline(dir: &Path, config: &Config) -> Result<PipelineRun, SqlError> {
+    load_pipeline_with(dir, config, None).await
+}
+
+/// As `load_pipeline`; tenants of `registry` (followed live) may send besides the config's.
+pub async fn load_pipeline_with(dir: &Path, config: &Config, registry: Option<tenants::Registry>) -> Result<PipelineRun, SqlError> {
     let sql = PipelineSql::load_dir(dir)?;
     let location = sql::Location { file: config.udfs.dir.display().to_string(), line: 0 };
     let udfs_dir = udfs_dir_for(dir, config);
@@ -50,6 +55,7 @@ pub async fn load_pipeline(dir: &Path, config: &Config) -> Result<PipelineRun, S
     let env = PlanEnv {
         tenants: config.tenants.iter().map(|t| t.id.clone()).collect(),
         max_request_bytes: config.pipeline.max_request_bytes,
+        registry,
         udfs,
     };
     let pipeline = engine::plan(&sql, &env).await?;

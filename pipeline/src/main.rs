@@ -668,16 +668,14 @@ fn no_kafka() -> anyhow::Error {
 
 async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> anyhow::Result<RunTotals> {
     let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
-    // Tenants registered on notify.tenants may send as well as those of the config.
-    let mut config = config.clone();
-    for id in notiflow::tenants::admin::read(&config).await?.into_keys() {
-        if !config.tenants.iter().any(|t| t.id == id) {
-            config.tenants.push(notiflow::config::TenantConfig { id, name: None });
-        }
-    }
-    let config = &config;
+    // Tenants registered on notify.tenants may send as well as those of the config, from the
+    // moment they are registered (followed live, like the gateway and deliver do).
+    let tenants_topic = config.topics.resolve(notiflow::tenants::TENANTS_TOPIC);
+    KafkaAdmin::new(kafka)?.ensure_topics(&[notiflow_connector::TopicSpec { compacted: true, ..notiflow_connector::TopicSpec::new(&tenants_topic, 1) }]).await?;
+    let registry = notiflow::tenants::Registry::follow(kafka, &tenants_topic).await?;
+    let registry = &registry;
     // Checked (file:line errors) and its topics created once, before the members start.
-    let probe = notiflow::load_pipeline(dir, config).await?;
+    let probe = notiflow::load_pipeline_with(dir, config, Some(registry.clone())).await?;
     KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&probe, config)).await?;
     let (topics, group) = (probe.stream_topics(), notiflow::group_id(&probe, config));
     drop(probe);
@@ -698,7 +696,7 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     };
     tracing::info!(pipeline = %dir.display(), ?topics, %group, workers, "pipeline running");
     let members = tokio::task::block_in_place(|| {
-        notiflow::workers::on_threads(workers, "pipeline", &stop_tx, |member| run_member(dir, config, member, stop.clone(), shutdown.clone()))
+        notiflow::workers::on_threads(workers, "pipeline", &stop_tx, |member| run_member(dir, config, registry, member, stop.clone(), shutdown.clone()))
     })?;
     if workers > 1 {
         let each: Vec<String> = members.iter().map(|(t, _)| t.records_in.to_string()).collect();
@@ -726,6 +724,7 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
 async fn run_member(
     dir: &Path,
     config: &Config,
+    registry: &notiflow::tenants::Registry,
     member: usize,
     stop: StopWhen,
     shutdown: watch::Receiver<bool>,
@@ -736,7 +735,7 @@ async fn run_member(
         id.push_str(&format!("-{member}"));
     }
     let kafka = &kafka;
-    let mut run = notiflow::load_pipeline(dir, config).await?;
+    let mut run = notiflow::load_pipeline_with(dir, config, Some(registry.clone())).await?;
     let topics = run.stream_topics();
     let group = notiflow::group_id(&run, config);
     let lookups = run.prepare(&KafkaReader::new(kafka)).await?;

@@ -183,7 +183,7 @@ pub fn mint_key(id: &str) -> anyhow::Result<(String, ApiKey)> {
     Ok((key, entry))
 }
 
-/// The registry as the gateway sees it: updated from the topic while it serves.
+/// The registry as the gateway, deliver and run see it: updated from the topic while they serve.
 #[derive(Clone, Default)]
 pub struct Registry {
     inner: Arc<RwLock<RegistryState>>,
@@ -198,13 +198,20 @@ struct RegistryState {
     keys: HashMap<String, String>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.inner.read().expect("registry lock");
+        write!(f, "Registry {{ tenants: {}, version: {} }}", state.tenants.len(), state.version)
+    }
+}
+
 impl Registry {
-    /// The registry on `topic`, replayed (ready when this returns) and followed while the process runs.
     /// A registry with no tenants that never changes.
     pub fn empty() -> Registry {
         Registry { inner: Arc::default() }
     }
 
+    /// The registry on `topic`, replayed (ready when this returns) and followed while the process runs.
     pub async fn follow(kafka: &notiflow_kafka::KafkaConfig, topic: &str) -> anyhow::Result<Registry> {
         let registry = Registry::default();
         let apply = {

@@ -41,6 +41,8 @@ use crate::sql::{Connector, Definition, KafkaTable, Location, PipelineSql, SqlEr
 pub struct PlanEnv {
     /// Tenants for `json.contract = 'notify.requests'`.
     pub tenants: Vec<String>,
+    /// The live tenant registry, whose tenants may send too (`notiflow run`).
+    pub registry: Option<crate::tenants::Registry>,
     pub max_request_bytes: usize,
     /// UDFs found in the UDF workspace (built or not).
     pub udfs: Vec<super::udf::UdfSource>,
@@ -283,7 +285,8 @@ async fn add_table(pipeline: &mut Pipeline, table: &TableDef, location: &Locatio
                     ));
                 }
             }
-            let contract = kafka.contract.as_ref().map(|_| Contract::new(env.tenants.iter().cloned(), env.max_request_bytes));
+            let contract =
+                kafka.contract.as_ref().map(|_| Contract::new(env.tenants.iter().cloned(), env.max_request_bytes).with_registry(env.registry.clone()));
             pipeline.sources.push(SourceTable {
                 name: table.name.clone(),
                 kafka: kafka.clone(),

@@ -231,3 +231,64 @@ async fn the_binary_processes_new_records_after_a_restart() {
     assert_eq!(count("accepted"), 350, "the retries were not accepted again: idempotency state survived the restart");
     assert_eq!(count("duplicate_request"), 20, "one duplicate_request event per retry");
 }
+
+/// `notiflow run` follows the tenant registry while it runs: a tenant registered after the start may
+/// send at once (before, its requests were dead-lettered `unknown_tenant` until a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_registered_while_the_pipeline_runs_may_send_at_once() {
+    let _turn = support::one_at_a_time().await;
+    let config = support::kafka_config(1);
+    let kafka = config.kafka.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = support::write_toml(&config, dir.path());
+    let notiflow = support::Notiflow::new(&toml, &[]);
+    let mut run = notiflow.command(&["run"]).arg(support::sql_dir()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let requests_topic: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
+    let sink = KafkaSink::new(&kafka).unwrap();
+    let request = |id: &str| {
+        let body = serde_json::json!({"request_id": id, "tenant": "initech", "template": "welcome", "recipients": [{"email": "a@initech.example"}]});
+        OutRecord { topic: requests_topic.clone(), key: Some(format!("initech/{id}").into_bytes()), payload: body.to_string().into_bytes(), headers: vec![] }
+    };
+    let events_topic = config.topics.resolve("notify.events");
+    let event_of = |id: &'static str| {
+        let kafka = kafka.clone();
+        let topic = events_topic.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let events = read_topic_to_end(&kafka, &topic).await.unwrap_or_default();
+                let found = events.iter().map(|r| serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()).find(|e| e["request_id"] == id);
+                if let Some(event) = found {
+                    return event;
+                }
+                assert!(std::time::Instant::now() < deadline, "no event for {id}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    sink.send_all(vec![request("before")]).await.unwrap();
+    let before = event_of("before").await;
+    assert_eq!((before["event"].as_str(), before["reason"].as_str()), (Some("rejected"), Some("unknown_tenant")), "{before}");
+
+    std::fs::write(dir.path().join("tenants.toml"), "[[tenants]]\nid = \"initech\"\nname = \"Initech\"\n").unwrap();
+    let put = notiflow.command(&["tenant", "put"]).arg(dir.path().join("tenants.toml")).output().unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    // The registry reaches the running pipeline within its follow interval; retry a fresh request until then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut attempt = 0;
+    let accepted = loop {
+        attempt += 1;
+        let id: &'static str = Box::leak(format!("after{attempt}").into_boxed_str());
+        sink.send_all(vec![request(id)]).await.unwrap();
+        let event = event_of(id).await;
+        if event["event"] == "accepted" {
+            break event;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {event} after the tenant was registered");
+    };
+    assert_eq!(accepted["tenant"], "initech", "{accepted}");
+    assert!(attempt <= 3, "took {attempt} requests to see the new tenant");
+    let term = std::process::Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    assert!(run.wait().unwrap().success(), "run stops cleanly");
+}
