@@ -86,6 +86,7 @@ pub async fn serve_on<S: Sink + 'static>(
     listener: tokio::net::TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.delivery.use_proxy().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let twilio = config.delivery.twilio_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?;
     let aliyun = config.delivery.aliyun_receivers().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;

@@ -84,6 +84,19 @@ pub enum ClickHouseError {
 }
 
 impl ClickHouseConfig {
+    /// Settings that cannot work, found at start-up.
+    pub fn check(&self) -> Result<(), String> {
+        let https = self.url.starts_with("https://");
+        if !https && !self.url.starts_with("http://") {
+            return Err(format!("url {:?}: ClickHouse's HTTP interface is http:// or https://", self.url));
+        }
+        match &self.ca_file {
+            Some(path) if !https => Err(format!("ca_file {} is for https URLs; url is {}", path.display(), self.url)),
+            Some(path) if !path.is_file() => Err(format!("ca_file: {} is not a readable file", path.display())),
+            _ => Ok(()),
+        }
+    }
+
     pub fn new(url: impl Into<String>) -> Self {
         ClickHouseConfig {
             url: url.into(),
@@ -113,21 +126,6 @@ impl ClickHouseConfig {
             client = client.with_password(password);
         }
         Ok(client)
-    }
-}
-
-impl ClickHouseConfig {
-    /// Settings that cannot work, found at start-up.
-    pub fn check(&self) -> Result<(), String> {
-        let https = self.url.starts_with("https://");
-        if !https && !self.url.starts_with("http://") {
-            return Err(format!("url {:?}: ClickHouse's HTTP interface is http:// or https://", self.url));
-        }
-        match &self.ca_file {
-            Some(path) if !https => Err(format!("ca_file {} is for https URLs; url is {}", path.display(), self.url)),
-            Some(path) if !path.is_file() => Err(format!("ca_file: {} is not a readable file", path.display())),
-            _ => Ok(()),
-        }
     }
 }
 

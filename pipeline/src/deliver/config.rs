@@ -197,6 +197,13 @@ impl DeliveryConfig {
         pulling.map(|(name, config)| TencentChannel::new(&name, config)).collect()
     }
 
+    /// Sets how the provider clients built from now on reach their APIs (`proxy`).
+    pub fn use_proxy(&self) -> Result<(), String> {
+        let proxy = self.proxy.as_deref().map(notiflow_delivery::http::Proxy::parse).transpose()?.unwrap_or_default();
+        notiflow_delivery::http::use_proxy(proxy);
+        Ok(())
+    }
+
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts.max(1),
@@ -208,8 +215,6 @@ impl DeliveryConfig {
     /// Every provider built (secrets read now, so a missing one fails at
     /// start-up naming the provider), grouped by channel.
     pub fn provider_groups(&self) -> Result<Vec<Arc<ProviderGroup>>, String> {
-        let proxy = self.proxy.as_deref().map(notiflow_delivery::http::Proxy::parse).transpose()?.unwrap_or_default();
-        notiflow_delivery::http::use_proxy(proxy);
         let mut by_channel: BTreeMap<String, Vec<(Arc<dyn Channel>, ProviderLimits)>> = BTreeMap::new();
         for provider in &self.providers {
             let channel = provider.build()?;

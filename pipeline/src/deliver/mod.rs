@@ -144,6 +144,7 @@ pub async fn run_on<B: Bus>(
     interrupt: impl Future<Output = ()>,
 ) -> anyhow::Result<DeliverTotals> {
     let delivery = &config.delivery;
+    delivery.use_proxy().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let mut groups = delivery.provider_groups().map_err(|e| anyhow::anyhow!("[delivery]: {e}"))?;
     let resolve = |name: &str| -> Arc<str> { Arc::from(config.topics.resolve(name)) };
     let inbox = config.inbox.as_ref().map(|_| resolve(crate::inbox::INBOX_TOPIC));

@@ -103,10 +103,11 @@ impl Rewrite {
             .replace(&format!("0.0.0.0:{}", self.metrics_port), &format!("127.0.0.1:{service_metrics}"))
             // Fewer partitions than production: the same code paths, less work for two cores.
             .replace("partitions = 6", "partitions = 2");
+        let hosts: Vec<String> = compose::services().into_iter().map(|s| s.name).collect();
         for (from, to) in &self.ports {
             text = text.replace(&format!("0.0.0.0:{from}\""), &format!("127.0.0.1:{to}\""));
-            for service in compose::services() {
-                text = text.replace(&format!("http://{}:{from}", service.name), &format!("http://127.0.0.1:{to}"));
+            for host in &hosts {
+                text = text.replace(&format!("http://{host}:{from}"), &format!("http://127.0.0.1:{to}"));
             }
         }
         for group in ["notiflow-requests", "notiflow-delivery"] {

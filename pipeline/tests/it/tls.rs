@@ -5,7 +5,7 @@
 //! another CA is refused. ClickHouse: 18.16's https_port (scripts/services.sh).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use notiflow_connector::{OutRecord, Sink};
 use notiflow_kafka::{KafkaConfig, KafkaSecurity, KafkaSink, SecurityProtocol, read_topic_to_end};
 use serde_json::json;
 
-use crate::support::{self, Notiflow, free_port};
+use crate::support::{self, Killed, Notiflow, free_port};
 
 /// A CA and a server certificate for 127.0.0.1 in `dir`.
 fn make_ca(dir: &Path) -> PathBuf {
@@ -22,15 +22,6 @@ fn make_ca(dir: &Path) -> PathBuf {
     let made = Command::new("bash").arg(script).arg(dir).output().unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     dir.to_path_buf()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn wait_tcp(port: u16) {
