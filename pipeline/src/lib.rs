@@ -18,6 +18,7 @@ pub mod inbox;
 pub mod job;
 pub mod logs;
 pub mod metrics_http;
+pub mod outage;
 pub mod report;
 pub mod receipts;
 pub mod samples;

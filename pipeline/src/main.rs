@@ -420,7 +420,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Deliver { config, exit_when_idle_ms } => {
             let config = Config::load(&config)?;
             long_running(&config, "deliver").await?;
-            let t = notiflow::deliver::run(&config, exit_when_idle_ms.map(Duration::from_millis)).await?;
+            let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
+            let idle = exit_when_idle_ms.map(Duration::from_millis);
+            let t = notiflow::outage::restart_after_outages("deliver", kafka, &notiflow::shutdown::flag(), || notiflow::deliver::run(&config, idle)).await?;
             println!(
                 "delivery: {} read, {} sent, {} failed, {} attempts, {} not sendable (dead-lettered), {} recalls, {} parked",
                 t.read, t.accepted, t.failed, t.attempts, t.not_sendable, t.recalls, t.parked
@@ -430,7 +432,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sink { config, only, exit_when_idle_ms } => {
             let config = Config::load(&config)?;
             long_running(&config, "sink").await?;
-            let totals = notiflow::warehouse::run(&config, only.as_deref(), exit_when_idle_ms.map(Duration::from_millis)).await?;
+            let kafka = config.kafka.as_ref().ok_or_else(no_kafka)?;
+            let idle = exit_when_idle_ms.map(Duration::from_millis);
+            let restart = || notiflow::warehouse::run(&config, only.as_deref(), idle);
+            let totals = notiflow::outage::restart_after_outages("sink", kafka, &notiflow::shutdown::flag(), restart).await?;
             for (destination, t) in totals {
                 println!("sink {destination}: {} rows written, {} records not decodable (skipped)", t.rows, t.undecodable);
             }
@@ -696,7 +701,14 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     };
     tracing::info!(pipeline = %dir.display(), ?topics, %group, workers, "pipeline running");
     let members = tokio::task::block_in_place(|| {
-        notiflow::workers::on_threads(workers, "pipeline", &stop_tx, |member| run_member(dir, config, registry, member, stop.clone(), shutdown.clone()))
+        notiflow::workers::on_threads(workers, "pipeline", &stop_tx, |member| {
+            let (stop, shutdown) = (stop.clone(), shutdown.clone());
+            async move {
+                // A member outlives broker outages: it starts again from its checkpoint when the brokers answer.
+                let job = format!("pipeline member {member}");
+                notiflow::outage::restart_after_outages(&job, kafka, &shutdown, || run_member(dir, config, registry, member, stop.clone(), shutdown.clone())).await
+            }
+        })
     })?;
     if workers > 1 {
         let each: Vec<String> = members.iter().map(|(t, _)| t.records_in.to_string()).collect();
@@ -742,7 +754,7 @@ async fn run_member(
     notiflow::checkpoint_on_kafka(&mut run, config, kafka).await?;
     let start = run.pipeline.sources.first().map(|s| s.kafka.start_offset.as_str()).unwrap_or("earliest");
     let mut source = KafkaSource::new(kafka, &group, &topics.iter().map(String::as_str).collect::<Vec<_>>(), start)?.follow(kafka, &lookups)?;
-    let sink = KafkaSink::new(kafka)?;
+    let sink = KafkaSink::patient(kafka)?;
     notiflow::metrics_http::mark_ready();
     let (records_in, batches) = run_job(&mut run, &mut source, &sink, notiflow::batch_limits(config), stop, shutdown).await?;
     let report = MemberReport {

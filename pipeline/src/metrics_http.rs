@@ -60,6 +60,11 @@ pub fn mark_ready() {
     READY.store(true, Ordering::Relaxed);
 }
 
+/// The command cannot do its work for now (its brokers are down): `/readyz` answers 503 until `mark_ready`.
+pub fn mark_unready() {
+    READY.store(false, Ordering::Relaxed);
+}
+
 /// Installs the recorder and, unless `[metrics] listen` is empty, serves
 /// `/metrics`, `/healthz` and `/readyz` there for a long-running `command`.
 pub async fn serve_for(config: &crate::config::Config, command: &str) -> anyhow::Result<Option<SocketAddr>> {

@@ -26,6 +26,16 @@ pub async fn requested() {
     }
 }
 
+/// A flag raised when the process is asked to stop (for loops that look at it between steps).
+pub fn flag() -> tokio::sync::watch::Receiver<bool> {
+    let (raise, flag) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        requested().await;
+        raise.send_replace(true);
+    });
+    flag
+}
+
 /// Bounds how long stopping may take: once a stop is requested, the process
 /// exits with code 1 after `deadline` if it has not exited by then. Safe
 /// because nothing is committed before its outputs are durable: what is cut

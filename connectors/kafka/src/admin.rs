@@ -64,7 +64,7 @@ impl KafkaAdmin {
     /// Why the brokers cannot be reached, found in seconds (an admin call would only time out
     /// after its operation timeout, and an admin client does not hand out librdkafka's logs: a
     /// short-lived consumer asks for metadata and reads them).
-    async fn unreachable(&self) -> Option<ConnectorError> {
+    pub async fn unreachable(&self) -> Option<ConnectorError> {
         let config = self.config.clone();
         let reason = tokio::task::spawn_blocking(move || connection_failure(&config)).await.ok().flatten()?;
         let message = format!("cannot reach the brokers ({}): {reason}", self.config.bootstrap_servers);

@@ -5,11 +5,13 @@
 mod admin;
 mod baseline;
 mod config;
+mod connection;
 mod source;
 mod sink;
 
 pub use admin::KafkaAdmin;
 pub use baseline::{RawLoop, RawPassthrough, raw_passthrough};
+pub use connection::{Connection, is_connection_loss};
 pub use config::{KafkaConfig, KafkaSecurity, SaslMechanism, SecurityProtocol};
 pub use sink::KafkaSink;
 pub use source::{KafkaReader, KafkaSource, committed_offsets, read_topic_to_end};

@@ -11,12 +11,14 @@ use rdkafka::statistics::Statistics;
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::connection::{Connection, is_connection_loss};
 use crate::{KafkaConfig, classify};
 
 /// Publishes consumer lag from librdkafka's statistics and records
 /// rebalances (for [`Source::assignment_changes`]).
 #[derive(Default)]
 pub struct LagContext {
+    connection: Connection,
     changes: Mutex<Vec<AssignmentChange>>,
     assigned: Mutex<HashSet<(Arc<str>, i32)>>,
 }
@@ -26,7 +28,16 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(Arc<str>, i32)> {
 }
 
 impl ClientContext for LagContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.connection.client_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.connection.client_error(error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
+        self.connection.observe(&statistics);
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
                 // librdkafka reports -1 for partitions this consumer does not own.
@@ -139,6 +150,16 @@ impl KafkaSource {
     }
 }
 
+impl KafkaSource {
+    /// A rebalance inside a `next_batch` may have revoked partitions whose
+    /// records were already taken: they belong to the new owner now.
+    fn owned(&self, mut batch: Vec<Record>) -> Vec<Record> {
+        let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());
+        batch.retain(|r| self.followed.contains(r.topic.as_ref()) || assigned.contains(&(r.topic.clone(), r.partition)));
+        batch
+    }
+}
+
 impl Source for KafkaSource {
     async fn next_batch(&mut self, limits: BatchLimits) -> Result<Vec<Record>, ConnectorError> {
         let deadline = tokio::time::Instant::now() + limits.max_wait;
@@ -197,6 +218,14 @@ impl Source for KafkaSource {
                 None => break,
             }
         }
+        if let Some(err) = failure.take_if(|err| is_connection_loss(err)) {
+            // librdkafka reconnects by itself: keep the state, report the
+            // outage, and wait out this call's time instead of spinning.
+            self.consumer.context().connection.lost(&err, "consuming");
+            drop((main, follower));
+            tokio::time::sleep_until(deadline).await;
+            return Ok(self.owned(batch));
+        }
         if let Some(err) = failure {
             let err = classify(err);
             if batch.is_empty() {
@@ -206,11 +235,10 @@ impl Source for KafkaSource {
             tracing::warn!(%err, "kafka consume error after a partial batch");
         }
         drop((main, follower));
-        // A rebalance inside this call may have revoked partitions whose
-        // records were already taken: they belong to the new owner now.
-        let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());
-        batch.retain(|r| self.followed.contains(r.topic.as_ref()) || assigned.contains(&(r.topic.clone(), r.partition)));
-        Ok(batch)
+        if !batch.is_empty() {
+            self.consumer.context().connection.answered();
+        }
+        Ok(self.owned(batch))
     }
 
     fn assignment_changes(&mut self) -> Vec<AssignmentChange> {

@@ -101,7 +101,7 @@ impl Bus for KafkaBus<'_> {
         Ok(KafkaSource::new(self.0, group, &[topic], "earliest")?)
     }
     fn sink(&self) -> anyhow::Result<KafkaSink> {
-        Ok(KafkaSink::new(self.0)?)
+        Ok(KafkaSink::patient(self.0)?)
     }
     async fn ensure_topics(&self, specs: &[TopicSpec]) -> anyhow::Result<()> {
         Ok(KafkaAdmin::new(self.0)?.ensure_topics(specs).await?)
@@ -211,6 +211,10 @@ pub async fn run_on<B: Bus>(
             _ = &mut interrupted => { tracing::info!("interrupt: finishing deliveries in progress"); break; }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
+        // A reader that failed ends the run (with its error, below): none may stop unnoticed.
+        if readers.iter().any(|r| r.is_finished()) || writer.is_finished() {
+            break;
+        }
         if let Some(idle) = exit_when_idle {
             let quiet = now_ms() - last_read.load(Ordering::Relaxed) >= idle.as_millis() as i64;
             if quiet && progress.lock().unwrap_or_else(|e| e.into_inner()).unfinished() == 0 {
@@ -275,12 +279,19 @@ impl LaneReader {
                 self.totals.lock().unwrap_or_else(|e| e.into_inner()).read += batch.len() as u64;
             }
             for record in batch {
-                self.progress.lock().unwrap_or_else(|e| e.into_inner()).started(&record.topic, record.partition, record.offset);
+                if !self.progress.lock().unwrap_or_else(|e| e.into_inner()).started(&record.topic, record.partition, record.offset) {
+                    metrics::counter!("notiflow_deliver_reread_skipped_total").increment(1);
+                    continue;
+                }
                 self.submit(record).await?;
             }
             if committed_at.elapsed() >= commit_every {
                 let offsets = self.progress.lock().unwrap_or_else(|e| e.into_inner()).committable();
-                source.commit(&offsets).await?;
+                match source.commit(&offsets).await {
+                    // The brokers are away: the next commit carries these offsets too.
+                    Err(err) if err.is_retryable() => tracing::warn!(%err, "committing delivered offsets; retrying at the next commit"),
+                    other => other?,
+                }
                 committed_at = Instant::now();
             }
         }

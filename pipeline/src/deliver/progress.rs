@@ -10,7 +10,8 @@ use notiflow_connector::Offsets;
 #[derive(Default)]
 struct Partition {
     unfinished: BTreeSet<i64>,
-    /// One past the highest offset read.
+    /// The offsets this process read, `read_from..read_to` (a partition is read in order).
+    read_from: i64,
     read_to: i64,
 }
 
@@ -20,10 +21,19 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn started(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
-        let p = self.partitions.entry((topic.clone(), partition)).or_default();
+    /// A record read: false when this process read it before (a consumer that
+    /// rejoined its group after an outage reads again from the last commit):
+    /// it is finished or in flight here already and must not be sent again.
+    pub fn started(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> bool {
+        let p = self.partitions.entry((topic.clone(), partition)).or_insert(Partition { unfinished: BTreeSet::new(), read_from: offset, read_to: offset });
+        if (p.read_from..p.read_to).contains(&offset) {
+            return false;
+        }
+        // Below where this process first read: new here (committed offsets only move forward, so
+        // only an operator's offset reset leads here).
         p.unfinished.insert(offset);
         p.read_to = p.read_to.max(offset + 1);
+        true
     }
 
     pub fn finished(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
@@ -55,7 +65,7 @@ mod tests {
     fn commit_point_is_the_oldest_unfinished_delivery() {
         let topic: Arc<str> = Arc::from("notify.dispatch.low");
         let mut progress = Progress::default();
-        (10..15).for_each(|o| progress.started(&topic, 0, o));
+        assert!((10..15).all(|o| progress.started(&topic, 0, o)));
         progress.finished(&topic, 0, 10);
         progress.finished(&topic, 0, 12);
         assert_eq!(progress.committable().get("notify.dispatch.low", 0), Some(11));
@@ -63,5 +73,19 @@ mod tests {
         assert_eq!(progress.committable().get("notify.dispatch.low", 0), Some(13));
         (13..15).for_each(|o| progress.finished(&topic, 0, o));
         assert_eq!((progress.committable().get("notify.dispatch.low", 0), progress.unfinished()), (Some(15), 0));
+    }
+
+    #[test]
+    fn records_read_again_after_a_rejoin_are_not_started_twice() {
+        let topic: Arc<str> = Arc::from("notify.dispatch.normal");
+        let mut progress = Progress::default();
+        assert!((100..110).all(|o| progress.started(&topic, 0, o)));
+        progress.finished(&topic, 0, 100);
+        // The group lost us in an outage; back, the consumer starts again at the last commit (101).
+        assert!((101..110).all(|o| !progress.started(&topic, 0, o)), "read before: finished or in flight here");
+        assert!(progress.started(&topic, 0, 110), "new records still start");
+        // Offsets reset below where this process first read: new here.
+        assert!(progress.started(&topic, 0, 95) && progress.started(&topic, 0, 96));
+        assert_eq!(progress.unfinished(), 12);
     }
 }

@@ -13,6 +13,7 @@ mod exactly_once;
 mod gateway;
 mod inbox;
 mod kafka_pipeline;
+mod outage;
 mod receipts;
 mod semantics;
 mod sql_engine;
