@@ -74,24 +74,26 @@ FROM first_requests;
 
 -- One record per delivery (message x recipient x channel), for the channel
 -- connectors; a recall has no recipient or channel and asks every channel to
--- withdraw what it sent for the request.
+-- withdraw what it sent for the request. Keyed by delivery id: deliveries
+-- spread evenly over the partitions, so each deliver instance's share of a
+-- provider's rate limit (its share of the partitions) matches its traffic.
 CREATE TABLE dispatch_high (
     type TEXT, delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
     subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, requested_at TIMESTAMP, reason TEXT
-) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.high');
+) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.high', 'sink.key_field' = 'delivery_id');
 
 CREATE TABLE dispatch_normal (
     type TEXT, delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
     subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, requested_at TIMESTAMP, reason TEXT
-) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.normal');
+) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.normal', 'sink.key_field' = 'delivery_id');
 
 CREATE TABLE dispatch_low (
     type TEXT, delivery_id TEXT, message_id TEXT, request_id TEXT, tenant TEXT, template TEXT, template_version BIGINT,
     recipient TEXT, channel TEXT, address TEXT, priority TEXT, category TEXT, locale TEXT,
     subject TEXT, body TEXT, html TEXT, expires_at TIMESTAMP, requested_at TIMESTAMP, reason TEXT
-) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.low');
+) WITH (connector = 'kafka', type = 'sink', format = 'json', topic = 'notify.dispatch.low', 'sink.key_field' = 'delivery_id');
 
 -- Lifecycle events, keyed by message id (one request's timeline stays in
 -- one partition); delivery events also carry the delivery id and channel.

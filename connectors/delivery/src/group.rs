@@ -13,13 +13,13 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::breaker::{Admission, Breaker, BreakerConfig};
 use crate::Channel;
 
-/// Limits of one provider account, for this instance.
+/// Limits of one provider account (rates for the whole cluster: see `ProviderGroup::set_share`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderLimits {
     /// Relative share of the channel's traffic while every provider is healthy.
     pub weight: u32,
-    /// Sends per second (token bucket); None: unlimited. With several
-    /// instances, give each its share of the account's limit.
+    /// Sends per second (token bucket) for the account, shared by the
+    /// instances in proportion to the partitions they own; None: unlimited.
     pub rate_per_s: Option<f64>,
     /// Sends the bucket lets through at once after a quiet spell.
     pub burst: u32,
@@ -68,7 +68,11 @@ pub(crate) struct Provider {
 /// ahead (the reserve, one handed over, one in hand): after a quiet spell the
 /// provider may see `burst` + 3 sends at once.
 struct Turns {
-    limiter: Arc<DefaultDirectRateLimiter>,
+    /// The account's limit and burst, for the whole cluster.
+    rate_per_s: f64,
+    burst: u32,
+    /// This instance's bucket: the account's rate times its share. Replaced when the share changes.
+    limiter: Arc<Mutex<Arc<DefaultDirectRateLimiter>>>,
     handed: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
     reserve: Arc<Reserve>,
     /// The taker starts with the first turn wanted (inside the runtime).
@@ -82,13 +86,25 @@ struct Reserve {
 }
 
 impl Turns {
-    fn new(limiter: DefaultDirectRateLimiter) -> Self {
+    fn new(rate_per_s: f64, burst: u32) -> Result<Self, String> {
         let (sender, handed) = tokio::sync::mpsc::channel(1);
-        Turns {
-            limiter: Arc::new(limiter),
+        Ok(Turns {
+            rate_per_s,
+            burst,
+            limiter: Arc::new(Mutex::new(Arc::new(bucket(rate_per_s, burst)?))),
             handed: tokio::sync::Mutex::new(handed),
             reserve: Arc::default(),
             sender: Mutex::new(Some(sender)),
+        })
+    }
+
+    /// This instance takes `share` (0..=1) of the account's rate from now on.
+    fn set_share(&self, share: f64) {
+        // Never quite zero: a delivery already in hand (a retry) still goes out, slowly.
+        let rate = self.rate_per_s * share.clamp(MIN_SHARE, 1.0);
+        let burst = ((f64::from(self.burst) * share).round() as u32).max(1);
+        if let Ok(fresh) = bucket(rate, burst) {
+            *self.limiter.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
         }
     }
 
@@ -98,7 +114,8 @@ impl Turns {
         // Ends when the group (and with it the receiver) is dropped.
         tokio::spawn(async move {
             loop {
-                limiter.until_ready().await;
+                let current = limiter.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                current.until_ready().await;
                 if !reserve.full.swap(true, Ordering::AcqRel) {
                     reserve.refilled.notify_one();
                 } else if sender.send(()).await.is_err() {
@@ -133,6 +150,16 @@ impl Turns {
     }
 }
 
+/// The smallest share of a rate an instance keeps (one that owns no partition).
+const MIN_SHARE: f64 = 0.001;
+
+/// A token bucket of `rate_per_s` that lets `burst` through at once.
+fn bucket(rate_per_s: f64, burst: u32) -> Result<DefaultDirectRateLimiter, String> {
+    let burst = NonZeroU32::new(burst.max(1)).expect("max(1)");
+    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate_per_s)).ok_or("rate too high")?.allow_burst(burst);
+    Ok(RateLimiter::direct(quota))
+}
+
 /// A provider's turn: held while one send is in flight.
 pub struct Lease {
     pub(crate) index: usize,
@@ -164,20 +191,16 @@ impl ProviderGroup {
             if provider.channel() != channel {
                 return Err(format!("provider {} serves {}, not {channel}", provider.provider(), provider.channel()));
             }
-            let limiter = match limits.rate_per_s {
+            let turns = match limits.rate_per_s {
                 None => None,
-                Some(rate) if rate > 0.0 && rate.is_finite() => {
-                    let burst = NonZeroU32::new(limits.burst.max(1)).expect("max(1)");
-                    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate)).ok_or("rate too high")?.allow_burst(burst);
-                    Some(RateLimiter::direct(quota))
-                }
+                Some(rate) if rate > 0.0 && rate.is_finite() => Some(Turns::new(rate, limits.burst)?),
                 Some(rate) => return Err(format!("provider {}: rate_per_s must be > 0, got {rate}", provider.provider())),
             };
             built.push(Provider {
                 channel: provider,
                 dedicated: AtomicBool::new(false),
                 weight: i64::from(limits.weight.max(1)),
-                turns: limiter.map(Turns::new),
+                turns,
                 in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
                 breaker: Mutex::new(Breaker::new(limits.breaker)),
             });
@@ -202,6 +225,17 @@ impl ProviderGroup {
     /// Providers by name (`[[delivery.providers]]` names), in order.
     pub fn accounts(&self) -> impl Iterator<Item = (usize, &str)> {
         self.providers.iter().enumerate().map(|(i, p)| (i, p.channel.provider()))
+    }
+
+    /// This instance's share of every provider's rate limit: the fraction of
+    /// the dispatch partitions it owns (the shares of a consumer group's
+    /// members add up to 1, and each one's traffic follows its partitions).
+    pub fn set_share(&self, share: f64) {
+        for provider in &self.providers {
+            if let Some(turns) = &provider.turns {
+                turns.set_share(share);
+            }
+        }
     }
 
     /// Marks which providers are tenants' own accounts (by name); the

@@ -4,7 +4,7 @@
 //! [[delivery.providers]]
 //! name = "sms-aliyun"        # in send results and metrics
 //! weight = 3                 # share of the channel while all are healthy
-//! rate_per_s = 100           # this instance's token bucket
+//! rate_per_s = 100           # the account's limit, shared by all deliver instances
 //! [delivery.providers.aliyun]
 //! access_key_id = "LTAI..."
 //! access_key_secret = { env = "ALIYUN_SMS_SECRET" }
@@ -79,8 +79,9 @@ pub struct ProviderConfig {
     pub name: String,
     #[serde(default = "one")]
     pub weight: u32,
-    /// Sends per second from this instance; with N instances give each 1/N
-    /// of the account's limit. Absent: unlimited.
+    /// The account's sends per second, for the whole cluster: each `deliver`
+    /// instance takes the share its dispatch partitions are of all of them.
+    /// Absent: unlimited.
     #[serde(default)]
     pub rate_per_s: Option<f64>,
     #[serde(default = "one")]

@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod config;
 mod progress;
+mod rate_share;
 pub mod tenant_rules;
 
 use std::collections::BTreeMap;
@@ -173,6 +174,9 @@ pub async fn run_on<B: Bus>(
     let tracker = config.tracking.as_ref().map(ClickTracker::new).transpose()?.map(Arc::new);
     let tenants = Arc::new(tenants);
     let (done_tx, done_rx) = mpsc::channel::<Done<Token>>(4096);
+    // Every reader's partitions count: under a rate limit most deliveries go through the parked topics.
+    let readers_topics = lane_topics.len() + topics.parked.len();
+    let share = Arc::new(rate_share::RateShare::new(groups.clone(), readers_topics * config.topics.partitions.max(1) as usize));
     let scheduler = Arc::new(Scheduler::start(groups, delivery.retry_policy(), delivery.workers_per_channel, delivery.lane_capacity, done_tx));
     tenants.sync_accounts(&scheduler);
     let channels: Vec<String> = scheduler.channels().map(str::to_string).collect();
@@ -197,6 +201,7 @@ pub async fn run_on<B: Bus>(
             totals: totals.clone(),
             tracker: tracker.clone(),
             tenants: tenants.clone(),
+            share: share.clone(),
         };
         readers.push(tokio::spawn(reader.run(source, stop.clone(), Duration::from_millis(delivery.commit_interval_ms))));
     }
@@ -262,6 +267,8 @@ struct LaneReader {
     tracker: Option<Arc<ClickTracker>>,
     /// Tenants' senders and messages per day per channel (tenant registry).
     tenants: Arc<tenant_rules::TenantRules>,
+    /// This instance's share of the providers' rate limits, from the partitions it reads.
+    share: Arc<rate_share::RateShare>,
 }
 
 impl LaneReader {
@@ -274,6 +281,7 @@ impl LaneReader {
                 batch = source.next_batch(limits) => batch?,
                 _ = stop.changed() => break,
             };
+            self.share.apply(source.assignment_changes());
             if !batch.is_empty() {
                 self.last_read.store(now_ms(), Ordering::Relaxed);
                 self.totals.lock().unwrap_or_else(|e| e.into_inner()).read += batch.len() as u64;

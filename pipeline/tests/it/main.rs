@@ -4,6 +4,7 @@
 
 mod archive_s3;
 mod clickhouse_smoke;
+mod cluster;
 mod compose;
 mod current_clickhouse;
 mod dashboard;
