@@ -73,6 +73,9 @@ struct Turns {
     burst: u32,
     /// This instance's bucket: the account's rate times its share. Replaced when the share changes.
     limiter: Arc<Mutex<Arc<DefaultDirectRateLimiter>>>,
+    /// Wakes the taker when the bucket is replaced: it may be waiting on the old one's next token,
+    /// which after a near-zero share (a rebalance revoking everything) is minutes away.
+    replaced: Arc<Notify>,
     handed: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
     reserve: Arc<Reserve>,
     /// The taker starts with the first turn wanted (inside the runtime).
@@ -92,6 +95,7 @@ impl Turns {
             rate_per_s,
             burst,
             limiter: Arc::new(Mutex::new(Arc::new(bucket(rate_per_s, burst)?))),
+            replaced: Arc::default(),
             handed: tokio::sync::Mutex::new(handed),
             reserve: Arc::default(),
             sender: Mutex::new(Some(sender)),
@@ -105,17 +109,24 @@ impl Turns {
         let burst = ((f64::from(self.burst) * share).round() as u32).max(1);
         if let Ok(fresh) = bucket(rate, burst) {
             *self.limiter.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+            self.replaced.notify_waiters();
         }
     }
 
     fn start_taker(&self) {
         let Some(sender) = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-        let (limiter, reserve) = (self.limiter.clone(), self.reserve.clone());
+        let (limiter, reserve, replaced) = (self.limiter.clone(), self.reserve.clone(), self.replaced.clone());
         // Ends when the group (and with it the receiver) is dropped.
         tokio::spawn(async move {
             loop {
+                let replacement = replaced.notified();
+                tokio::pin!(replacement);
+                replacement.as_mut().enable();
                 let current = limiter.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                current.until_ready().await;
+                tokio::select! {
+                    _ = current.until_ready() => {}
+                    _ = replacement => continue,
+                }
                 if !reserve.full.swap(true, Ordering::AcqRel) {
                     reserve.refilled.notify_one();
                 } else if sender.send(()).await.is_err() {
@@ -438,5 +449,41 @@ mod tests {
         // 10 intervals of 10 ms after the first token.
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(95), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_share_scales_the_rate_and_a_new_share_applies_at_once() {
+        let g = Arc::new(
+            ProviderGroup::new(vec![(
+                Arc::new(Named("shared")) as Arc<dyn Channel>,
+                ProviderLimits { rate_per_s: Some(100.0), burst: 1, ..Default::default() },
+            )])
+            .unwrap(),
+        );
+        // A quarter of 100/s: 10 intervals of 40 ms.
+        g.set_share(0.25);
+        let started = Instant::now();
+        for _ in 0..11 {
+            drop(g.acquire(Route::Shared, &[]).await);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(380), "{:?}", started.elapsed());
+        // A rebalance revokes everything (share ~0: the next token 10 s away), then gives the share
+        // back: the waiting turn comes from the new bucket instead of the old one's distant token.
+        g.set_share(0.0);
+        let waiting = tokio::spawn({
+            let g = g.clone();
+            // The taker holds up to three turns taken before: the fourth and fifth wait on the new bucket.
+            async move {
+                for _ in 0..5 {
+                    drop(g.acquire(Route::Shared, &[]).await);
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a share of ~0 stops the turns");
+        let back = Instant::now();
+        g.set_share(1.0);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the turn waited for the old bucket's token").unwrap();
+        assert!(back.elapsed() < Duration::from_secs(1), "{:?}", back.elapsed());
     }
 }

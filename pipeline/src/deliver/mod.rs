@@ -17,10 +17,11 @@
 pub mod bench;
 pub mod config;
 mod progress;
+mod quota_ledger;
 mod rate_share;
 pub mod tenant_rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -127,11 +128,10 @@ impl Bus for MemoryBroker {
 pub async fn run(config: &Config, exit_when_idle: Option<Duration>) -> anyhow::Result<DeliverTotals> {
     let kafka = config.kafka.as_ref().context("notiflow deliver needs [kafka] in the config")?;
     let tenants_topic = config.topics.resolve(crate::tenants::TENANTS_TOPIC);
-    let sends_topic = config.topics.resolve("notify.sends");
-    // Today's sends are counted before delivering starts: their topic must exist first.
-    let specs = [TopicSpec { compacted: true, ..TopicSpec::new(&tenants_topic, 1) }, TopicSpec::new(&sends_topic, config.topics.partitions)];
+    let specs = [TopicSpec { compacted: true, ..TopicSpec::new(&tenants_topic, 1) }];
     KafkaAdmin::new(kafka)?.ensure_topics(&specs).await?;
-    let tenants = tenant_rules::TenantRules::start(kafka, &tenants_topic, &sends_topic).await?;
+    let claims_topic = config.topics.resolve(quota_ledger::CLAIMS_TOPIC);
+    let tenants = tenant_rules::TenantRules::start(kafka, &tenants_topic, &claims_topic).await?;
     run_on(config, &KafkaBus(kafka), tenants, exit_when_idle, crate::shutdown::requested()).await
 }
 
@@ -286,12 +286,13 @@ impl LaneReader {
                 self.last_read.store(now_ms(), Ordering::Relaxed);
                 self.totals.lock().unwrap_or_else(|e| e.into_inner()).read += batch.len() as u64;
             }
+            let quotas = self.take_quotas(&batch).await?;
             for record in batch {
                 if !self.progress.lock().unwrap_or_else(|e| e.into_inner()).started(&record.topic, record.partition, record.offset) {
                     metrics::counter!("notiflow_deliver_reread_skipped_total").increment(1);
                     continue;
                 }
-                self.submit(record).await?;
+                self.submit(record, &quotas).await?;
             }
             if committed_at.elapsed() >= commit_every {
                 let offsets = self.progress.lock().unwrap_or_else(|e| e.into_inner()).committable();
@@ -306,7 +307,35 @@ impl LaneReader {
         Ok(source)
     }
 
-    async fn submit(&self, record: Record) -> anyhow::Result<()> {
+    /// Takes today's quota units for the batch's deliveries of tenants with a quota, at once (one
+    /// round trip to the claims log per batch); per delivery id, whether it may go. Counted once,
+    /// when first read: a parked record was counted by its lane's reader.
+    async fn take_quotas(&self, batch: &[Record]) -> anyhow::Result<HashMap<String, Result<(), String>>> {
+        if !matches!(self.kind, ReaderKind::Lane(_)) {
+            return Ok(HashMap::new());
+        }
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type")]
+            kind: String,
+            tenant: String,
+            channel: Option<String>,
+            delivery_id: Option<String>,
+        }
+        let quoted: Vec<tenant_rules::Quoted> = batch
+            .iter()
+            .filter_map(|record| serde_json::from_slice::<Head>(record.payload.as_deref()?).ok())
+            .filter(|head| head.kind != "recall")
+            .filter_map(|head| {
+                let channel = head.channel?;
+                self.tenants.quota(&head.tenant, &channel)?;
+                Some(tenant_rules::Quoted { tenant: head.tenant, channel, delivery_id: head.delivery_id? })
+            })
+            .collect();
+        self.tenants.take(quoted).await
+    }
+
+    async fn submit(&self, record: Record, quotas: &HashMap<String, Result<(), String>>) -> anyhow::Result<()> {
         let lane = match self.kind {
             ReaderKind::Lane(lane) => lane,
             ReaderKind::Parked => {
@@ -318,11 +347,8 @@ impl LaneReader {
         let parsed = record.payload.as_deref().map(serde_json::from_slice::<Delivery>);
         let output = match parsed {
             Some(Ok(delivery)) if delivery.kind == "recall" => skip(record, Some(delivery), "recall", String::new()),
-            // Counted once, when first read: a parked record was counted by its lane's reader.
-            Some(Ok(delivery))
-                if matches!(self.kind, ReaderKind::Lane(_))
-                    && let Err(error) = self.tenants.take(&delivery.tenant, delivery.channel.as_deref().unwrap_or_default()) =>
-            {
+            Some(Ok(delivery)) if let Some(Err(error)) = delivery.delivery_id.as_ref().and_then(|id| quotas.get(id)) => {
+                let error = error.clone();
                 skip(record, Some(delivery), "tenant_quota", error)
             }
             Some(Ok(mut delivery)) => {

@@ -2,6 +2,7 @@
 //! cluster, not per process.
 
 use std::collections::BTreeMap;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,89 +17,169 @@ const MESSAGES: usize = 600;
 /// Below what the debug-built pipeline supplies here (~35 dispatch records/s), so the instances have a backlog.
 const ACCOUNT_RATE: f64 = 20.0;
 
+/// A cluster of `deliver` processes on one Twilio stand-in, with topics of its own.
+struct Cluster {
+    config: notiflow::config::Config,
+    dir: tempfile::TempDir,
+    twilio: notiflow_sms::fake::FakeProvider,
+    notiflow: Notiflow,
+    delivers: Vec<Killed>,
+}
+
+impl Cluster {
+    /// `provider_extra`: lines for the provider's table (rate_per_s, ...); `tenants`: a tenants TOML to publish.
+    async fn new(provider_extra: &str, tenants: &str) -> Cluster {
+        let config = support::kafka_config(6);
+        let dir = tempfile::tempdir().unwrap();
+        let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
+        let receipts_port = free_port();
+        let path = support::write_toml(&config, dir.path());
+        let mut toml = std::fs::read_to_string(&path).unwrap();
+        toml.push_str(&support::receipts_and_delivery_toml(receipts_port));
+        let provider = support::twilio_provider_toml(&twilio.endpoint, "IT_CLUSTER_TWILIO", receipts_port);
+        toml.push_str(&provider.replace("name = \"twilio-main\"\n", &format!("name = \"twilio-main\"\n{provider_extra}")));
+        std::fs::write(&path, toml).unwrap();
+        let notiflow = Notiflow::new(&path, &[("IT_CLUSTER_TWILIO", "tw-token"), ("RUST_LOG", "info")]);
+        let templates = support::sql_dir().join("../examples/templates.jsonl");
+        std::fs::write(dir.path().join("tenants.toml"), tenants).unwrap();
+        let (tenants_file, sql) = (dir.path().join("tenants.toml"), support::sql_dir());
+        let steps =
+            [&["template", "put", templates.to_str().unwrap()][..], &["topics", sql.to_str().unwrap()], &["tenant", "put", tenants_file.to_str().unwrap()]];
+        for args in steps {
+            let done = notiflow.command(args).output().unwrap();
+            assert!(done.status.success(), "{args:?}: {}", String::from_utf8_lossy(&done.stderr));
+        }
+        Cluster { config, dir, twilio, notiflow, delivers: Vec::new() }
+    }
+
+    fn log(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("deliver-{i}.log"))
+    }
+
+    /// Starts deliver instance `i` (its log and summary in the test's directory).
+    fn start(&mut self, i: usize) {
+        let stderr = std::fs::File::create(self.log(i)).unwrap();
+        let stdout = std::fs::File::create(self.dir.path().join(format!("deliver-{i}.out"))).unwrap();
+        let child = Killed(self.notiflow.command(&["deliver"]).stdout(stdout).stderr(stderr).spawn().unwrap());
+        if i < self.delivers.len() {
+            self.delivers[i] = child;
+        } else {
+            self.delivers.push(child);
+        }
+    }
+
+    /// Starts `n` instances and waits until they split the partitions (8 of the 24 lane and parked partitions each).
+    async fn start_split(&mut self, n: usize) {
+        (0..n).for_each(|i| self.start(i));
+        let settled =
+            |i: usize| std::fs::read_to_string(self.log(i)).unwrap().lines().filter(|l| l.contains("this instance's share")).last().map(str::to_string);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(0..n).all(|i| settled(i).is_some_and(|l| l.contains(&format!("owned={} ", 24 / n)))) {
+            assert!(Instant::now() < deadline, "the instances did not split the partitions: {:?}", (0..n).map(settled).collect::<Vec<_>>());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `count` OTP requests of acme (distinct phones; the code in the body is `k` + the number).
+    async fn produce(&self, numbers: std::ops::Range<usize>) {
+        let kafka = self.config.kafka.clone().unwrap();
+        let requests_topic: Arc<str> = Arc::from(self.config.topics.resolve("notify.requests").as_str());
+        let requests: Vec<OutRecord> = numbers
+            .map(|i| {
+                let request = json!({"request_id": format!("c{i}"), "tenant": "acme", "template": "login_otp", "recipients": [{"phone": format!("+861392{i:06}")}],
+                    "params": {"code": format!("k{i:05}")}, "priority": "normal", "category": "otp"});
+                OutRecord { topic: requests_topic.clone(), key: Some(format!("acme/c{i}").into_bytes()), payload: request.to_string().into_bytes(), headers: vec![] }
+            })
+            .collect();
+        KafkaSink::new(&kafka).unwrap().send_all(requests).await.unwrap();
+    }
+
+    /// The pipeline, until idle for 3 s.
+    fn pipeline(&self) -> std::process::Child {
+        self.notiflow
+            .command(&["run"])
+            .arg(support::sql_dir())
+            .args(["--exit-when-idle-ms", "3000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Sends at the stand-in per message body.
+    fn sends_per_body(&self) -> BTreeMap<String, usize> {
+        let mut per_body = BTreeMap::new();
+        self.twilio.log().accepted.iter().for_each(|r| *per_body.entry(r.body.clone()).or_default() += 1);
+        per_body
+    }
+
+    /// "delivery: R read, S sent, ..." of each stopped instance: S.
+    fn sent_per_instance(&self) -> Vec<u64> {
+        (0..self.delivers.len())
+            .map(|i| {
+                let summary = std::fs::read_to_string(self.dir.path().join(format!("deliver-{i}.out"))).unwrap();
+                summary.split(" read, ").nth(1).and_then(|rest| rest.split(' ').next()?.parse().ok()).unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Delivery ids dead-lettered `tenant_quota` (dead letters are the original dispatch records, the reason in a header).
+    async fn refused_for_quota(&self) -> std::collections::BTreeSet<String> {
+        let records = notiflow_kafka::read_topic_to_end(self.config.kafka.as_ref().unwrap(), &self.config.topics.resolve("notify.dlq")).await.unwrap();
+        let quota = |r: &notiflow_connector::Record| r.headers.iter().any(|h| h.name == notiflow::dlq::headers::REASON && h.value == b"tenant_quota");
+        records
+            .iter()
+            .filter(|r| quota(r))
+            .map(|r| serde_json::from_slice::<serde_json::Value>(r.payload.as_deref().unwrap()).unwrap()["delivery_id"].to_string())
+            .collect()
+    }
+
+    /// Waits until `sent` distinct messages reached the stand-in and `refused` were refused for quota, then a little
+    /// longer (anything extra would come then).
+    async fn settle(&self, sent: usize, refused: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.sends_per_body().len() < sent || self.refused_for_quota().await.len() < refused {
+            assert!(Instant::now() < deadline, "{} sent, {} refused", self.sends_per_body().len(), self.refused_for_quota().await.len());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    /// SIGTERM to every instance; each must exit 0.
+    fn stop(&mut self) {
+        for (i, deliver) in self.delivers.iter_mut().enumerate() {
+            assert!(std::process::Command::new("kill").args(["-TERM", &deliver.0.id().to_string()]).status().unwrap().success());
+            assert!(deliver.0.wait().unwrap().success(), "deliver {i}:\n{}", std::fs::read_to_string(self.log(i)).unwrap());
+        }
+    }
+}
+
 /// 3 `deliver` processes share one Twilio account limited to 20 sends/s: together they send at 20/s
 /// (within 5%), not 3 x 20, and every message exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_deliver_instances_keep_one_account_rate_limit_together() {
     let _turn = support::one_at_a_time().await;
-    let config = support::kafka_config(6);
-    let kafka = config.kafka.clone().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let twilio = notiflow_sms::fake::twilio("AC0123", "tw-token").await;
-    let receipts_port = free_port();
-    let path = support::write_toml(&config, dir.path());
-    let mut toml = std::fs::read_to_string(&path).unwrap();
-    toml.push_str(&support::receipts_and_delivery_toml(receipts_port));
-    let provider = support::twilio_provider_toml(&twilio.endpoint, "IT_CLUSTER_TWILIO", receipts_port);
-    toml.push_str(&provider.replace("name = \"twilio-main\"\n", &format!("name = \"twilio-main\"\nrate_per_s = {ACCOUNT_RATE}\n")));
-    std::fs::write(&path, toml).unwrap();
-    let notiflow = Notiflow::new(&path, &[("IT_CLUSTER_TWILIO", "tw-token"), ("RUST_LOG", "info")]);
-    let templates = support::sql_dir().join("../examples/templates.jsonl");
-    for args in [&["template", "put", templates.to_str().unwrap()][..], &["topics", support::sql_dir().to_str().unwrap()]] {
-        let done = notiflow.command(args).output().unwrap();
-        assert!(done.status.success(), "{args:?}: {}", String::from_utf8_lossy(&done.stderr));
-    }
-
-    // The instances join first and split the partitions (8 of the 24 lane and parked partitions each).
-    let log = |i: usize| dir.path().join(format!("deliver-{i}.log"));
-    let mut delivers: Vec<Killed> = (0..DELIVERS)
-        .map(|i| {
-            let stderr = std::fs::File::create(log(i)).unwrap();
-            let stdout = std::fs::File::create(dir.path().join(format!("deliver-{i}.out"))).unwrap();
-            Killed(notiflow.command(&["deliver"]).stdout(stdout).stderr(stderr).spawn().unwrap())
-        })
-        .collect();
-    let settled = |i: usize| std::fs::read_to_string(log(i)).unwrap().lines().filter(|l| l.contains("this instance's share")).last().map(str::to_string);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(0..DELIVERS).all(|i| settled(i).is_some_and(|l| l.contains("owned=8 "))) {
-        assert!(Instant::now() < deadline, "the instances did not split the partitions: {:?}", (0..DELIVERS).map(settled).collect::<Vec<_>>());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    let requests_topic: Arc<str> = Arc::from(config.topics.resolve("notify.requests").as_str());
-    let requests: Vec<OutRecord> = (0..MESSAGES)
-        .map(|i| {
-            let request = json!({"request_id": format!("c{i}"), "tenant": "acme", "template": "login_otp", "recipients": [{"phone": format!("+861392{i:06}")}],
-                "params": {"code": format!("k{i:05}")}, "priority": "normal", "category": "otp"});
-            OutRecord {
-                topic: requests_topic.clone(),
-                key: Some(format!("acme/c{i}").into_bytes()),
-                payload: request.to_string().into_bytes(),
-                headers: vec![],
-            }
-        })
-        .collect();
-    KafkaSink::new(&kafka).unwrap().send_all(requests).await.unwrap();
-    let run = notiflow.command(&["run"]).arg(support::sql_dir()).args(["--exit-when-idle-ms", "3000"]).output().unwrap();
+    let mut cluster = Cluster::new(&format!("rate_per_s = {ACCOUNT_RATE}\n"), "[[tenants]]\nid = \"acme\"\n").await;
+    cluster.start_split(DELIVERS).await;
+    cluster.produce(0..MESSAGES).await;
+    let run = cluster.pipeline().wait_with_output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-
     let deadline = Instant::now() + Duration::from_secs(120);
-    while twilio.log().accepted.len() < MESSAGES {
-        assert!(Instant::now() < deadline, "{} of {MESSAGES} sent", twilio.log().accepted.len());
+    while cluster.twilio.log().accepted.len() < MESSAGES {
+        assert!(Instant::now() < deadline, "{} of {MESSAGES} sent", cluster.twilio.log().accepted.len());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // any extra send would come now
-    for (i, deliver) in delivers.iter_mut().enumerate() {
-        assert!(std::process::Command::new("kill").args(["-TERM", &deliver.0.id().to_string()]).status().unwrap().success());
-        assert!(deliver.0.wait().unwrap().success(), "deliver {i}:\n{}", std::fs::read_to_string(log(i)).unwrap());
-    }
-    let sent = twilio.log().accepted.clone();
-    let mut per_body: BTreeMap<&str, usize> = BTreeMap::new();
-    sent.iter().for_each(|r| *per_body.entry(r.body.as_str()).or_default() += 1);
+    cluster.stop();
+    let per_body = cluster.sends_per_body();
     assert_eq!(per_body.len(), MESSAGES, "every message sent");
     assert!(per_body.values().all(|n| *n == 1), "none twice");
     // The rate in steady state: from the 50th send to the 50th before the last.
-    let mut times: Vec<Instant> = sent.iter().map(|r| r.at).collect();
+    let mut times: Vec<Instant> = cluster.twilio.log().accepted.iter().map(|r| r.at).collect();
     times.sort();
     let (first, last) = (50, MESSAGES - 50);
     let rate = (last - first) as f64 / (times[last] - times[first]).as_secs_f64();
-    // "delivery: R read, S sent, ..." per instance: each one took its part.
-    let each: Vec<u64> = (0..DELIVERS)
-        .map(|i| {
-            let summary = std::fs::read_to_string(dir.path().join(format!("deliver-{i}.out"))).unwrap();
-            summary.split(" read, ").nth(1).and_then(|rest| rest.split(' ').next()?.parse().ok()).unwrap_or(0)
-        })
-        .collect();
+    let each = cluster.sent_per_instance();
     assert!(each.iter().all(|n| *n > 0) && each.iter().sum::<u64>() == MESSAGES as u64, "sent per instance: {each:?}");
     let per_second: Vec<usize> = {
         let mut counts = vec![0; (times[MESSAGES - 1] - times[0]).as_secs() as usize + 1];
@@ -109,7 +190,7 @@ async fn three_deliver_instances_keep_one_account_rate_limit_together() {
     eprintln!("{DELIVERS} deliver instances, account limit {ACCOUNT_RATE}/s: measured {rate:.2}/s over sends {first}..{last}; sent per instance {each:?}");
     let shares: Vec<String> = (0..DELIVERS)
         .flat_map(|i| {
-            std::fs::read_to_string(log(i))
+            std::fs::read_to_string(cluster.log(i))
                 .unwrap()
                 .lines()
                 .filter(|l| l.contains("share") || l.contains("revoked") || l.contains("WARN"))
@@ -118,4 +199,43 @@ async fn three_deliver_instances_keep_one_account_rate_limit_together() {
         })
         .collect();
     assert!((rate - ACCOUNT_RATE).abs() <= ACCOUNT_RATE * 0.05, "measured {rate:.2}/s against the account's {ACCOUNT_RATE}/s\n{}", shares.join("\n"));
+}
+
+/// A tenant's daily quota holds for the cluster and across a restart: 3 `deliver` processes, acme may send 60 SMS a
+/// day and asks for 180: exactly 60 distinct messages reach the provider (before, each process allowed the whole
+/// quota), the other 120 are dead-lettered `tenant_quota`; all three restarted, 30 more the same day send none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_daily_quota_is_exact_across_three_instances_and_a_restart() {
+    const QUOTA: usize = 60;
+    const ASKED: usize = 180;
+    const LATER: usize = 30;
+    let _turn = support::one_at_a_time().await;
+    let tenants = format!("[[tenants]]\nid = \"acme\"\nquotas = {{ messages_per_day = {{ sms = {QUOTA} }} }}\n");
+    let mut cluster = Cluster::new("", &tenants).await;
+    cluster.start_split(DELIVERS).await;
+    cluster.produce(0..ASKED).await;
+    let _pipeline = Killed(cluster.pipeline());
+    cluster.settle(QUOTA, ASKED - QUOTA).await;
+    let per_body = cluster.sends_per_body();
+    eprintln!(
+        "quota {QUOTA}, asked {ASKED} through {DELIVERS} instances: {} distinct sent, {} refused",
+        per_body.len(),
+        cluster.refused_for_quota().await.len()
+    );
+    assert_eq!(per_body.len(), QUOTA, "exactly the quota's worth of distinct messages");
+    assert!(per_body.values().all(|n| *n == 1), "none twice");
+    assert_eq!(cluster.refused_for_quota().await.len(), ASKED - QUOTA, "every other message dead-lettered tenant_quota");
+    let each = {
+        cluster.stop();
+        cluster.sent_per_instance()
+    };
+    assert!(each.iter().filter(|n| **n > 0).count() >= 2, "the quota was shared, not one instance's: {each:?}");
+
+    // All restarted the same day: the quota is still used up.
+    cluster.start_split(DELIVERS).await;
+    cluster.produce(ASKED..ASKED + LATER).await;
+    let _pipeline = Killed(cluster.pipeline());
+    cluster.settle(QUOTA, ASKED - QUOTA + LATER).await;
+    assert_eq!(cluster.sends_per_body().len(), QUOTA, "nothing more sent after the restart");
+    cluster.stop();
 }

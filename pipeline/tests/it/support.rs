@@ -36,7 +36,7 @@ pub fn kafka_config(partitions: i32) -> Config {
     config.kafka = Some(kafka());
     let logical = [
         "requests", "dlq", "events", "sends", "dispatch.high", "dispatch.normal", "dispatch.low", "messages", "deferred", "recalls", "templates",
-        "profiles", "inbox", "receipts", "dispatch.parked", "deliveries", "tenants",
+        "profiles", "inbox", "receipts", "dispatch.parked", "deliveries", "tenants", "quota.claims",
     ];
     config.topics = TopicsConfig {
         partitions,
