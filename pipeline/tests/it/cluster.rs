@@ -145,6 +145,16 @@ impl Cluster {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
+    /// "delivery: R read, ..." of each stopped instance: R.
+    fn read_per_instance(&self) -> Vec<u64> {
+        (0..self.delivers.len())
+            .map(|i| {
+                let summary = std::fs::read_to_string(self.dir.path().join(format!("deliver-{i}.out"))).unwrap();
+                summary.split("delivery: ").nth(1).and_then(|rest| rest.split(' ').next()?.parse().ok()).unwrap_or(0)
+            })
+            .collect()
+    }
+
     /// SIGTERM to every instance; each must exit 0.
     fn stop(&mut self) {
         for (i, deliver) in self.delivers.iter_mut().enumerate() {
@@ -225,11 +235,11 @@ async fn a_tenants_daily_quota_is_exact_across_three_instances_and_a_restart() {
     assert_eq!(per_body.len(), QUOTA, "exactly the quota's worth of distinct messages");
     assert!(per_body.values().all(|n| *n == 1), "none twice");
     assert_eq!(cluster.refused_for_quota().await.len(), ASKED - QUOTA, "every other message dead-lettered tenant_quota");
-    let each = {
-        cluster.stop();
-        cluster.sent_per_instance()
-    };
-    assert!(each.iter().filter(|n| **n > 0).count() >= 2, "the quota was shared, not one instance's: {each:?}");
+    cluster.stop();
+    // Every instance judged its part (the quota goes first come, first served: who sends it depends on timing);
+    // per process, each would have allowed the whole quota of its own ~60.
+    let read = cluster.read_per_instance();
+    assert!(read.iter().all(|n| *n > 0) && read.iter().sum::<u64>() >= ASKED as u64, "read per instance: {read:?}");
 
     // All restarted the same day: the quota is still used up.
     cluster.start_split(DELIVERS).await;
