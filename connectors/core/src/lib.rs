@@ -14,6 +14,7 @@ pub mod memory;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// One record read from a topic partition.
@@ -162,6 +163,56 @@ pub trait Source: Send {
     /// handed out after its revocation is reported.
     fn assignment_changes(&mut self) -> Vec<AssignmentChange> {
         Vec::new()
+    }
+
+    /// This reader's hold on a partition it just handed out records of: lost
+    /// when a rebalance revokes the partition. Sources without a group hold
+    /// their partitions for good.
+    fn hold(&self, _topic: &str, _partition: i32) -> Hold {
+        Hold::always()
+    }
+
+    /// Asks the source to commit, when a rebalance revokes partitions, the
+    /// offsets `commit_point` gives for them, before the group hands them to
+    /// another member (which then starts where this one stopped, not at the
+    /// last periodic commit). Sources without a group ignore it.
+    fn commit_on_revoke(&mut self, _commit_point: RevokeCommit) {}
+}
+
+/// The offsets to commit for partitions being revoked (see [`Source::commit_on_revoke`]).
+pub type RevokeCommit = Box<dyn Fn(&[(Arc<str>, i32)]) -> Offsets + Send + Sync>;
+
+/// A reader's hold on one partition, shared by the work read from it. A
+/// rebalance that revokes the partition releases it: work still queued for
+/// the partition is dropped, not done, because its new owner reads it again
+/// from the last commit (doing it here too would do it twice).
+#[derive(Debug, Clone, Default)]
+pub struct Hold(Option<Arc<AtomicBool>>);
+
+impl Hold {
+    /// Never released (a partition outside any consumer group).
+    pub fn always() -> Hold {
+        Hold(None)
+    }
+
+    /// Held until [`release`](Self::release)d.
+    pub fn new() -> Hold {
+        Hold(Some(Arc::new(AtomicBool::new(true))))
+    }
+
+    /// Already released (a partition revoked before its work was queued).
+    pub fn lost() -> Hold {
+        Hold(Some(Arc::new(AtomicBool::new(false))))
+    }
+
+    pub fn held(&self) -> bool {
+        self.0.as_ref().is_none_or(|flag| flag.load(Ordering::Acquire))
+    }
+
+    pub fn release(&self) {
+        if let Some(flag) = &self.0 {
+            flag.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub use breaker::BreakerConfig;
 pub use delivery::Delivery;
 pub use group::{Lease, ProviderGroup, ProviderLimits, Route};
 pub use lanes::{Lane, LaneQueue};
+/// A job's hold on the partition it was read from (see [`Job::hold`]).
+pub use notiflow_connector::Hold;
 pub use outcome::{Accepted, FailureReason, SendError, summary};
 pub use receipt::Receipt;
 pub use retry::{Final, RetryPolicy, SendResult, deliver};

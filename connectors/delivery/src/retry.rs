@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use notiflow_connector::Hold;
 use serde::Serialize;
 
 use crate::group::{Lease, ProviderGroup, Route};
@@ -65,6 +66,9 @@ pub enum Final {
     Accepted(Accepted),
     /// Failed for good: dead-letter it with this reason.
     Failed(FailureReason),
+    /// Its partition moved to another instance between attempts: not ended
+    /// here (the new owner reads it again and sends it).
+    Released,
 }
 
 /// Does this failure say something about the provider (try another one)
@@ -84,6 +88,7 @@ pub async fn deliver(
     delivery: &Delivery,
     policy: &RetryPolicy,
     mut first: Option<Lease>,
+    hold: &Hold,
     mut report: impl FnMut(SendResult),
 ) -> Final {
     let mut delays = policy.delays();
@@ -93,6 +98,9 @@ pub async fn deliver(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        if attempt > 1 && !hold.held() {
+            return Final::Released;
+        }
         if delivery.expires_at_ms().is_some_and(|at| at <= chrono::Utc::now().timestamp_millis()) {
             let provider = first.as_ref().map_or(0, Lease::provider);
             let channel = &group.provider(provider).channel;
@@ -217,7 +225,7 @@ mod tests {
 
     async fn run_on(group: ProviderGroup, max_attempts: u32, expires_at: Option<&str>) -> (Final, Vec<SendResult>) {
         let mut results = Vec::new();
-        let end = deliver(&group, &delivery(expires_at), &policy(max_attempts), None, |r| results.push(r)).await;
+        let end = deliver(&group, &delivery(expires_at), &policy(max_attempts), None, &Hold::always(), |r| results.push(r)).await;
         (end, results)
     }
 
@@ -280,7 +288,7 @@ mod tests {
         group.dedicate(&["own".to_string()].into());
         let lease = group.acquire(Route::Account(1), &[]).await;
         let mut results = Vec::new();
-        let end = deliver(&group, &delivery(None), &policy(5), Some(lease), |r| results.push(r)).await;
+        let end = deliver(&group, &delivery(None), &policy(5), Some(lease), &Hold::always(), |r| results.push(r)).await;
         assert!(matches!(end, Final::Accepted(_)));
         let seen: Vec<_> = results.iter().map(|r| (r.provider.as_str(), r.status)).collect();
         assert_eq!(seen, [("own", "retrying"), ("own", "accepted")], "the shared provider (no script) was never asked");

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use notiflow_connector::Hold;
+
 use crate::{Delivery, Final, Lane, LaneQueue, ProviderGroup, RetryPolicy, Route, SendResult, deliver};
 
 /// A delivery to make; `token` comes back in [`Done`] (source offsets).
@@ -26,6 +28,9 @@ pub struct Job<T> {
     /// The provider (by name) that must send it: the tenant's own account.
     /// None: the channel's shared providers.
     pub account: Option<String>,
+    /// The reader's hold on the partition it came from: once released (a
+    /// rebalance moved the partition), the job is dropped unsent.
+    pub hold: Hold,
 }
 
 /// A delivery that ended, with every attempt.
@@ -144,26 +149,37 @@ enum Role {
 
 async fn work<T>(group: Arc<ProviderGroup>, route: Route, queue: Arc<LaneQueue<Job<T>>>, policy: RetryPolicy, done: mpsc::Sender<Done<T>>, role: Role) {
     loop {
-        let (lease, popped) = match role {
-            Role::Regular if queue.ready().await => {
-                let lease = group.acquire(route, &[]).await;
-                (lease, queue.try_pop())
-            }
-            Role::Newcomers if queue.newcomer().await => {
-                let lease = group.acquire_for_newcomer(route).await;
-                (lease, queue.try_pop_newcomer())
-            }
+        let lease = match role {
+            Role::Regular if queue.ready().await => group.acquire(route, &[]).await,
+            Role::Newcomers if queue.newcomer().await => group.acquire_for_newcomer(route).await,
             _ => return,
         };
+        let popped = next_held(group.channel(), || match role {
+            Role::Regular => queue.try_pop(),
+            Role::Newcomers => queue.try_pop_newcomer(),
+        });
         // Another worker may have taken it meanwhile; the turn is given up.
         let Some((lane, job)) = popped else { continue };
         let handoff = job.enqueued.elapsed();
         metrics::histogram!("notiflow_handoff_seconds", "channel" => group.channel().to_string(), "lane" => lane.as_str()).record(handoff.as_secs_f64());
         let mut results = Vec::new();
-        let outcome = deliver(&group, &job.delivery, &policy, Some(lease), |r| results.push(r)).await;
+        let outcome = deliver(&group, &job.delivery, &policy, Some(lease), &job.hold, |r| results.push(r)).await;
         if done.send(Done { job, outcome, results, handoff }).await.is_err() {
             return;
         }
+    }
+}
+
+/// The next job whose partition this process still holds; jobs of released
+/// partitions are dropped on the way (their new owner sends them), without
+/// using the provider's turn.
+fn next_held<T>(channel: &str, mut pop: impl FnMut() -> Option<(Lane, Job<T>)>) -> Option<(Lane, Job<T>)> {
+    loop {
+        let (lane, job) = pop()?;
+        if job.hold.held() {
+            return Some((lane, job));
+        }
+        metrics::counter!("notiflow_deliver_dropped_revoked_total", "channel" => channel.to_string()).increment(1);
     }
 }
 
@@ -213,7 +229,7 @@ mod tests {
     fn tenant_job(channel: &str, id: &str, lane: Lane, tenant: &str) -> Job<()> {
         let delivery =
             serde_json::from_value(serde_json::json!({"type": "send", "message_id": id, "request_id": id, "tenant": tenant, "channel": channel})).unwrap();
-        Job { delivery, lane, token: (), enqueued: Instant::now(), account: None }
+        Job { delivery, lane, token: (), enqueued: Instant::now(), account: None, hold: Hold::always() }
     }
 
     #[tokio::test]
@@ -281,6 +297,23 @@ mod tests {
         // The rate holds: the reserve is a token taken earlier, not an extra one
         // (1 at the start + one per 250 ms over ~1.1 s, with the reserve's refill).
         assert!((3..=6).contains(&order.len()), "{order:?}");
+    }
+
+    #[tokio::test]
+    async fn jobs_of_a_released_partition_are_dropped_unsent_without_using_turns() {
+        // One token per 250 ms: were the 8 released jobs given turns, the held one would wait ~2 s.
+        let (sent, scheduler, mut rx) = rate_limited(4.0);
+        let moved = Hold::new();
+        for i in 0..8 {
+            scheduler.submit(Job { hold: moved.clone(), ..job("sms", &format!("moved{i}"), Lane::Normal) }).await.ok().unwrap();
+        }
+        moved.release();
+        let started = Instant::now();
+        scheduler.submit(Job { hold: Hold::new(), ..job("sms", "kept", Lane::Normal) }).await.ok().unwrap();
+        let done = rx.recv().await.unwrap();
+        assert_eq!(done.job.delivery.message_id, "kept");
+        assert!(started.elapsed() < Duration::from_millis(600), "waited {:?}", started.elapsed());
+        assert_eq!(message_ids(&sent), ["kept"]);
     }
 
     #[tokio::test]

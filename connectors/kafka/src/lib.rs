@@ -6,6 +6,7 @@ mod admin;
 mod baseline;
 mod config;
 mod connection;
+mod resume;
 mod source;
 mod sink;
 

@@ -1,10 +1,10 @@
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 
-use notiflow_connector::{AssignmentChange, BatchLimits, ConnectorError, Header, Offsets, Record, Source};
+use notiflow_connector::{AssignmentChange, BatchLimits, ConnectorError, Header, Hold, Offsets, Record, RevokeCommit, Source};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
@@ -12,6 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::connection::{Connection, is_connection_loss};
+use crate::resume::Resumes;
 use crate::{KafkaConfig, classify};
 
 /// Publishes consumer lag from librdkafka's statistics and records
@@ -20,7 +21,54 @@ use crate::{KafkaConfig, classify};
 pub struct LagContext {
     connection: Connection,
     changes: Mutex<Vec<AssignmentChange>>,
-    assigned: Mutex<HashSet<(Arc<str>, i32)>>,
+    /// The partitions the group gave this consumer, each with the hold its work carries.
+    assigned: Mutex<HashMap<(Arc<str>, i32), Hold>>,
+    /// What to commit for partitions being revoked ([`Source::commit_on_revoke`]).
+    revoke_commit: OnceLock<RevokeCommit>,
+    /// Partitions just started at an offset that may sit inside a producer batch.
+    resumes: Mutex<Resumes>,
+}
+
+impl LagContext {
+    /// Releases the holds on revoked partitions (nothing queued for them starts
+    /// here from now on), then commits where their work stands, while this
+    /// member still owns them.
+    fn hand_over(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, revoked: &[(Arc<str>, i32)]) {
+        {
+            let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+            let mut resumes = self.resumes.lock().unwrap_or_else(|e| e.into_inner());
+            revoked.iter().for_each(|partition| {
+                assigned.remove(partition).inspect(Hold::release);
+                resumes.forget(partition);
+            });
+        }
+        // Lost (the session ended, e.g. in an outage): another member may own them already.
+        let Some(commit_point) = self.revoke_commit.get().filter(|_| !consumer.assignment_lost()) else { return };
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, next) in commit_point(revoked).iter() {
+            if list.add_partition_offset(topic, partition, Offset::Offset(next)).is_err() {
+                return;
+            }
+        }
+        if list.count() > 0
+            && let Err(err) = consumer.commit(&list, CommitMode::Sync)
+        {
+            // The next owner starts at the last periodic commit instead.
+            tracing::warn!(%err, "committing revoked partitions");
+        }
+    }
+}
+
+impl LagContext {
+    /// Watches these partitions' first records (see [`crate::resume`]).
+    fn resume_at(&self, starts: &TopicPartitionList) {
+        let mut resumes = self.resumes.lock().unwrap_or_else(|e| e.into_inner());
+        for element in starts.elements() {
+            if let Offset::Offset(start) = element.offset() {
+                resumes.start((Arc::from(element.topic()), element.partition()), start);
+            }
+        }
+    }
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(Arc<str>, i32)> {
@@ -51,22 +99,29 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.hand_over(consumer, &partitions_of(tpl));
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
                 let list = partitions_of(tpl);
+                // Where each partition starts: its committed offset, checked against what the broker hands out.
+                match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
+                    Ok(committed) => self.resume_at(&committed),
+                    Err(err) => tracing::warn!(%err, "reading the committed offsets of assigned partitions"),
+                }
                 let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-                assigned.extend(list.iter().cloned());
+                assigned.extend(list.iter().map(|partition| (partition.clone(), Hold::new())));
                 self.changes.lock().unwrap_or_else(|e| e.into_inner()).push(AssignmentChange::Assigned(list));
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 let list = partitions_of(tpl);
-                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
-                for partition in &list {
-                    assigned.remove(partition);
-                }
                 self.changes.lock().unwrap_or_else(|e| e.into_inner()).push(AssignmentChange::Revoked(list));
             }
             Rebalance::Error(err) => tracing::warn!(%err, "rebalance error"),
@@ -110,6 +165,7 @@ impl KafkaSource {
             list.add_partition_offset(topic, *partition, Offset::Offset(*from)).map_err(classify)?;
         }
         consumer.assign(&list).map_err(classify)?;
+        consumer.context().resume_at(&list);
         // Assigned, not given by a rebalance: next_batch must keep their records.
         let followed = starts.iter().map(|(topic, _, _)| topic.clone()).collect();
         Ok(KafkaSource { consumer, follower: None, followed })
@@ -128,6 +184,7 @@ impl KafkaSource {
             self.followed.insert(topic.clone());
         }
         follower.assign(&list).map_err(classify)?;
+        follower.context().resume_at(&list);
         self.follower = Some(follower);
         Ok(self)
     }
@@ -151,11 +208,36 @@ impl KafkaSource {
 }
 
 impl KafkaSource {
+    /// Checks the first records of partitions that just started (see
+    /// [`crate::resume`]) and seeks back where the broker skipped the start;
+    /// `probe_quiet` (not during an outage): also where nothing came.
+    fn resume_starts(&self, batch: &mut Vec<Record>, probe_quiet: bool) {
+        for consumer in std::iter::once(&self.consumer).chain(self.follower.as_ref()) {
+            let resumes = &consumer.context().resumes;
+            let seeks = {
+                let mut resumes = resumes.lock().unwrap_or_else(|e| e.into_inner());
+                if resumes.is_empty() {
+                    continue;
+                }
+                let mut seeks = resumes.check(batch);
+                if probe_quiet {
+                    seeks.extend(resumes.probe_silent());
+                }
+                seeks
+            };
+            for seek in seeks {
+                if let Err(err) = blocking(|| consumer.seek(&seek.topic, seek.partition, Offset::Offset(seek.offset), Duration::from_secs(5))) {
+                    tracing::warn!(%err, topic = %seek.topic, partition = seek.partition, "seeking back to a batch start");
+                }
+            }
+        }
+    }
+
     /// A rebalance inside a `next_batch` may have revoked partitions whose
     /// records were already taken: they belong to the new owner now.
     fn owned(&self, mut batch: Vec<Record>) -> Vec<Record> {
         let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());
-        batch.retain(|r| self.followed.contains(r.topic.as_ref()) || assigned.contains(&(r.topic.clone(), r.partition)));
+        batch.retain(|r| self.followed.contains(r.topic.as_ref()) || assigned.contains_key(&(r.topic.clone(), r.partition)));
         batch
     }
 }
@@ -224,7 +306,9 @@ impl Source for KafkaSource {
             self.consumer.context().connection.lost(&err, "consuming");
             drop((main, follower));
             tokio::time::sleep_until(deadline).await;
-            return Ok(self.owned(batch));
+            let mut batch = self.owned(batch);
+            self.resume_starts(&mut batch, false);
+            return Ok(batch);
         }
         if let Some(err) = failure {
             let err = classify(err);
@@ -238,11 +322,26 @@ impl Source for KafkaSource {
         if !batch.is_empty() {
             self.consumer.context().connection.answered();
         }
-        Ok(self.owned(batch))
+        let mut batch = self.owned(batch);
+        self.resume_starts(&mut batch, true);
+        Ok(batch)
     }
 
     fn assignment_changes(&mut self) -> Vec<AssignmentChange> {
         std::mem::take(&mut *self.consumer.context().changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn commit_on_revoke(&mut self, commit_point: RevokeCommit) {
+        // Set once, when the reader starts.
+        let _ = self.consumer.context().revoke_commit.set(commit_point);
+    }
+
+    fn hold(&self, topic: &str, partition: i32) -> Hold {
+        if self.followed.contains(topic) {
+            return Hold::always();
+        }
+        let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());
+        assigned.get(&(Arc::from(topic), partition)).cloned().unwrap_or_else(Hold::lost)
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<(), ConnectorError> {
@@ -257,13 +356,17 @@ impl Source for KafkaSource {
             return Ok(());
         }
         // A synchronous commit: the job must know the offsets are stored
-        // before it reports the batch done. On a shared runtime other tasks
-        // move off this thread meanwhile; a member's own single-threaded
-        // runtime (notiflow's workers) has nothing else to run.
-        let commit = || self.consumer.commit(&list, CommitMode::Sync);
-        let shared = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if shared { tokio::task::block_in_place(commit) } else { commit() }.map_err(classify)
+        // before it reports the batch done.
+        blocking(|| self.consumer.commit(&list, CommitMode::Sync)).map_err(classify)
     }
+}
+
+/// Runs a blocking librdkafka call. On a shared runtime other tasks move off
+/// this thread meanwhile; a member's own single-threaded runtime (notiflow's
+/// workers) has nothing else to run.
+fn blocking<T>(call: impl FnOnce() -> T) -> T {
+    let shared = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if shared { tokio::task::block_in_place(call) } else { call() }
 }
 
 fn to_record(topic: Arc<str>, message: &impl Message) -> Record {

@@ -88,7 +88,7 @@ async fn measure(backlog: Load, measured: Load, room: usize, rate: f64, spacing:
         async move {
             for i in 0..backlog.jobs {
                 let job =
-                    Job { delivery: delivery(format!("d_backlog{i}"), backlog.tenant), lane: backlog.lane, token: (), enqueued: Instant::now(), account: None };
+                    Job { delivery: delivery(format!("d_backlog{i}"), backlog.tenant), lane: backlog.lane, token: (), enqueued: Instant::now(), account: None, hold: notiflow_delivery::Hold::always() };
                 if scheduler.submit(job).await.is_err() {
                     return;
                 }
@@ -103,7 +103,7 @@ async fn measure(backlog: Load, measured: Load, room: usize, rate: f64, spacing:
     let started = Instant::now();
     for i in 0..measured.jobs {
         let job =
-            Job { delivery: delivery(format!("d_measured{i}"), measured.tenant), lane: measured.lane, token: (), enqueued: Instant::now(), account: None };
+            Job { delivery: delivery(format!("d_measured{i}"), measured.tenant), lane: measured.lane, token: (), enqueued: Instant::now(), account: None, hold: notiflow_delivery::Hold::always() };
         scheduler.submit(job).await.ok();
         tokio::time::sleep(spacing).await;
     }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use notiflow_connector::{BatchLimits, Header, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
+use notiflow_connector::{BatchLimits, Header, Hold, OutRecord, Record, Sink, Source, TopicAdmin, TopicSpec};
 use notiflow_delivery::{Delivery, Done, Final, Job, Lane, ProviderGroup, Refused, Scheduler, SendResult};
 use notiflow_inbox::{InboxChannel, SinkJournal};
 
@@ -191,9 +191,12 @@ pub async fn run_on<B: Bus>(
     let lane_readers = lane_topics.iter().map(|(lane, topic)| (ReaderKind::Lane(*lane), format!("{}.{}", delivery.group_id, lane.as_str()), topic.clone()));
     let parked_readers = topics.parked.iter().map(|(channel, topic)| (ReaderKind::Parked, format!("{}.parked.{channel}", delivery.group_id), topic.clone()));
     for (kind, group, topic) in lane_readers.chain(parked_readers).collect::<Vec<_>>() {
-        let source = bus.source(&group, &topic)?;
+        let mut source = bus.source(&group, &topic)?;
+        let handed_over = progress.clone();
+        source.commit_on_revoke(Box::new(move |revoked| handed_over.lock().unwrap_or_else(|e| e.into_inner()).committable_of(revoked)));
         let reader = LaneReader {
             kind,
+            topic: topic.clone(),
             scheduler: scheduler.clone(),
             skip: skip_tx.clone(),
             progress: progress.clone(),
@@ -236,8 +239,8 @@ pub async fn run_on<B: Bus>(
     scheduler.drain().await;
     writer.await.context("writer")??;
     // Everything finished is written: commit it.
-    let offsets = progress.lock().unwrap_or_else(|e| e.into_inner()).committable();
-    for source in &mut sources {
+    for (topic, source) in &mut sources {
+        let offsets = progress.lock().unwrap_or_else(|e| e.into_inner()).committable(topic);
         source.commit(&offsets).await?;
     }
     let totals = totals.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -258,6 +261,8 @@ enum ReaderKind {
 
 struct LaneReader {
     kind: ReaderKind,
+    /// The topic it reads (its consumer commits only that topic's offsets).
+    topic: Arc<str>,
     scheduler: Arc<Scheduler<Token>>,
     skip: mpsc::Sender<Output>,
     progress: Arc<Mutex<Progress>>,
@@ -272,8 +277,8 @@ struct LaneReader {
 }
 
 impl LaneReader {
-    /// Reads its lane until told to stop; returns the source for the final commit.
-    async fn run<S: Source>(self, mut source: S, mut stop: watch::Receiver<bool>, commit_every: Duration) -> anyhow::Result<S> {
+    /// Reads its lane until told to stop; returns its topic and source for the final commit.
+    async fn run<S: Source>(self, mut source: S, mut stop: watch::Receiver<bool>, commit_every: Duration) -> anyhow::Result<(Arc<str>, S)> {
         let limits = BatchLimits { max_records: 1000, max_wait: Duration::from_millis(50) };
         let mut committed_at = Instant::now();
         while !*stop.borrow() {
@@ -281,7 +286,9 @@ impl LaneReader {
                 batch = source.next_batch(limits) => batch?,
                 _ = stop.changed() => break,
             };
-            self.share.apply(source.assignment_changes());
+            let changes = source.assignment_changes();
+            self.progress.lock().unwrap_or_else(|e| e.into_inner()).forget_revoked(&changes);
+            self.share.apply(changes);
             if !batch.is_empty() {
                 self.last_read.store(now_ms(), Ordering::Relaxed);
                 self.totals.lock().unwrap_or_else(|e| e.into_inner()).read += batch.len() as u64;
@@ -292,10 +299,11 @@ impl LaneReader {
                     metrics::counter!("notiflow_deliver_reread_skipped_total").increment(1);
                     continue;
                 }
-                self.submit(record, &quotas).await?;
+                let hold = source.hold(&record.topic, record.partition);
+                self.submit(record, hold, &quotas).await?;
             }
             if committed_at.elapsed() >= commit_every {
-                let offsets = self.progress.lock().unwrap_or_else(|e| e.into_inner()).committable();
+                let offsets = self.progress.lock().unwrap_or_else(|e| e.into_inner()).committable(&self.topic);
                 match source.commit(&offsets).await {
                     // The brokers are away: the next commit carries these offsets too.
                     Err(err) if err.is_retryable() => tracing::warn!(%err, "committing delivered offsets; retrying at the next commit"),
@@ -304,7 +312,7 @@ impl LaneReader {
                 committed_at = Instant::now();
             }
         }
-        Ok(source)
+        Ok((self.topic, source))
     }
 
     /// Takes today's quota units for the batch's deliveries of tenants with a quota, at once (one
@@ -335,7 +343,7 @@ impl LaneReader {
         self.tenants.take(quoted).await
     }
 
-    async fn submit(&self, record: Record, quotas: &HashMap<String, Result<(), String>>) -> anyhow::Result<()> {
+    async fn submit(&self, record: Record, hold: Hold, quotas: &HashMap<String, Result<(), String>>) -> anyhow::Result<()> {
         let lane = match self.kind {
             ReaderKind::Lane(lane) => lane,
             ReaderKind::Parked => {
@@ -360,7 +368,7 @@ impl LaneReader {
                 }
                 self.tenants.sync_accounts(&self.scheduler);
                 let account = self.tenants.account(&delivery.tenant, delivery.channel.as_deref().unwrap_or_default());
-                let job = Job { delivery, lane, token: Token { record }, enqueued: Instant::now(), account };
+                let job = Job { delivery, lane, token: Token { record }, enqueued: Instant::now(), account, hold };
                 let queued = match self.kind {
                     ReaderKind::Lane(_) => self.scheduler.try_submit(job),
                     ReaderKind::Parked => self.scheduler.submit(job).await.map_err(Refused::NoProvider),
@@ -415,8 +423,9 @@ async fn write_outputs<S: Sink>(
         {
             let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
             for output in &batch {
-                let record = outputs_of(output, &topics, &mut records, &mut totals);
-                finished.push((record.topic.clone(), record.partition, record.offset));
+                if let Some(record) = outputs_of(output, &topics, &mut records, &mut totals) {
+                    finished.push((record.topic.clone(), record.partition, record.offset));
+                }
             }
         }
         // Transient broker trouble: keep trying; nothing is marked finished until written.
@@ -435,8 +444,8 @@ async fn write_outputs<S: Sink>(
     Ok(())
 }
 
-/// The records one output becomes; returns its source record.
-fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutRecord>, totals: &mut DeliverTotals) -> &'a Record {
+/// The records one output becomes; returns its source record when the output ends it here.
+fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutRecord>, totals: &mut DeliverTotals) -> Option<&'a Record> {
     match output {
         Output::Done(done) => {
             let record = &done.job.token.record;
@@ -456,6 +465,8 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
             let (event, reason) = match &done.outcome {
                 Final::Accepted(_) => ("sent", None),
                 Final::Failed(reason) => ("send_failed", Some(reason.as_str())),
+                // Its partition moved: the attempts made are on record, the new owner ends it.
+                Final::Released => return None,
             };
             let mut fields = event_fields(event, delivery, record, done.job.lane);
             fields["provider"] = json!(last.map(|r| r.provider.as_str()));
@@ -473,7 +484,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
                 totals.accepted += 1;
             }
             records.push(event_record(&fields, &delivery.message_id, &topics.events));
-            record
+            Some(record)
         }
         Output::Parked { record, lane, channel } => {
             totals.parked += 1;
@@ -481,7 +492,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
             headers.push(Header::new(LANE_HEADER, lane.as_str()));
             let topic = topics.parked.get(channel).expect("a parked topic per channel with a provider").clone();
             records.push(OutRecord { topic, key: record.key.clone(), payload: record.payload.clone().unwrap_or_default(), headers });
-            record
+            Some(record)
         }
         Output::Skipped { record, lane, delivery, reason, error } => {
             if *reason == "recall" {
@@ -489,7 +500,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
                 if let (Some(inbox), Some(recall)) = (&topics.inbox, delivery) {
                     records.push(notiflow_inbox::op_record(&InboxChannel::recall(recall), inbox));
                 }
-                return record;
+                return Some(record);
             }
             totals.not_sendable += 1;
             let rejected = Rejected {
@@ -505,7 +516,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
                 fields["reason"] = json!(reason);
                 records.push(event_record(&fields, &delivery.message_id, &topics.events));
             }
-            record
+            Some(record)
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use super::GatewayConfig;
 use super::index::{Claim, RequestIndex, SeenRequest, fingerprint, request_key};
+use super::peers::Share;
 use super::status::Timelines;
 use crate::contract::{Contract, Kind};
 use crate::tenants::{Registry, Tenant};
@@ -82,6 +83,8 @@ pub struct Parts {
     pub requests_topic: String,
     pub request_ids: Arc<RequestIndex>,
     pub timelines: Arc<Timelines>,
+    /// This gateway's share of each tenant's rate (the others have the rest).
+    pub share: Share,
 }
 
 #[derive(Clone)]
@@ -95,8 +98,9 @@ struct Gateway {
     topic: Arc<str>,
     request_ids: Arc<RequestIndex>,
     timelines: Arc<Timelines>,
-    /// Per tenant: (rate, burst) and its limiter, rebuilt when the registry changes them.
-    limiters: Mutex<HashMap<String, (u32, u32, Arc<DefaultDirectRateLimiter>)>>,
+    share: Share,
+    /// Per tenant: (rate, burst, share) and its limiter, rebuilt when the registry or the share changes them.
+    limiters: Mutex<HashMap<String, ((u32, u32, u64), Arc<DefaultDirectRateLimiter>)>>,
     in_flight: Arc<Semaphore>,
     openapi: String,
 }
@@ -111,12 +115,21 @@ impl AppState {
             topic: Arc::from(parts.requests_topic.as_str()),
             request_ids: parts.request_ids,
             timelines: parts.timelines,
+            share: parts.share,
             limiters: Mutex::new(HashMap::new()),
             in_flight,
             openapi: serde_json::to_string_pretty(&super::openapi_document()).expect("the document serializes"),
             settings: parts.settings,
         }))
     }
+}
+
+/// A tenant's limiter on this gateway: `share` of its rate, its whole burst.
+fn shared_limiter(rate: u32, burst: u32, share: f64) -> Arc<DefaultDirectRateLimiter> {
+    let per_second = (f64::from(rate) * share).max(1e-3);
+    let period = Duration::from_secs_f64(1.0 / per_second);
+    let quota = Quota::with_period(period).expect("a positive period").allow_burst(NonZeroU32::new(burst).expect("max(1)"));
+    Arc::new(RateLimiter::direct(quota))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -338,17 +351,15 @@ impl Gateway {
     fn take_quota(&self, tenant: &Tenant, n: usize) -> Result<(), ApiError> {
         let Some(rate) = tenant.quotas.requests_per_second else { return Ok(()) };
         let burst = tenant.quotas.burst.unwrap_or(rate).max(1);
+        let share = self.share.get();
         let limiter = {
             let mut limiters = self.limiters.lock().expect("limiters lock");
-            let entry = limiters
-                .entry(tenant.id.clone())
-                .or_insert_with(|| (0, 0, Arc::new(RateLimiter::direct(Quota::per_second(NonZeroU32::MIN)))));
-            if (entry.0, entry.1) != (rate, burst) {
-                let quota =
-                    Quota::per_second(NonZeroU32::new(rate).expect("checked >= 1")).allow_burst(NonZeroU32::new(burst).expect("max(1)"));
-                *entry = (rate, burst, Arc::new(RateLimiter::direct(quota)));
+            let settings = (rate, burst, share.to_bits());
+            let entry = limiters.entry(tenant.id.clone()).or_insert_with(|| (settings, shared_limiter(rate, burst, share)));
+            if entry.0 != settings {
+                *entry = (settings, shared_limiter(rate, burst, share));
             }
-            entry.2.clone()
+            entry.1.clone()
         };
         let n32 = NonZeroU32::new(n as u32).expect("at least one request");
         match limiter.check_n(n32) {

@@ -18,6 +18,7 @@ mod api;
 pub mod bench;
 mod index;
 mod openapi;
+mod peers;
 mod recent;
 mod status;
 
@@ -151,6 +152,10 @@ pub async fn bind(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, a
     // Retries must be recognised from the first request on.
     tokio::time::timeout(Duration::from_secs(120), requests_ready.wait_for(|r| *r)).await.context("replaying recent requests")??;
 
+    // The tenants' rate quotas are shared with the other gateways.
+    let members = topic(peers::MEMBERS_TOPIC);
+    let share = peers::join(kafka, &members, &members).await?;
+
     let state = api::AppState::new(api::Parts {
         settings: settings.clone(),
         max_request_bytes: config.pipeline.max_request_bytes,
@@ -159,6 +164,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, a
         requests_topic: requests,
         request_ids,
         timelines,
+        share,
     });
     let listener =
         tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("[gateway] listen {}", settings.listen))?;

@@ -267,6 +267,58 @@ async fn gateway_writes_each_request_once_keeps_tenants_apart_and_sheds_load() {
     }
 }
 
+/// Two gateways keep a tenant's rate quota together: a client spreading its requests over both (as a load balancer
+/// does) is admitted at the tenant's rate, within 5%, not at twice it. Before, each gateway admitted the whole rate.
+/// Measured after the first seconds: each gateway keeps the tenant's whole burst, spent at the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_keep_a_tenants_rate_quota_together() {
+    const RATE: f64 = 20.0;
+    const FOR: Duration = Duration::from_secs(12);
+    const STEADY_FROM: Duration = Duration::from_secs(2);
+    let _turn = support::one_at_a_time().await;
+    let (_config, dir, toml) = setup(1);
+    let tenants_file = dir.path().join("tenants.toml");
+    std::fs::write(&tenants_file, format!("[[tenants]]\nid = \"globex\"\nquotas = {{ requests_per_second = {RATE}, burst = {RATE} }}\n")).unwrap();
+    let notiflow = Notiflow::new(&toml, &[]);
+    assert!(notiflow.command(&["tenant", "put", tenants_file.to_str().unwrap()]).output().unwrap().status.success());
+    let key = mint(&notiflow, "globex");
+    // The second one serves once the group gave it its share, and the first its new one.
+    let gateways = [Gateway::start(&notiflow).await, Gateway::start(&notiflow).await];
+
+    let started = Instant::now();
+    let clients = (0..4).map(|client| {
+        let (gateways, key) = (&gateways, &key);
+        async move {
+            let (mut accepted, mut limited) = (Vec::new(), 0usize);
+            for i in 0.. {
+                if started.elapsed() >= FOR {
+                    break;
+                }
+                let (status, body) = gateways[i % 2].post_json("/v1/send", key, &send(&format!("pace-{client}-{i}"))).await;
+                match status {
+                    StatusCode::ACCEPTED => accepted.push(started.elapsed()),
+                    StatusCode::TOO_MANY_REQUESTS => limited += 1,
+                    other => panic!("{other}: {body}"),
+                }
+            }
+            (accepted, limited)
+        }
+    });
+    let counts = futures::future::join_all(clients).await;
+    let accepted: Vec<Duration> = counts.iter().flat_map(|(a, _)| a.iter().copied()).collect();
+    let limited: usize = counts.iter().map(|(_, l)| l).sum();
+    let steady = accepted.iter().filter(|at| **at >= STEADY_FROM).count();
+    let rate = steady as f64 / (FOR - STEADY_FROM).as_secs_f64();
+    eprintln!(
+        "2 gateways, tenant quota {RATE}/s (burst {RATE} each): {} accepted, {limited} refused 429 in {} s; {rate:.2}/s from {} s on",
+        accepted.len(),
+        FOR.as_secs(),
+        STEADY_FROM.as_secs()
+    );
+    assert!(limited > accepted.len(), "the clients asked for more than the quota: {} accepted, {limited} refused", accepted.len());
+    assert!((rate - RATE).abs() <= RATE * 0.05, "admitted {rate:.2}/s by 2 gateways against a quota of {RATE}/s");
+}
+
 /// schemathesis (PyPI) generates requests from the served OpenAPI document,
 /// valid and invalid, with and without the key, and runs every check it has:
 /// no 5xx, answers as documented, invalid data refused, valid data accepted,

@@ -292,3 +292,52 @@ async fn a_tenant_registered_while_the_pipeline_runs_may_send_at_once() {
     assert!(term.success());
     assert!(run.wait().unwrap().success(), "run stops cleanly");
 }
+
+/// A consumer that starts inside a producer batch (a committed or given offset between a batch's first and last
+/// record) reads every record from that offset on, once. tansu 0.6 answers such a fetch with the batches after it
+/// (the rest of the batch is skipped; when it is the last one, the partition seems empty); the source notices and
+/// reads again from further back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_starting_inside_a_producer_batch_reads_every_record_from_there() {
+    let kafka = support::kafka();
+    let topic = support::unique("batched");
+    KafkaAdmin::new(&kafka).unwrap().ensure_topics(&[notiflow_connector::TopicSpec::new(&topic, 1)]).await.unwrap();
+    let name: Arc<str> = Arc::from(topic.as_str());
+    let records = |range: std::ops::Range<i64>| {
+        range.map(|i| OutRecord { topic: name.clone(), key: None, payload: format!("r{i}").into_bytes(), headers: vec![] }).collect::<Vec<_>>()
+    };
+    // One call: librdkafka sends the 100 records as one batch.
+    let sink = KafkaSink::new(&kafka).unwrap();
+    sink.send_all(records(0..100)).await.unwrap();
+    async fn read(mut source: KafkaSource, want: usize) -> Vec<i64> {
+        let mut offsets = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while offsets.len() < want && std::time::Instant::now() < deadline {
+            let limits = notiflow_connector::BatchLimits { max_records: 1000, max_wait: Duration::from_millis(200) };
+            offsets.extend(notiflow_connector::Source::next_batch(&mut source, limits).await.unwrap().iter().map(|r| r.offset));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        offsets
+    }
+    // Inside the last batch: nothing after it to skip to.
+    let given = KafkaSource::assigned(&kafka, &[(topic.clone(), 0, 60)]).unwrap();
+    assert_eq!(read(given, 40).await, (60..100).collect::<Vec<_>>(), "from inside the last batch");
+    // A later batch exists: the broker's answer skips to it.
+    sink.send_all(records(100..110)).await.unwrap();
+    let given = KafkaSource::assigned(&kafka, &[(topic.clone(), 0, 30)]).unwrap();
+    assert_eq!(read(given, 80).await, (30..110).collect::<Vec<_>>(), "from inside a batch followed by another");
+    // A group member whose committed offset is inside a batch.
+    let group = support::unique("batched-group");
+    let mut first = KafkaSource::new(&kafka, &group, &[&topic], "earliest").unwrap();
+    let mut committed = notiflow_connector::Offsets::default();
+    committed.insert(name.clone(), 0, 45);
+    while notiflow_connector::Source::next_batch(&mut first, notiflow_connector::BatchLimits { max_records: 1, max_wait: Duration::from_millis(200) })
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    notiflow_connector::Source::commit(&mut first, &committed).await.unwrap();
+    drop(first);
+    let member = KafkaSource::new(&kafka, &group, &[&topic], "earliest").unwrap();
+    assert_eq!(read(member, 65).await, (45..110).collect::<Vec<_>>(), "from a committed offset inside a batch");
+}

@@ -165,7 +165,7 @@ async fn failover_moves_traffic_to_the_secondary_within_a_second_and_loses_nothi
             primary.set_mode(Mode::Down);
             down_at = Some(Instant::now());
         }
-        let job = Job { delivery: sms(&i.to_string(), "+8613800138000"), lane: Lane::Normal, token: i, enqueued: Instant::now(), account: None };
+        let job = Job { delivery: sms(&i.to_string(), "+8613800138000"), lane: Lane::Normal, token: i, enqueued: Instant::now(), account: None, hold: notiflow_delivery::Hold::always() };
         scheduler.submit(job).await.ok().unwrap();
         // ~500 messages/s, so the stream spans the outage.
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -207,7 +207,7 @@ async fn the_send_rate_stays_within_five_percent_of_the_limit() {
     let scheduler = Scheduler::start(vec![group], RetryPolicy::default(), 16, 10_000, done_tx);
     let total = 600;
     for i in 0..total {
-        scheduler.submit(Job { delivery: sms(&i.to_string(), "+8613800138000"), lane: Lane::Low, token: i, enqueued: Instant::now(), account: None }).await.ok().unwrap();
+        scheduler.submit(Job { delivery: sms(&i.to_string(), "+8613800138000"), lane: Lane::Low, token: i, enqueued: Instant::now(), account: None, hold: notiflow_delivery::Hold::always() }).await.ok().unwrap();
     }
     scheduler.drain().await;
     let mut accepted = 0;
@@ -231,7 +231,7 @@ async fn deliver_retries_a_busy_provider_then_succeeds() {
     let policy = RetryPolicy { max_attempts: 4, min_delay: Duration::from_millis(50), max_delay: Duration::from_millis(200) };
     let mut results = Vec::new();
     let sent = tokio::spawn(async move {
-        let end = deliver(&group, &sms("9", "+8613800138000"), &policy, None, |r| results.push(r)).await;
+        let end = deliver(&group, &sms("9", "+8613800138000"), &policy, None, &notiflow_delivery::Hold::always(), |r| results.push(r)).await;
         (end, results)
     });
     tokio::time::sleep(Duration::from_millis(30)).await;

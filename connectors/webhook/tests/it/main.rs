@@ -109,7 +109,7 @@ async fn a_429_is_retried_after_its_retry_after_and_every_attempt_is_reported() 
     let policy = RetryPolicy { max_attempts: 3, min_delay: Duration::from_millis(10), max_delay: Duration::from_secs(2) };
     let started = std::time::Instant::now();
     let mut results = Vec::new();
-    let end = deliver(&ProviderGroup::one(channel(&["127.0.0.1"])), &delivery(&format!("{base}/busy")), &policy, None, |r| results.push(r)).await;
+    let end = deliver(&ProviderGroup::one(channel(&["127.0.0.1"])), &delivery(&format!("{base}/busy")), &policy, None, &notiflow_delivery::Hold::always(), |r| results.push(r)).await;
     assert!(matches!(end, Final::Accepted(_)), "{end:?}");
     assert!(started.elapsed() >= Duration::from_secs(1), "waited for Retry-After: 1");
     let seen_statuses: Vec<_> = results.iter().map(|r| (r.attempt, r.status, r.provider_code.clone())).collect();
