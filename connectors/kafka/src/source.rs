@@ -452,6 +452,10 @@ impl KafkaReader {
             list.add_partition_offset(topic, *partition, Offset::Offset(*from)).map_err(classify)?;
         }
         consumer.assign(&list).map_err(classify)?;
+        let name: Arc<str> = Arc::from(topic);
+        // Starts inside a producer batch are read again from further back (see `crate::resume`).
+        let mut resumes = Resumes::default();
+        starts.iter().for_each(|(partition, from)| resumes.start((name.clone(), *partition), *from));
         // Next offset wanted per partition still being read; a record is kept once, in order.
         let mut next: HashMap<i32, i64> = starts.iter().copied().collect();
         let mut at_end: HashSet<i32> = HashSet::new();
@@ -461,9 +465,18 @@ impl KafkaReader {
             // Once every partition reported its end, wait a little longer for a
             // batch the broker's end offset did not count yet (tansu 0.6).
             let all_done = at_end.len() == next.len();
-            let wait_until = if all_done { (tokio::time::Instant::now() + EOF_GRACE).min(give_up) } else { give_up };
+            let mut wait_until = if all_done { (tokio::time::Instant::now() + EOF_GRACE).min(give_up) } else { give_up };
+            if !resumes.is_empty() {
+                wait_until = wait_until.min(tokio::time::Instant::now() + crate::resume::PROBE_WAIT);
+            }
             let message = match tokio::time::timeout_at(wait_until, consumer.recv()).await {
                 Err(_) if all_done => break,
+                Err(_) if !resumes.is_empty() && tokio::time::Instant::now() < give_up => {
+                    for seek in resumes.probe_silent() {
+                        blocking(|| consumer.seek(&seek.topic, seek.partition, Offset::Offset(seek.offset), Duration::from_secs(5))).map_err(classify)?;
+                    }
+                    continue;
+                }
                 Err(_) => {
                     let pending: Vec<&i32> = next.keys().filter(|p| !at_end.contains(p)).collect();
                     return Err(ConnectorError::Transient {
@@ -476,13 +489,21 @@ impl KafkaReader {
                     continue;
                 }
                 Ok(Err(err)) => return Err(classify(err)),
-                Ok(Ok(message)) => message,
+                Ok(Ok(message)) => to_record(name.clone(), &message),
             };
-            let Some(n) = next.get_mut(&message.partition()) else { continue };
-            if message.offset() >= *n {
-                *n = message.offset() + 1;
-                at_end.remove(&message.partition());
-                records.push(to_record(Arc::from(topic), &message));
+            let mut checked = vec![message];
+            if !resumes.is_empty() {
+                for seek in resumes.check(&mut checked) {
+                    blocking(|| consumer.seek(&seek.topic, seek.partition, Offset::Offset(seek.offset), Duration::from_secs(5))).map_err(classify)?;
+                }
+            }
+            for record in checked {
+                let Some(n) = next.get_mut(&record.partition) else { continue };
+                if record.offset >= *n {
+                    *n = record.offset + 1;
+                    at_end.remove(&record.partition);
+                    records.push(record);
+                }
             }
         }
         Ok(records)

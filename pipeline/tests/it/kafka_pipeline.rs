@@ -326,6 +326,9 @@ async fn a_consumer_starting_inside_a_producer_batch_reads_every_record_from_the
     sink.send_all(records(100..110)).await.unwrap();
     let given = KafkaSource::assigned(&kafka, &[(topic.clone(), 0, 30)]).unwrap();
     assert_eq!(read(given, 80).await, (30..110).collect::<Vec<_>>(), "from inside a batch followed by another");
+    // A range read (recovery reads outputs and state this way) from inside a batch, to the end.
+    let read_range = notiflow_connector::LogReader::read_from(&notiflow_kafka::KafkaReader::new(&kafka), &topic, 0, 70).await.unwrap();
+    assert_eq!(read_range.iter().map(|r| r.offset).collect::<Vec<_>>(), (70..110).collect::<Vec<_>>(), "a range read from inside a batch");
     // A group member whose committed offset is inside a batch.
     let group = support::unique("batched-group");
     let mut first = KafkaSource::new(&kafka, &group, &[&topic], "earliest").unwrap();
