@@ -676,14 +676,17 @@ async fn run_on_kafka(dir: &Path, config: &Config, idle: Option<Duration>) -> an
     // Tenants registered on notify.tenants may send as well as those of the config, from the
     // moment they are registered (followed live, like the gateway and deliver do).
     let tenants_topic = config.topics.resolve(notiflow::tenants::TENANTS_TOPIC);
-    KafkaAdmin::new(kafka)?.ensure_topics(&[notiflow_connector::TopicSpec { compacted: true, ..notiflow_connector::TopicSpec::new(&tenants_topic, 1) }]).await?;
-    let registry = notiflow::tenants::Registry::follow(kafka, &tenants_topic).await?;
+    let start_up = || async {
+        KafkaAdmin::new(kafka)?.ensure_topics(&[notiflow_connector::TopicSpec { compacted: true, ..notiflow_connector::TopicSpec::new(&tenants_topic, 1) }]).await?;
+        let registry = notiflow::tenants::Registry::follow(kafka, &tenants_topic).await?;
+        // Checked (file:line errors) and its topics created once, before the members start.
+        let probe = notiflow::load_pipeline_with(dir, config, Some(registry.clone())).await?;
+        KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&probe, config)).await?;
+        anyhow::Ok((registry, probe.stream_topics(), notiflow::group_id(&probe, config)))
+    };
+    // Brokers not up yet (a whole stack starting at once) are waited for; bad SQL or settings end the command.
+    let (registry, topics, group) = notiflow::outage::restart_after_outages("run", kafka, &notiflow::shutdown::flag(), start_up).await?;
     let registry = &registry;
-    // Checked (file:line errors) and its topics created once, before the members start.
-    let probe = notiflow::load_pipeline_with(dir, config, Some(registry.clone())).await?;
-    KafkaAdmin::new(kafka)?.ensure_topics(&notiflow::topic_specs(&probe, config)).await?;
-    let (topics, group) = (probe.stream_topics(), notiflow::group_id(&probe, config));
-    drop(probe);
     long_running(config, "run").await?;
     let (stop_tx, shutdown) = watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);

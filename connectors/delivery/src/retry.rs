@@ -66,8 +66,9 @@ pub enum Final {
     Accepted(Accepted),
     /// Failed for good: dead-letter it with this reason.
     Failed(FailureReason),
-    /// Its partition moved to another instance between attempts: not ended
-    /// here (the new owner reads it again and sends it).
+    /// Its partition moved to another instance before it was sent (dropped
+    /// from its queue) or between attempts: not ended here (the new owner
+    /// reads it again and sends it).
     Released,
 }
 

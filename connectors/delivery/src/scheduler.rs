@@ -154,10 +154,16 @@ async fn work<T>(group: Arc<ProviderGroup>, route: Route, queue: Arc<LaneQueue<J
             Role::Newcomers if queue.newcomer().await => group.acquire_for_newcomer(route).await,
             _ => return,
         };
-        let popped = next_held(group.channel(), || match role {
+        let mut dropped = Vec::new();
+        let popped = next_held(group.channel(), &mut dropped, || match role {
             Role::Regular => queue.try_pop(),
             Role::Newcomers => queue.try_pop_newcomer(),
         });
+        for job in dropped {
+            if done.send(Done { job, outcome: Final::Released, results: Vec::new(), handoff: Duration::ZERO }).await.is_err() {
+                return;
+            }
+        }
         // Another worker may have taken it meanwhile; the turn is given up.
         let Some((lane, job)) = popped else { continue };
         let handoff = job.enqueued.elapsed();
@@ -171,15 +177,16 @@ async fn work<T>(group: Arc<ProviderGroup>, route: Route, queue: Arc<LaneQueue<J
 }
 
 /// The next job whose partition this process still holds; jobs of released
-/// partitions are dropped on the way (their new owner sends them), without
-/// using the provider's turn.
-fn next_held<T>(channel: &str, mut pop: impl FnMut() -> Option<(Lane, Job<T>)>) -> Option<(Lane, Job<T>)> {
+/// partitions go to `dropped` on the way (unsent: their new owner sends
+/// them), without using the provider's turn.
+fn next_held<T>(channel: &str, dropped: &mut Vec<Job<T>>, mut pop: impl FnMut() -> Option<(Lane, Job<T>)>) -> Option<(Lane, Job<T>)> {
     loop {
         let (lane, job) = pop()?;
         if job.hold.held() {
             return Some((lane, job));
         }
         metrics::counter!("notiflow_deliver_dropped_revoked_total", "channel" => channel.to_string()).increment(1);
+        dropped.push(job);
     }
 }
 
@@ -310,8 +317,15 @@ mod tests {
         moved.release();
         let started = Instant::now();
         scheduler.submit(Job { hold: Hold::new(), ..job("sms", "kept", Lane::Normal) }).await.ok().unwrap();
-        let done = rx.recv().await.unwrap();
-        assert_eq!(done.job.delivery.message_id, "kept");
+        let mut released = 0;
+        let done = loop {
+            let done = rx.recv().await.unwrap();
+            match done.outcome {
+                Final::Released => released += 1,
+                _ => break done,
+            }
+        };
+        assert_eq!((done.job.delivery.message_id.as_str(), released), ("kept", 8), "each dropped job is handed back as released");
         assert!(started.elapsed() < Duration::from_millis(600), "waited {:?}", started.elapsed());
         assert_eq!(message_ids(&sent), ["kept"]);
     }

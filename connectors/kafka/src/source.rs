@@ -27,6 +27,9 @@ pub struct LagContext {
     revoke_commit: OnceLock<RevokeCommit>,
     /// Partitions just started at an offset that may sit inside a producer batch.
     resumes: Mutex<Resumes>,
+    /// The source is being dropped: the consumer's close revokes everything, and a commit
+    /// from that revoke can wait forever on a closing connection (the owner committed before).
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl LagContext {
@@ -43,7 +46,8 @@ impl LagContext {
             });
         }
         // Lost (the session ended, e.g. in an outage): another member may own them already.
-        let Some(commit_point) = self.revoke_commit.get().filter(|_| !consumer.assignment_lost()) else { return };
+        let closing = self.closing.load(std::sync::atomic::Ordering::Acquire);
+        let Some(commit_point) = self.revoke_commit.get().filter(|_| !closing && !consumer.assignment_lost()) else { return };
         let mut list = TopicPartitionList::new();
         for (topic, partition, next) in commit_point(revoked).iter() {
             if list.add_partition_offset(topic, partition, Offset::Offset(next)).is_err() {
@@ -239,6 +243,13 @@ impl KafkaSource {
         let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|e| e.into_inner());
         batch.retain(|r| self.followed.contains(r.topic.as_ref()) || assigned.contains_key(&(r.topic.clone(), r.partition)));
         batch
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Before the fields: the consumer's close runs the revoke callback.
+        self.consumer.context().closing.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

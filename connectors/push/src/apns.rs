@@ -59,9 +59,7 @@ pub fn payload(delivery: &Delivery) -> serde_json::Value {
 
 /// A stable UUID for the delivery (first 128 bits of its id's SHA-256).
 pub fn apns_id(delivery: &Delivery) -> String {
-    let id = delivery.delivery_id.as_deref().unwrap_or(&delivery.message_id);
-    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
-    let hex: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::delivery_key(delivery);
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
@@ -105,7 +103,9 @@ impl ApnsChannel {
                 .header("apns-topic", &self.config.topic)
                 .header("apns-push-type", "alert")
                 .header("apns-priority", if crate::is_high(delivery) { "10" } else { "5" })
-                .header("apns-id", apns_id(delivery));
+                .header("apns-id", apns_id(delivery))
+                // A resend of the same delivery replaces the first on the device.
+                .header("apns-collapse-id", crate::delivery_key(delivery));
             if let Some(at) = delivery.expires_at_ms() {
                 request = request.header("apns-expiration", (at / 1000).to_string());
             }

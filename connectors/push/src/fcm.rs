@@ -57,8 +57,11 @@ pub struct FcmChannel {
 
 /// The `message` of a send request.
 pub fn message(delivery: &Delivery) -> serde_json::Value {
-    let mut android = json!({"priority": if crate::is_high(delivery) { "HIGH" } else { "NORMAL" }});
-    let mut apns_headers = json!({"apns-priority": if crate::is_high(delivery) { "10" } else { "5" }});
+    // FCM has no idempotency key (the message name is its own): a resend of the same delivery
+    // collapses with the first instead, on Android and iOS.
+    let key = crate::delivery_key(delivery);
+    let mut android = json!({"priority": if crate::is_high(delivery) { "HIGH" } else { "NORMAL" }, "collapse_key": key});
+    let mut apns_headers = json!({"apns-priority": if crate::is_high(delivery) { "10" } else { "5" }, "apns-collapse-id": key});
     if let Some(ttl) = crate::ttl_seconds(delivery) {
         android["ttl"] = json!(format!("{ttl}s"));
         if let Some(at) = delivery.expires_at_ms() {
@@ -163,6 +166,18 @@ mod tests {
     use reqwest::StatusCode;
 
     use super::*;
+
+    #[test]
+    fn every_resend_of_a_delivery_carries_the_same_collapse_key() {
+        let delivery = |id: &str| -> Delivery {
+            serde_json::from_value(json!({"type": "send", "delivery_id": id, "message_id": "m", "request_id": "r", "tenant": "t", "address": "tok"})).unwrap()
+        };
+        let (first, again, other) = (message(&delivery("d_1")), message(&delivery("d_1")), message(&delivery("d_2")));
+        let key = &first["message"]["android"]["collapse_key"];
+        assert_eq!(key.as_str().map(str::len), Some(32));
+        assert_eq!((key, &first["message"]["apns"]["headers"]["apns-collapse-id"]), (&again["message"]["android"]["collapse_key"], key));
+        assert_ne!(key, &other["message"]["android"]["collapse_key"]);
+    }
 
     #[test]
     fn answers_are_read_by_fcm_error_code() {

@@ -36,3 +36,15 @@ pub(crate) fn ttl_seconds(delivery: &Delivery) -> Option<i64> {
 pub(crate) fn is_high(delivery: &Delivery) -> bool {
     delivery.priority.as_deref() == Some("high")
 }
+
+/// 128 bits of the delivery id's SHA-256, as 32 hex digits: the same for
+/// every resend of a delivery. None of the push services drops a repeated
+/// request, but each collapses notifications that share a collapse key (the
+/// device shows the last one; APNs `apns-collapse-id`, FCM `collapse_key`, Web
+/// Push `Topic`), so a delivery sent twice (a crash between the send and its
+/// commit) is shown once.
+pub(crate) fn delivery_key(delivery: &Delivery) -> String {
+    let id = delivery.delivery_id.as_deref().unwrap_or(&delivery.message_id);
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -127,6 +127,8 @@ impl WebPushChannel {
             .header("authorization", self.vapid(&url))
             .header("ttl", ttl.to_string())
             .header("urgency", urgency)
+            // RFC 8030 5.4: a resend of the same delivery replaces the first while it is undelivered.
+            .header("topic", crate::delivery_key(delivery))
             .header("content-encoding", "aes128gcm")
             .header("content-type", "application/octet-stream")
             .body(body)

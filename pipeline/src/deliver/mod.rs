@@ -287,7 +287,7 @@ impl LaneReader {
                 _ = stop.changed() => break,
             };
             let changes = source.assignment_changes();
-            self.progress.lock().unwrap_or_else(|e| e.into_inner()).forget_revoked(&changes);
+            self.progress.lock().unwrap_or_else(|e| e.into_inner()).rebalanced(&changes);
             self.share.apply(changes);
             if !batch.is_empty() {
                 self.last_read.store(now_ms(), Ordering::Relaxed);
@@ -419,13 +419,12 @@ async fn write_outputs<S: Sink>(
             }
         }
         let mut records = Vec::with_capacity(batch.len() * 2);
-        let mut finished = Vec::with_capacity(batch.len());
+        let mut ended = Vec::with_capacity(batch.len());
         {
             let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
             for output in &batch {
-                if let Some(record) = outputs_of(output, &topics, &mut records, &mut totals) {
-                    finished.push((record.topic.clone(), record.partition, record.offset));
-                }
+                let (record, finished) = outputs_of(output, &topics, &mut records, &mut totals);
+                ended.push((record.topic.clone(), record.partition, record.offset, finished));
             }
         }
         // Transient broker trouble: keep trying; nothing is marked finished until written.
@@ -437,15 +436,20 @@ async fn write_outputs<S: Sink>(
             wait = (wait * 2).min(Duration::from_secs(5));
         }
         let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
-        for (topic, partition, offset) in finished {
-            progress.finished(&topic, partition, offset);
+        for (topic, partition, offset, finished) in ended {
+            if finished {
+                progress.finished(&topic, partition, offset);
+            } else {
+                progress.dropped(&topic, partition, offset);
+            }
         }
     }
     Ok(())
 }
 
-/// The records one output becomes; returns its source record when the output ends it here.
-fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutRecord>, totals: &mut DeliverTotals) -> Option<&'a Record> {
+/// The records one output becomes; returns its source record, and whether the output finished it (false: it was
+/// dropped unsent or between attempts because its partition moved, and is not finished here).
+fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutRecord>, totals: &mut DeliverTotals) -> (&'a Record, bool) {
     match output {
         Output::Done(done) => {
             let record = &done.job.token.record;
@@ -466,7 +470,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
                 Final::Accepted(_) => ("sent", None),
                 Final::Failed(reason) => ("send_failed", Some(reason.as_str())),
                 // Its partition moved: the attempts made are on record, the new owner ends it.
-                Final::Released => return None,
+                Final::Released => return (record, false),
             };
             let mut fields = event_fields(event, delivery, record, done.job.lane);
             fields["provider"] = json!(last.map(|r| r.provider.as_str()));
@@ -484,7 +488,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
                 totals.accepted += 1;
             }
             records.push(event_record(&fields, &delivery.message_id, &topics.events));
-            Some(record)
+            (record, true)
         }
         Output::Parked { record, lane, channel } => {
             totals.parked += 1;
@@ -492,7 +496,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
             headers.push(Header::new(LANE_HEADER, lane.as_str()));
             let topic = topics.parked.get(channel).expect("a parked topic per channel with a provider").clone();
             records.push(OutRecord { topic, key: record.key.clone(), payload: record.payload.clone().unwrap_or_default(), headers });
-            Some(record)
+            (record, true)
         }
         Output::Skipped { record, lane, delivery, reason, error } => {
             if *reason == "recall" {
@@ -500,7 +504,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
                 if let (Some(inbox), Some(recall)) = (&topics.inbox, delivery) {
                     records.push(notiflow_inbox::op_record(&InboxChannel::recall(recall), inbox));
                 }
-                return Some(record);
+                return (record, true);
             }
             totals.not_sendable += 1;
             let rejected = Rejected {
@@ -516,7 +520,7 @@ fn outputs_of<'a>(output: &'a Output, topics: &Topics, records: &mut Vec<OutReco
                 fields["reason"] = json!(reason);
                 records.push(event_record(&fields, &delivery.message_id, &topics.events));
             }
-            Some(record)
+            (record, true)
         }
     }
 }

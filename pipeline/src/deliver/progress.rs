@@ -10,9 +10,14 @@ use notiflow_connector::{AssignmentChange, Offsets};
 #[derive(Default)]
 struct Partition {
     unfinished: BTreeSet<i64>,
+    /// Read and not finished, but no longer queued here: dropped when a rebalance took the
+    /// partition (see `Hold`). Still unfinished for the commit point; started again when read again.
+    dropped: BTreeSet<i64>,
     /// The offsets this process read, `read_from..read_to` (a partition is read in order).
     read_from: i64,
     read_to: i64,
+    /// Assigned to this process now: only then are its offsets committed.
+    held: bool,
 }
 
 #[derive(Default)]
@@ -21,13 +26,15 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A record read: false when this process read it before (a consumer that
-    /// rejoined its group after an outage reads again from the last commit):
-    /// it is finished or in flight here already and must not be sent again.
+    /// A record read: false when this process read it before and it is
+    /// finished or in flight here (a consumer that rejoined its group after
+    /// an outage, or got a partition back, reads again from the last commit):
+    /// it must not be sent again. A delivery dropped at a rebalance starts again.
     pub fn started(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> bool {
-        let p = self.partitions.entry((topic.clone(), partition)).or_insert(Partition { unfinished: BTreeSet::new(), read_from: offset, read_to: offset });
+        let p = self.partitions.entry((topic.clone(), partition)).or_insert_with(|| Partition { read_from: offset, read_to: offset, ..Partition::default() });
+        p.held = true;
         if (p.read_from..p.read_to).contains(&offset) {
-            return false;
+            return p.dropped.remove(&offset);
         }
         // Below where this process first read: new here (committed offsets only move forward, so
         // only an operator's offset reset leads here).
@@ -39,6 +46,16 @@ impl Progress {
     pub fn finished(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
         if let Some(p) = self.partitions.get_mut(&(topic.clone(), partition)) {
             p.unfinished.remove(&offset);
+            p.dropped.remove(&offset);
+        }
+    }
+
+    /// A delivery dropped unsent because its partition was taken away.
+    pub fn dropped(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        if let Some(p) = self.partitions.get_mut(&(topic.clone(), partition))
+            && p.unfinished.contains(&offset)
+        {
+            p.dropped.insert(offset);
         }
     }
 
@@ -46,22 +63,25 @@ impl Progress {
         self.partitions.values().map(|p| p.unfinished.len()).sum()
     }
 
-    /// Partitions a rebalance took away are no longer this process's to
-    /// commit: their queued deliveries are dropped (see `Hold`) and the new
-    /// owner reads them again. Should one come back, it starts afresh.
-    pub fn forget_revoked(&mut self, changes: &[AssignmentChange]) {
+    /// Partitions a rebalance took away are not this process's to commit
+    /// until given back; what it knows of them stays (see [`started`](Self::started)).
+    pub fn rebalanced(&mut self, changes: &[AssignmentChange]) {
         for change in changes {
-            if let AssignmentChange::Revoked(partitions) = change {
-                partitions.iter().for_each(|key| {
-                    self.partitions.remove(key);
-                });
+            let (partitions, held) = match change {
+                AssignmentChange::Revoked(partitions) => (partitions, false),
+                AssignmentChange::Assigned(partitions) => (partitions, true),
+            };
+            for key in partitions {
+                if let Some(p) = self.partitions.get_mut(key) {
+                    p.held = held;
+                }
             }
         }
     }
 
-    /// The next offset to read per partition of `topic` after a restart.
+    /// The next offset to read per held partition of `topic` after a restart.
     pub fn committable(&self, topic: &str) -> Offsets {
-        Self::offsets(self.partitions.iter().filter(|((t, _), _)| t.as_ref() == topic))
+        Self::offsets(self.partitions.iter().filter(|((t, _), p)| p.held && t.as_ref() == topic))
     }
 
     /// As [`committable`](Self::committable), for these partitions (being handed over).
@@ -112,17 +132,25 @@ mod tests {
     }
 
     #[test]
-    fn a_revoked_partition_is_neither_committed_nor_remembered() {
+    fn a_revoked_partition_is_not_committed_and_only_its_dropped_deliveries_start_again() {
         let (low, normal): (Arc<str>, Arc<str>) = (Arc::from("notify.dispatch.low"), Arc::from("notify.dispatch.normal"));
         let mut progress = Progress::default();
         assert!((0..5).all(|o| progress.started(&low, 0, o) && progress.started(&low, 1, o) && progress.started(&normal, 0, o)));
-        progress.forget_revoked(&[AssignmentChange::Revoked(vec![(low.clone(), 1)])]);
+        // Partition 1 is handed over with 0 finished, 1 in flight, 2..5 queued.
+        progress.finished(&low, 1, 0);
+        let handed_over = progress.committable_of(&[(low.clone(), 1)]);
+        assert_eq!(handed_over.get("notify.dispatch.low", 1), Some(1));
+        progress.rebalanced(&[AssignmentChange::Revoked(vec![(low.clone(), 1)])]);
+        (2..5).for_each(|o| progress.dropped(&low, 1, o));
+        progress.finished(&low, 1, 1);
         let committable = progress.committable(&low);
-        assert_eq!((committable.get("notify.dispatch.low", 0), committable.get("notify.dispatch.low", 1)), (Some(0), None));
+        assert_eq!((committable.get("notify.dispatch.low", 0), committable.get("notify.dispatch.low", 1)), (Some(0), None), "not held: not committed");
         assert_eq!(committable.get("notify.dispatch.normal", 0), None, "each reader commits its own topic");
-        let handed_over = progress.committable_of(&[(low.clone(), 0), (normal.clone(), 0), (low.clone(), 1)]);
-        assert_eq!(handed_over.iter().count(), 2, "a forgotten partition has nothing to hand over");
-        // Given back later, its records are new here: the new owner in between may not have sent them.
-        assert!(progress.started(&low, 1, 3));
+        // Given back, read again from the hand-over commit: the one sent in flight is not sent again, the dropped are.
+        progress.rebalanced(&[AssignmentChange::Assigned(vec![(low.clone(), 1)])]);
+        assert_eq!(progress.committable(&low).get("notify.dispatch.low", 1), Some(2), "dropped ones hold the commit point");
+        assert!(!progress.started(&low, 1, 1));
+        assert!((2..5).all(|o| progress.started(&low, 1, o)));
+        assert!(!progress.started(&low, 1, 2), "started once");
     }
 }
