@@ -32,6 +32,8 @@ enum State {
     Expect,
     /// Reading again from `at` (a seek `back` records before the start) to find the batch holding the start.
     Probing { at: i64, back: i64 },
+    /// The batch holding the start came: its records before the start (possibly over several reads) are dropped.
+    CatchingUp,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,16 +85,27 @@ impl Resumes {
         let mut seeks = Vec::new();
         // Per partition, the verdict on this batch's records: keep from an offset, or drop all (a seek follows).
         let mut verdicts: HashMap<Partition, Option<i64>> = HashMap::new();
+        // Partitions whose records in this batch reach the start: nothing more to drop after it.
+        let mut reached = Vec::new();
         for record in batch.iter() {
             let key = (record.topic.clone(), record.partition);
+            if let Some(Some(start)) = verdicts.get(&key) {
+                if record.offset + 1 >= *start {
+                    reached.push(key);
+                }
+                continue;
+            }
             if verdicts.contains_key(&key) {
                 continue;
             }
             let Some(resume) = self.partitions.get_mut(&key) else { continue };
-            if record.offset <= resume.start {
-                // The batch holding the start (or the start itself): resumed.
+            if record.offset <= resume.start || resume.state == State::CatchingUp {
+                // The batch holding the start (or the start itself): resumed once the start is passed.
                 verdicts.insert(key.clone(), Some(resume.start));
-                self.partitions.remove(&key);
+                resume.state = State::CatchingUp;
+                if record.offset + 1 >= resume.start {
+                    reached.push(key);
+                }
                 continue;
             }
             let back = match resume.state {
@@ -104,7 +117,7 @@ impl Resumes {
                     1
                 }
                 State::Probing { at, back } if at > 0 => back * 2,
-                State::Probing { .. } => {
+                State::Probing { .. } | State::CatchingUp => {
                     // Read from the log's first offset and still past the start: the records in
                     // between are gone (compacted or expired), not skipped.
                     tracing::info!(topic = %key.0, partition = key.1, start = resume.start, first = record.offset, "no records left before the first offset held");
@@ -118,6 +131,9 @@ impl Resumes {
             resume.since = Instant::now();
             verdicts.insert(key.clone(), None);
             seeks.push(Seek { topic: key.0.clone(), partition: key.1, offset: at });
+        }
+        for key in reached {
+            self.partitions.remove(&key);
         }
         if !verdicts.is_empty() {
             batch.retain(|r| match verdicts.get(&(r.topic.clone(), r.partition)) {
@@ -145,6 +161,7 @@ impl Resumes {
                 State::Expect => 1,
                 State::Probing { at: 0, .. } => return false,
                 State::Probing { back, .. } => back * 2,
+                State::CatchingUp => return true,
             };
             if resume.state == State::Expect {
                 tracing::debug!(topic = %partition.0, partition = partition.1, start = resume.start, "no records at the start offset: probing from further back");
@@ -183,7 +200,11 @@ mod tests {
             probes.extend(resumes.check(&mut batch).into_iter().map(|s| s.offset));
         }
         assert_eq!(probes, [58, 56, 52, 44]);
-        let mut batch = records(&topic, 50..110);
+        // The batch holding the start comes over two reads: nothing before the start gets through.
+        let mut batch = records(&topic, 44..56);
+        assert!(resumes.check(&mut batch).is_empty());
+        assert!(batch.is_empty());
+        let mut batch = records(&topic, 56..110);
         assert!(resumes.check(&mut batch).is_empty());
         assert_eq!((batch[0].offset, batch.len()), (60, 50), "from the start on, once");
         assert!(resumes.is_empty());

@@ -437,10 +437,9 @@ async fn write_outputs<S: Sink>(
         }
         let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
         for (topic, partition, offset, finished) in ended {
+            // Not finished (its partition moved): read again, it starts again.
             if finished {
                 progress.finished(&topic, partition, offset);
-            } else {
-                progress.dropped(&topic, partition, offset);
             }
         }
     }

@@ -10,9 +10,6 @@ use notiflow_connector::{AssignmentChange, Offsets};
 #[derive(Default)]
 struct Partition {
     unfinished: BTreeSet<i64>,
-    /// Read and not finished, but no longer queued here: dropped when a rebalance took the
-    /// partition (see `Hold`). Still unfinished for the commit point; started again when read again.
-    dropped: BTreeSet<i64>,
     /// The offsets this process read, `read_from..read_to` (a partition is read in order).
     read_from: i64,
     read_to: i64,
@@ -26,15 +23,17 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A record read: false when this process read it before and it is
-    /// finished or in flight here (a consumer that rejoined its group after
-    /// an outage, or got a partition back, reads again from the last commit):
-    /// it must not be sent again. A delivery dropped at a rebalance starts again.
+    /// A record read: false when this process read and finished it before (a
+    /// consumer that rejoined its group after an outage, or got a partition
+    /// back, reads again from the last commit): it must not be sent again. One
+    /// read before and not finished starts again: the rebalance that preceded
+    /// the re-read released its partition's hold, so its queued job is dropped
+    /// (only a send already under way may end twice).
     pub fn started(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> bool {
         let p = self.partitions.entry((topic.clone(), partition)).or_insert_with(|| Partition { read_from: offset, read_to: offset, ..Partition::default() });
         p.held = true;
         if (p.read_from..p.read_to).contains(&offset) {
-            return p.dropped.remove(&offset);
+            return p.unfinished.contains(&offset);
         }
         // Below where this process first read: new here (committed offsets only move forward, so
         // only an operator's offset reset leads here).
@@ -46,16 +45,6 @@ impl Progress {
     pub fn finished(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
         if let Some(p) = self.partitions.get_mut(&(topic.clone(), partition)) {
             p.unfinished.remove(&offset);
-            p.dropped.remove(&offset);
-        }
-    }
-
-    /// A delivery dropped unsent because its partition was taken away.
-    pub fn dropped(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
-        if let Some(p) = self.partitions.get_mut(&(topic.clone(), partition))
-            && p.unfinished.contains(&offset)
-        {
-            p.dropped.insert(offset);
         }
     }
 
@@ -118,21 +107,23 @@ mod tests {
     }
 
     #[test]
-    fn records_read_again_after_a_rejoin_are_not_started_twice() {
+    fn records_read_again_after_a_rejoin_start_again_only_when_not_finished() {
         let topic: Arc<str> = Arc::from("notify.dispatch.normal");
         let mut progress = Progress::default();
         assert!((100..110).all(|o| progress.started(&topic, 0, o)));
-        progress.finished(&topic, 0, 100);
-        // The group lost us in an outage; back, the consumer starts again at the last commit (101).
-        assert!((101..110).all(|o| !progress.started(&topic, 0, o)), "read before: finished or in flight here");
+        (100..105).for_each(|o| progress.finished(&topic, 0, o));
+        // The group lost us in an outage (the revoke dropped the queued ones); back, the consumer reads again from
+        // the last commit (100).
+        assert!((100..105).all(|o| !progress.started(&topic, 0, o)), "finished here: not sent again");
+        assert!((105..110).all(|o| progress.started(&topic, 0, o)), "dropped at the revoke: started again");
         assert!(progress.started(&topic, 0, 110), "new records still start");
         // Offsets reset below where this process first read: new here.
         assert!(progress.started(&topic, 0, 95) && progress.started(&topic, 0, 96));
-        assert_eq!(progress.unfinished(), 12);
+        assert_eq!(progress.unfinished(), 8);
     }
 
     #[test]
-    fn a_revoked_partition_is_not_committed_and_only_its_dropped_deliveries_start_again() {
+    fn a_revoked_partition_is_not_committed_and_only_its_unfinished_deliveries_start_again() {
         let (low, normal): (Arc<str>, Arc<str>) = (Arc::from("notify.dispatch.low"), Arc::from("notify.dispatch.normal"));
         let mut progress = Progress::default();
         assert!((0..5).all(|o| progress.started(&low, 0, o) && progress.started(&low, 1, o) && progress.started(&normal, 0, o)));
@@ -141,7 +132,6 @@ mod tests {
         let handed_over = progress.committable_of(&[(low.clone(), 1)]);
         assert_eq!(handed_over.get("notify.dispatch.low", 1), Some(1));
         progress.rebalanced(&[AssignmentChange::Revoked(vec![(low.clone(), 1)])]);
-        (2..5).for_each(|o| progress.dropped(&low, 1, o));
         progress.finished(&low, 1, 1);
         let committable = progress.committable(&low);
         assert_eq!((committable.get("notify.dispatch.low", 0), committable.get("notify.dispatch.low", 1)), (Some(0), None), "not held: not committed");
@@ -149,8 +139,9 @@ mod tests {
         // Given back, read again from the hand-over commit: the one sent in flight is not sent again, the dropped are.
         progress.rebalanced(&[AssignmentChange::Assigned(vec![(low.clone(), 1)])]);
         assert_eq!(progress.committable(&low).get("notify.dispatch.low", 1), Some(2), "dropped ones hold the commit point");
-        assert!(!progress.started(&low, 1, 1));
-        assert!((2..5).all(|o| progress.started(&low, 1, o)));
-        assert!(!progress.started(&low, 1, 2), "started once");
+        assert!(!progress.started(&low, 1, 1), "finished here");
+        assert!((2..5).all(|o| progress.started(&low, 1, o)), "not finished: started again");
+        progress.finished(&low, 1, 2);
+        assert!(!progress.started(&low, 1, 2));
     }
 }

@@ -95,13 +95,11 @@ fn sends_per_code(twilio: &notiflow_sms::fake::FakeProvider) -> BTreeMap<String,
     sends
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_and_deliver_ride_out_a_broker_outage_of_over_a_minute() {
-    let _turn = support::one_at_a_time().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (broker_port, advertised) = (free_port(), free_port());
-    let broker_log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-    let _broker = Killed(
+/// The test's own broker (memory storage), listening on its own port and advertising `advertised` (the relay's).
+fn own_broker(dir: &Path, advertised: u16) -> (Killed, u16) {
+    let broker_port = free_port();
+    let broker_log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+    let broker = Killed(
         Command::new("tansu")
             .args([
                 "broker",
@@ -111,13 +109,60 @@ async fn run_and_deliver_ride_out_a_broker_outage_of_over_a_minute() {
                 &format!("tcp://127.0.0.1:{advertised}"),
             ])
             .args(["--storage-engine", "memory://tansu/"])
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(broker_log)
             .spawn()
             .expect("tansu on PATH (scripts/services.sh installs it)"),
     );
     wait_tcp(broker_port);
+    (broker, broker_port)
+}
+
+/// `notiflow run` started while the brokers cannot be reached waits for them (a whole stack starting at once),
+/// then runs: before, it exited at once with "transient kafka error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_started_before_the_brokers_waits_for_them() {
+    let _turn = support::one_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let advertised = free_port();
+    let (_broker, broker_port) = own_broker(dir.path(), advertised);
+    let mut config = support::kafka_config(1);
+    config.kafka = Some(KafkaConfig::new(format!("127.0.0.1:{advertised}")));
+    let path = support::write_toml(&config, dir.path());
+    let sql = support::sql_dir();
+    let mut run = spawn(dir.path(), &path, &["run", sql.to_str().unwrap()], "run");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+        assert!(run.0.try_wait().unwrap().is_none(), "run exited without the brokers:\n{log}");
+        if log.contains("a service is unavailable") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "run does not say what it waits for:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(run.0.try_wait().unwrap().is_none(), "run keeps waiting");
+
+    let _network = Relay::start(advertised, broker_port);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(dir.path().join("run.log")).unwrap().contains("pipeline running") {
+        assert!(Instant::now() < deadline, "run did not start once the brokers answered:\n{}", std::fs::read_to_string(dir.path().join("run.log")).unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = run.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = run.0.wait().unwrap();
+    assert!(status.success(), "run after SIGTERM: {status}\n{}", std::fs::read_to_string(dir.path().join("run.log")).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_and_deliver_ride_out_a_broker_outage_of_over_a_minute() {
+    let _turn = support::one_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let advertised = free_port();
+    let (_broker, broker_port) = own_broker(dir.path(), advertised);
     let mut network = Relay::start(advertised, broker_port);
 
     let mut config = support::kafka_config(2);
