@@ -37,17 +37,23 @@ impl LagContext {
     /// here from now on), then commits where their work stands, while this
     /// member still owns them.
     fn hand_over(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, revoked: &[(Arc<str>, i32)]) {
+        // Lost (the session expired, e.g. in an outage): the work queued here is kept and sent, as nobody
+        // else may have the partition yet; after the rejoin this process skips what it read before.
+        let lost = consumer.assignment_lost();
         {
             let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
             let mut resumes = self.resumes.lock().unwrap_or_else(|e| e.into_inner());
             revoked.iter().for_each(|partition| {
-                assigned.remove(partition).inspect(Hold::release);
+                let hold = assigned.remove(partition);
+                if !lost {
+                    hold.inspect(Hold::release);
+                }
                 resumes.forget(partition);
             });
         }
         // Lost (the session ended, e.g. in an outage): another member may own them already.
         let closing = self.closing.load(std::sync::atomic::Ordering::Acquire);
-        let Some(commit_point) = self.revoke_commit.get().filter(|_| !closing && !consumer.assignment_lost()) else { return };
+        let Some(commit_point) = self.revoke_commit.get().filter(|_| !closing && !lost) else { return };
         let mut list = TopicPartitionList::new();
         for (topic, partition, next) in commit_point(revoked).iter() {
             if list.add_partition_offset(topic, partition, Offset::Offset(next)).is_err() {

@@ -295,11 +295,11 @@ impl LaneReader {
             }
             let quotas = self.take_quotas(&batch).await?;
             for record in batch {
-                if !self.progress.lock().unwrap_or_else(|e| e.into_inner()).started(&record.topic, record.partition, record.offset) {
+                let hold = source.hold(&record.topic, record.partition);
+                if !self.progress.lock().unwrap_or_else(|e| e.into_inner()).started(&record.topic, record.partition, record.offset, &hold) {
                     metrics::counter!("notiflow_deliver_reread_skipped_total").increment(1);
                     continue;
                 }
-                let hold = source.hold(&record.topic, record.partition);
                 self.submit(record, hold, &quotas).await?;
             }
             if committed_at.elapsed() >= commit_every {

@@ -5,11 +5,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use notiflow_connector::{AssignmentChange, Offsets};
+use notiflow_connector::{AssignmentChange, Hold, Offsets};
 
 #[derive(Default)]
 struct Partition {
     unfinished: BTreeSet<i64>,
+    /// The hold the reads of `read_from..read_to` came with: released (a rebalance took the partition
+    /// and dropped its queued jobs) or kept (a lost session: the jobs were sent here).
+    hold: Hold,
     /// The offsets this process read, `read_from..read_to` (a partition is read in order).
     read_from: i64,
     read_to: i64,
@@ -29,12 +32,13 @@ impl Progress {
     /// read before and not finished starts again: the rebalance that preceded
     /// the re-read released its partition's hold, so its queued job is dropped
     /// (only a send already under way may end twice).
-    pub fn started(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> bool {
+    pub fn started(&mut self, topic: &Arc<str>, partition: i32, offset: i64, hold: &Hold) -> bool {
         let p = self.partitions.entry((topic.clone(), partition)).or_insert_with(|| Partition { read_from: offset, read_to: offset, ..Partition::default() });
         p.held = true;
         if (p.read_from..p.read_to).contains(&offset) {
-            return p.unfinished.contains(&offset);
+            return p.unfinished.contains(&offset) && !p.hold.held();
         }
+        p.hold = hold.clone();
         // Below where this process first read: new here (committed offsets only move forward, so
         // only an operator's offset reset leads here).
         p.unfinished.insert(offset);
@@ -96,7 +100,8 @@ mod tests {
     fn commit_point_is_the_oldest_unfinished_delivery() {
         let topic: Arc<str> = Arc::from("notify.dispatch.low");
         let mut progress = Progress::default();
-        assert!((10..15).all(|o| progress.started(&topic, 0, o)));
+        let h = Hold::new();
+        assert!((10..15).all(|o| progress.started(&topic, 0, o, &h)));
         progress.finished(&topic, 0, 10);
         progress.finished(&topic, 0, 12);
         assert_eq!(progress.committable(&topic).get("notify.dispatch.low", 0), Some(11));
@@ -110,15 +115,20 @@ mod tests {
     fn records_read_again_after_a_rejoin_start_again_only_when_not_finished() {
         let topic: Arc<str> = Arc::from("notify.dispatch.normal");
         let mut progress = Progress::default();
-        assert!((100..110).all(|o| progress.started(&topic, 0, o)));
+        let h = Hold::new();
+        assert!((100..110).all(|o| progress.started(&topic, 0, o, &h)));
         (100..105).for_each(|o| progress.finished(&topic, 0, o));
+        // A lost session keeps the hold: what was queued is sent here, nothing read before starts again.
+        assert!((100..110).all(|o| !progress.started(&topic, 0, o, &h)));
+        h.release();
+        let h = Hold::new();
         // The group lost us in an outage (the revoke dropped the queued ones); back, the consumer reads again from
         // the last commit (100).
-        assert!((100..105).all(|o| !progress.started(&topic, 0, o)), "finished here: not sent again");
-        assert!((105..110).all(|o| progress.started(&topic, 0, o)), "dropped at the revoke: started again");
-        assert!(progress.started(&topic, 0, 110), "new records still start");
+        assert!((100..105).all(|o| !progress.started(&topic, 0, o, &h)), "finished here: not sent again");
+        assert!((105..110).all(|o| progress.started(&topic, 0, o, &h)), "dropped at the revoke: started again");
+        assert!(progress.started(&topic, 0, 110, &h), "new records still start");
         // Offsets reset below where this process first read: new here.
-        assert!(progress.started(&topic, 0, 95) && progress.started(&topic, 0, 96));
+        assert!(progress.started(&topic, 0, 95, &h) && progress.started(&topic, 0, 96, &h));
         assert_eq!(progress.unfinished(), 8);
     }
 
@@ -126,12 +136,15 @@ mod tests {
     fn a_revoked_partition_is_not_committed_and_only_its_unfinished_deliveries_start_again() {
         let (low, normal): (Arc<str>, Arc<str>) = (Arc::from("notify.dispatch.low"), Arc::from("notify.dispatch.normal"));
         let mut progress = Progress::default();
-        assert!((0..5).all(|o| progress.started(&low, 0, o) && progress.started(&low, 1, o) && progress.started(&normal, 0, o)));
+        let h = Hold::new();
+        assert!((0..5).all(|o| progress.started(&low, 0, o, &h) && progress.started(&low, 1, o, &h) && progress.started(&normal, 0, o, &h)));
         // Partition 1 is handed over with 0 finished, 1 in flight, 2..5 queued.
         progress.finished(&low, 1, 0);
         let handed_over = progress.committable_of(&[(low.clone(), 1)]);
         assert_eq!(handed_over.get("notify.dispatch.low", 1), Some(1));
         progress.rebalanced(&[AssignmentChange::Revoked(vec![(low.clone(), 1)])]);
+        h.release();
+        let h = Hold::new();
         progress.finished(&low, 1, 1);
         let committable = progress.committable(&low);
         assert_eq!((committable.get("notify.dispatch.low", 0), committable.get("notify.dispatch.low", 1)), (Some(0), None), "not held: not committed");
@@ -139,9 +152,9 @@ mod tests {
         // Given back, read again from the hand-over commit: the one sent in flight is not sent again, the dropped are.
         progress.rebalanced(&[AssignmentChange::Assigned(vec![(low.clone(), 1)])]);
         assert_eq!(progress.committable(&low).get("notify.dispatch.low", 1), Some(2), "dropped ones hold the commit point");
-        assert!(!progress.started(&low, 1, 1), "finished here");
-        assert!((2..5).all(|o| progress.started(&low, 1, o)), "not finished: started again");
+        assert!(!progress.started(&low, 1, 1, &h), "finished here");
+        assert!((2..5).all(|o| progress.started(&low, 1, o, &h)), "not finished: started again");
         progress.finished(&low, 1, 2);
-        assert!(!progress.started(&low, 1, 2));
+        assert!(!progress.started(&low, 1, 2, &h));
     }
 }
